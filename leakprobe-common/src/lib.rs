@@ -1,0 +1,299 @@
+//! The ABI shared by the kernel programs (`leakprobe-ebpf`) and the loader (`leakprobe`).
+//!
+//! Every type here is `#[repr(C)]`, has no padding and no `bool`, and its size is asserted, so that
+//! both sides agree on the bytes in the BPF maps.
+#![no_std]
+
+/// Native frames kept per stack. `bpf_get_stack` fills at most this many.
+pub const MAX_NATIVE_FRAMES: usize = 64;
+/// Python frames kept per stack (filled by the Python unwinder; zero until it runs).
+pub const MAX_PYTHON_FRAMES: usize = 32;
+
+/// Which allocator entry point produced an event. Set by userspace as the attach cookie of every
+/// uprobe, and by the syscall tracepoints themselves; part of the stack key, so the same call path
+/// through `malloc` and through `PyObject_Malloc` are two series.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AllocFunction {
+    Malloc = 0,
+    Calloc,
+    Realloc,
+    Reallocarray,
+    Free,
+    PosixMemalign,
+    AlignedAlloc,
+    Memalign,
+    Valloc,
+    Pvalloc,
+    PyObjectMalloc,
+    PyObjectCalloc,
+    PyObjectRealloc,
+    PyObjectFree,
+    PyMemMalloc,
+    PyMemCalloc,
+    PyMemRealloc,
+    PyMemFree,
+    PyMemRawMalloc,
+    PyMemRawCalloc,
+    PyMemRawRealloc,
+    PyMemRawFree,
+    Mmap,
+    Munmap,
+    Mremap,
+    Brk,
+}
+
+impl AllocFunction {
+    pub const COUNT: u32 = AllocFunction::Brk as u32 + 1;
+
+    pub fn from_u32(v: u32) -> Option<Self> {
+        if v < Self::COUNT {
+            // SAFETY: the enum is repr(u32), dense from 0 to COUNT-1.
+            Some(unsafe { core::mem::transmute::<u32, AllocFunction>(v) })
+        } else {
+            None
+        }
+    }
+
+    /// The symbol this entry point is known by (the syscall name for the tracepoints).
+    pub fn symbol(self) -> &'static str {
+        use AllocFunction::*;
+        match self {
+            Malloc => "malloc",
+            Calloc => "calloc",
+            Realloc => "realloc",
+            Reallocarray => "reallocarray",
+            Free => "free",
+            PosixMemalign => "posix_memalign",
+            AlignedAlloc => "aligned_alloc",
+            Memalign => "memalign",
+            Valloc => "valloc",
+            Pvalloc => "pvalloc",
+            PyObjectMalloc => "PyObject_Malloc",
+            PyObjectCalloc => "PyObject_Calloc",
+            PyObjectRealloc => "PyObject_Realloc",
+            PyObjectFree => "PyObject_Free",
+            PyMemMalloc => "PyMem_Malloc",
+            PyMemCalloc => "PyMem_Calloc",
+            PyMemRealloc => "PyMem_Realloc",
+            PyMemFree => "PyMem_Free",
+            PyMemRawMalloc => "PyMem_RawMalloc",
+            PyMemRawCalloc => "PyMem_RawCalloc",
+            PyMemRawRealloc => "PyMem_RawRealloc",
+            PyMemRawFree => "PyMem_RawFree",
+            Mmap => "mmap",
+            Munmap => "munmap",
+            Mremap => "mremap",
+            Brk => "brk",
+        }
+    }
+
+    /// The argument shape of the call, which decides the entry program to attach.
+    pub fn shape(self) -> CallShape {
+        use AllocFunction::*;
+        match self {
+            Malloc | Valloc | Pvalloc | PyObjectMalloc | PyMemMalloc | PyMemRawMalloc => {
+                CallShape::Size
+            }
+            Calloc | PyObjectCalloc | PyMemCalloc | PyMemRawCalloc => CallShape::CountSize,
+            Realloc | PyObjectRealloc | PyMemRealloc | PyMemRawRealloc => CallShape::PtrSize,
+            Reallocarray => CallShape::PtrCountSize,
+            AlignedAlloc | Memalign => CallShape::AlignSize,
+            PosixMemalign => CallShape::OutPtrAlignSize,
+            Free | PyObjectFree | PyMemFree | PyMemRawFree => CallShape::Free,
+            Mmap | Munmap | Mremap | Brk => CallShape::Syscall,
+        }
+    }
+
+    /// Whether this is one of CPython's allocator functions (as opposed to libc's or the kernel's).
+    pub fn is_python(self) -> bool {
+        (self as u32) >= AllocFunction::PyObjectMalloc as u32
+            && (self as u32) <= AllocFunction::PyMemRawFree as u32
+    }
+
+    /// Every uprobe-able function, in id order.
+    pub fn uprobe_functions() -> impl Iterator<Item = AllocFunction> {
+        (0..AllocFunction::Mmap as u32).filter_map(AllocFunction::from_u32)
+    }
+}
+
+/// How a hooked function takes its arguments and gives its result.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CallShape {
+    /// `f(size) -> ptr`
+    Size,
+    /// `f(n, size) -> ptr`
+    CountSize,
+    /// `f(ptr, size) -> ptr`
+    PtrSize,
+    /// `f(ptr, n, size) -> ptr`
+    PtrCountSize,
+    /// `f(align, size) -> ptr`
+    AlignSize,
+    /// `f(void **out, align, size) -> int`
+    OutPtrAlignSize,
+    /// `f(ptr)`
+    Free,
+    /// handled by the syscall tracepoints
+    Syscall,
+}
+
+/// An allocator call in flight on one thread, between its entry and its return.
+/// Keyed by thread id (not tgid) so concurrent threads never pair each other's calls.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct PendingCall {
+    /// Requested size in bytes.
+    pub size: u64,
+    /// `realloc`'s old pointer, `posix_memalign`'s out-pointer, or `mremap`'s old address.
+    pub arg_ptr: u64,
+    /// When the outermost call started (ns, monotonic); a stale entry means a missed return.
+    pub start_ns: u64,
+    /// `AllocFunction` of the outermost call.
+    pub function: u32,
+    /// How many hooked calls are nested inside the outermost one (e.g. PyObject_Malloc -> malloc
+    /// -> mmap). Only the outermost call is recorded: it is the one the program asked for.
+    pub depth: u32,
+}
+
+/// One allocation that is still live, keyed by its address.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct LiveAllocation {
+    pub size: u64,
+    pub stack_id: u64,
+    pub timestamp_ns: u64,
+}
+
+/// Per-stack counters, updated atomically by the kernel side. Live bytes are
+/// `alloc_bytes - free_bytes`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct StackCounters {
+    pub allocs: u64,
+    pub frees: u64,
+    pub alloc_bytes: u64,
+    pub free_bytes: u64,
+}
+
+/// One Python frame as the kernel reads it: the code object and the instruction offset in it.
+/// Userspace resolves it to a function, file and line by reading the target's memory.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct PythonFrame {
+    pub code_object: u64,
+    pub instruction: u64,
+}
+
+/// Flags in `StackTrace::flags`.
+pub const STACK_NATIVE_TRUNCATED: u32 = 1 << 0;
+pub const STACK_PYTHON_TRUNCATED: u32 = 1 << 1;
+pub const STACK_PYTHON_UNAVAILABLE: u32 = 1 << 2;
+
+/// A captured call stack: the value behind a stack id. The id is a hash of every field below
+/// (computed in the kernel), so ids never recycle as `BPF_MAP_TYPE_STACK_TRACE` ids do.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct StackTrace {
+    pub function: u32,
+    pub flags: u32,
+    pub native_len: u32,
+    pub python_len: u32,
+    /// Return addresses, innermost first (the first is the allocator's caller).
+    pub native: [u64; MAX_NATIVE_FRAMES],
+    /// Innermost first.
+    pub python: [PythonFrame; MAX_PYTHON_FRAMES],
+}
+
+/// Indexes into the per-CPU `COUNTERS` array. Every way an event can be lost has its own counter.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Counter {
+    /// Allocation events recorded.
+    Allocations = 0,
+    /// Free events that matched a live allocation.
+    Frees,
+    /// Frees of addresses not allocated while we watched (normal: allocated before attach).
+    UntrackedFrees,
+    /// Calls skipped because an outer hooked call on the same thread will record them.
+    NestedCalls,
+    /// Drop: the live-allocation table was full; the allocation is not tracked.
+    DropLiveTableFull,
+    /// Drop: the stack table was full; the allocation is counted under an unknown stack.
+    DropStackTableFull,
+    /// Drop: the per-stack counter table was full.
+    DropCountersFull,
+    /// Drop: `bpf_get_stack` failed.
+    DropStackCapture,
+    /// Drop: a return never arrived (found a stale pending entry).
+    DropMissedReturn,
+    /// Drop: the pending-call table was full.
+    DropPendingFull,
+    /// An allocation at an address we thought live: the old one's free was missed.
+    DropMissedFree,
+}
+
+impl Counter {
+    pub const COUNT: u32 = Counter::DropMissedFree as u32 + 1;
+
+    pub fn from_u32(v: u32) -> Option<Self> {
+        if v < Self::COUNT {
+            // SAFETY: repr(u32), dense from 0 to COUNT-1.
+            Some(unsafe { core::mem::transmute::<u32, Counter>(v) })
+        } else {
+            None
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        use Counter::*;
+        match self {
+            Allocations => "allocations",
+            Frees => "frees",
+            UntrackedFrees => "untracked_frees",
+            NestedCalls => "nested_calls",
+            DropLiveTableFull => "drop_live_table_full",
+            DropStackTableFull => "drop_stack_table_full",
+            DropCountersFull => "drop_counters_full",
+            DropStackCapture => "drop_stack_capture",
+            DropMissedReturn => "drop_missed_return",
+            DropPendingFull => "drop_pending_full",
+            DropMissedFree => "drop_missed_free",
+        }
+    }
+
+    pub fn is_drop(self) -> bool {
+        self.name().starts_with("drop_")
+    }
+}
+
+/// Names of the maps and globals, shared so a rename cannot split the two sides.
+pub mod names {
+    pub const LIVE_ALLOCATIONS: &str = "LIVE_ALLOCATIONS";
+    pub const STACKS: &str = "STACKS";
+    pub const STACK_COUNTERS: &str = "STACK_COUNTERS";
+    pub const PENDING: &str = "PENDING";
+    pub const COUNTERS: &str = "COUNTERS";
+    pub const TARGET_TGID: &str = "TARGET_TGID";
+}
+
+/// The id under which events whose stack could not be stored are counted.
+pub const UNKNOWN_STACK_ID: u64 = 0;
+
+const _: () = assert!(core::mem::size_of::<PendingCall>() == 32);
+const _: () = assert!(core::mem::size_of::<LiveAllocation>() == 24);
+const _: () = assert!(core::mem::size_of::<StackCounters>() == 32);
+const _: () = assert!(core::mem::size_of::<PythonFrame>() == 16);
+const _: () = assert!(
+    core::mem::size_of::<StackTrace>() == 16 + 8 * MAX_NATIVE_FRAMES + 16 * MAX_PYTHON_FRAMES
+);
+
+#[cfg(feature = "user")]
+mod user {
+    use super::*;
+    // SAFETY: plain old data: repr(C), no padding, every bit pattern valid.
+    unsafe impl aya::Pod for PendingCall {}
+    unsafe impl aya::Pod for LiveAllocation {}
+    unsafe impl aya::Pod for StackCounters {}
+    unsafe impl aya::Pod for StackTrace {}
+}

@@ -1,0 +1,263 @@
+//! Kernel side of leakprobe: uprobes on the allocator API of one process and tracepoints on its
+//! memory syscalls. Each event updates a table of live allocations and per-stack counters in
+//! place, so userspace reads aggregates each interval instead of a stream of events.
+//!
+//! Every program is a thin wrapper: read the arguments, call into `record`.
+#![no_std]
+#![no_main]
+// Atomic add on map values: the BPF target has no `AtomicU64::fetch_add` in core.
+#![feature(core_intrinsics)]
+#![allow(internal_features)]
+
+mod maps;
+mod record;
+mod stack;
+
+use aya_ebpf::{
+    helpers::{bpf_get_current_pid_tgid, bpf_probe_read_user, generated::bpf_get_attach_cookie},
+    macros::{tracepoint, uprobe, uretprobe},
+    programs::{ProbeContext, RetProbeContext, TracePointContext},
+    EbpfContext,
+};
+use leakprobe_common::{AllocFunction, CallShape};
+
+use crate::maps::BRK_CURRENT;
+
+/// The hooked function, which userspace passes as the attach cookie.
+#[inline(always)]
+fn cookie<C: EbpfContext>(ctx: &C) -> u32 {
+    unsafe { bpf_get_attach_cookie(ctx.as_ptr()) as u32 }
+}
+
+#[inline(always)]
+fn arg(ctx: &ProbeContext, n: usize) -> u64 {
+    ctx.arg::<u64>(n).unwrap_or(0)
+}
+
+// ---- allocator entry points (uprobes) ----
+
+/// `malloc(size)`, `valloc`, `pvalloc`, `PyObject_Malloc`, `PyMem_Malloc`, `PyMem_RawMalloc`.
+#[uprobe]
+pub fn alloc_size(ctx: ProbeContext) -> u32 {
+    if record::is_target() {
+        record::enter(cookie(&ctx), arg(&ctx, 0), 0);
+    }
+    0
+}
+
+/// `calloc(n, size)` and CPython's `*_Calloc`.
+#[uprobe]
+pub fn alloc_count_size(ctx: ProbeContext) -> u32 {
+    if record::is_target() {
+        record::enter(cookie(&ctx), arg(&ctx, 0).wrapping_mul(arg(&ctx, 1)), 0);
+    }
+    0
+}
+
+/// `realloc(ptr, size)` and CPython's `*_Realloc`.
+#[uprobe]
+pub fn alloc_ptr_size(ctx: ProbeContext) -> u32 {
+    if record::is_target() {
+        record::enter(cookie(&ctx), arg(&ctx, 1), arg(&ctx, 0));
+    }
+    0
+}
+
+/// `reallocarray(ptr, n, size)`.
+#[uprobe]
+pub fn alloc_ptr_count_size(ctx: ProbeContext) -> u32 {
+    if record::is_target() {
+        record::enter(
+            cookie(&ctx),
+            arg(&ctx, 1).wrapping_mul(arg(&ctx, 2)),
+            arg(&ctx, 0),
+        );
+    }
+    0
+}
+
+/// `aligned_alloc(align, size)`, `memalign(align, size)`.
+#[uprobe]
+pub fn alloc_align_size(ctx: ProbeContext) -> u32 {
+    if record::is_target() {
+        record::enter(cookie(&ctx), arg(&ctx, 1), 0);
+    }
+    0
+}
+
+/// `posix_memalign(void **out, align, size)`: the address comes back through `out`.
+#[uprobe]
+pub fn alloc_posix_memalign(ctx: ProbeContext) -> u32 {
+    if record::is_target() {
+        record::enter(cookie(&ctx), arg(&ctx, 2), arg(&ctx, 0));
+    }
+    0
+}
+
+/// Return of every allocating function: pairs with the entry recorded on this thread.
+#[uretprobe]
+pub fn alloc_return(ctx: RetProbeContext) -> u32 {
+    if !record::is_target() {
+        return 0;
+    }
+    let Some(call) = record::exit() else { return 0 };
+    let Some(function) = AllocFunction::from_u32(call.function) else {
+        return 0;
+    };
+    let ret: u64 = ctx.ret();
+    match function.shape() {
+        CallShape::PtrSize | CallShape::PtrCountSize => {
+            // realloc: on success the old block is gone (even if it moved nowhere); on failure
+            // it is untouched, except that realloc(p, 0) frees p and may return NULL.
+            if ret != 0 || call.size == 0 {
+                record::free(call.arg_ptr);
+            }
+            record::allocation(&ctx, ret, call.size, call.function);
+        }
+        CallShape::OutPtrAlignSize => {
+            if ret as u32 == 0 {
+                let address =
+                    unsafe { bpf_probe_read_user(call.arg_ptr as *const u64) }.unwrap_or(0);
+                record::allocation(&ctx, address, call.size, call.function);
+            }
+        }
+        _ => record::allocation(&ctx, ret, call.size, call.function),
+    }
+    0
+}
+
+/// `free(ptr)` and CPython's `*_Free`. No return hook: the block is gone at entry.
+#[uprobe]
+pub fn free_ptr(ctx: ProbeContext) -> u32 {
+    if record::is_target() {
+        record::free(arg(&ctx, 0));
+    }
+    0
+}
+
+// ---- memory syscalls (tracepoints syscalls:sys_{enter,exit}_*) ----
+// Layout of the syscall tracepoint records: 8 bytes of common fields, the syscall number (padded
+// to 8), then each argument as 8 bytes from offset 16; the exit record has the return at 16.
+
+const ARG0: usize = 16;
+const RET: usize = 16;
+const MAP_ANONYMOUS: u64 = 0x20;
+const PROT_NONE: u64 = 0;
+
+#[inline(always)]
+fn tp_arg(ctx: &TracePointContext, n: usize) -> u64 {
+    unsafe { ctx.read_at::<u64>(ARG0 + 8 * n) }.unwrap_or(0)
+}
+
+#[inline(always)]
+fn tp_ret(ctx: &TracePointContext) -> Option<u64> {
+    let ret = unsafe { ctx.read_at::<i64>(RET) }.ok()?;
+    // -4095..-1 are errors.
+    if (-4095..0).contains(&ret) {
+        None
+    } else {
+        Some(ret as u64)
+    }
+}
+
+#[tracepoint]
+pub fn mmap_enter(ctx: TracePointContext) -> u32 {
+    if record::is_target() {
+        let (len, prot, flags) = (tp_arg(&ctx, 1), tp_arg(&ctx, 2), tp_arg(&ctx, 3));
+        // Only anonymous memory that can be touched is heap-like; size 0 marks "not tracked"
+        // (the entry is still pushed so that the exit pairs with it).
+        let tracked = flags & MAP_ANONYMOUS != 0 && prot != PROT_NONE;
+        record::enter(AllocFunction::Mmap as u32, if tracked { len } else { 0 }, 0);
+    }
+    0
+}
+
+#[tracepoint]
+pub fn mmap_exit(ctx: TracePointContext) -> u32 {
+    if !record::is_target() {
+        return 0;
+    }
+    let Some(call) = record::exit() else { return 0 };
+    if let Some(address) = tp_ret(&ctx) {
+        if call.function == AllocFunction::Mmap as u32 && call.size != 0 {
+            record::allocation(&ctx, address, call.size, call.function);
+        }
+    }
+    0
+}
+
+#[tracepoint]
+pub fn munmap_enter(ctx: TracePointContext) -> u32 {
+    if record::is_target() {
+        record::unmap(tp_arg(&ctx, 0), tp_arg(&ctx, 1));
+    }
+    0
+}
+
+#[tracepoint]
+pub fn mremap_enter(ctx: TracePointContext) -> u32 {
+    if record::is_target() {
+        record::enter(
+            AllocFunction::Mremap as u32,
+            tp_arg(&ctx, 2),
+            tp_arg(&ctx, 0),
+        );
+    }
+    0
+}
+
+#[tracepoint]
+pub fn mremap_exit(ctx: TracePointContext) -> u32 {
+    if !record::is_target() {
+        return 0;
+    }
+    let Some(call) = record::exit() else { return 0 };
+    if let Some(address) = tp_ret(&ctx) {
+        if call.function == AllocFunction::Mremap as u32 {
+            record::free(call.arg_ptr);
+            record::allocation(&ctx, address, call.size, call.function);
+        }
+    }
+    0
+}
+
+#[tracepoint]
+pub fn brk_enter(_ctx: TracePointContext) -> u32 {
+    if record::is_target() {
+        record::enter(AllocFunction::Brk as u32, 0, 0);
+    }
+    0
+}
+
+#[tracepoint]
+pub fn brk_exit(ctx: TracePointContext) -> u32 {
+    if !record::is_target() {
+        return 0;
+    }
+    let call = record::exit();
+    let Some(now) = tp_ret(&ctx) else { return 0 };
+    // The break is tracked even when brk runs inside malloc, so deltas stay right.
+    let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
+    let before = unsafe { BRK_CURRENT.get(&tgid) }.copied().unwrap_or(0);
+    let _ = BRK_CURRENT.insert(&tgid, &now, 0);
+    let outermost = matches!(call, Some(c) if c.function == AllocFunction::Brk as u32);
+    if before == 0 || !outermost {
+        return 0;
+    }
+    if now > before {
+        record::allocation(&ctx, before, now - before, AllocFunction::Brk as u32);
+    } else if now < before {
+        record::unmap(now, before - now);
+    }
+    0
+}
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}
+
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 4] = *b"GPL\0";

@@ -1,0 +1,49 @@
+//! The maps shared with userspace. Sizes here are defaults; the loader resizes them before load.
+
+use aya_ebpf::{
+    macros::map,
+    maps::{HashMap, PerCpuArray},
+};
+use leakprobe_common::{Counter, LiveAllocation, PendingCall, StackCounters, StackTrace};
+
+/// Hash maps that may grow large allocate on demand instead of up front.
+const BPF_F_NO_PREALLOC: u32 = 1;
+
+/// address -> live allocation (size, stack, time). A plain hash, never LRU: evicting the oldest
+/// entries would evict exactly the leaked ones.
+#[map]
+pub static LIVE_ALLOCATIONS: HashMap<u64, LiveAllocation> =
+    HashMap::with_max_entries(1 << 20, BPF_F_NO_PREALLOC);
+
+/// stack id (hash of the frames) -> frames.
+#[map]
+pub static STACKS: HashMap<u64, StackTrace> = HashMap::with_max_entries(1 << 15, BPF_F_NO_PREALLOC);
+
+/// stack id -> allocation/free counters. Userspace reads these aggregates each interval.
+#[map]
+pub static STACK_COUNTERS: HashMap<u64, StackCounters> =
+    HashMap::with_max_entries(1 << 15, BPF_F_NO_PREALLOC);
+
+/// thread id -> the allocator call in flight on it.
+#[map]
+pub static PENDING: HashMap<u32, PendingCall> = HashMap::with_max_entries(1 << 14, 0);
+
+/// tgid -> the program break as last seen, to turn brk() results into deltas.
+#[map]
+pub static BRK_CURRENT: HashMap<u32, u64> = HashMap::with_max_entries(1 << 10, 0);
+
+/// Event and drop counters, indexed by `Counter`.
+#[map]
+pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(Counter::COUNT, 0);
+
+/// Scratch space for building a `StackTrace` (too large for the 512-byte BPF stack).
+#[map]
+pub static SCRATCH_STACK: PerCpuArray<StackTrace> = PerCpuArray::with_max_entries(1, 0);
+
+#[inline(always)]
+pub fn count(counter: Counter) {
+    if let Some(slot) = COUNTERS.get_ptr_mut(counter as u32) {
+        // Per-CPU slot: no other CPU writes it, and this program is not preempted.
+        unsafe { *slot += 1 };
+    }
+}

@@ -1,0 +1,77 @@
+//! Finding functions in an ELF file and turning them into the file offsets uprobes attach to.
+
+use std::{collections::HashMap, fs, path::Path};
+
+use anyhow::{Context, Result};
+use object::{Object, ObjectSegment, ObjectSymbol, SymbolKind};
+
+/// File offsets of the defined functions among `names` in the ELF at `path`, from `.dynsym` and
+/// `.symtab` (a stripped file has only the former). Versioned names (`malloc@@GLIBC_2.2.5`)
+/// match their base name.
+pub fn function_offsets(path: &Path, names: &[&str]) -> Result<HashMap<String, u64>> {
+    let data = fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let file = object::File::parse(&*data).with_context(|| format!("{} is not an ELF file", path.display()))?;
+    let segments: Vec<(u64, u64, u64)> = file
+        .segments()
+        .map(|s| (s.address(), s.size(), s.file_range().0))
+        .collect();
+    let mut found = HashMap::new();
+    for symbol in file.dynamic_symbols().chain(file.symbols()) {
+        if symbol.kind() != SymbolKind::Text || symbol.is_undefined() || symbol.address() == 0 {
+            continue;
+        }
+        let Ok(name) = symbol.name() else { continue };
+        let base = name.split('@').next().unwrap_or(name);
+        if !names.contains(&base) || found.contains_key(base) {
+            continue;
+        }
+        if let Some(offset) = file_offset(&segments, symbol.address()) {
+            found.insert(base.to_string(), offset);
+        }
+    }
+    Ok(found)
+}
+
+/// Virtual address -> file offset through the loadable segment that holds it.
+fn file_offset(segments: &[(u64, u64, u64)], address: u64) -> Option<u64> {
+    segments
+        .iter()
+        .find(|(start, size, _)| address >= *start && address < start + size)
+        .map(|(start, _, offset)| address - start + offset)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_malloc_in_this_process_libc() {
+        let maps = fs::read_to_string("/proc/self/maps").unwrap();
+        let libc = maps
+            .lines()
+            .filter_map(|l| l.split_whitespace().nth(5))
+            .find(|p| p.contains("libc.so") || p.contains("libc-"))
+            .expect("libc is mapped");
+        let found = function_offsets(Path::new(libc), &["malloc", "free", "no_such_function"]).unwrap();
+        assert!(found["malloc"] > 0);
+        assert!(found["free"] > 0);
+        assert_ne!(found["malloc"], found["free"]);
+        assert!(!found.contains_key("no_such_function"));
+    }
+
+    #[test]
+    fn offset_is_relative_to_its_segment() {
+        let segs = [(0x1000, 0x2000, 0x0), (0x400000, 0x1000, 0x3000)];
+        assert_eq!(file_offset(&segs, 0x1010), Some(0x10));
+        assert_eq!(file_offset(&segs, 0x400020), Some(0x3020));
+        assert_eq!(file_offset(&segs, 0x9000), None);
+    }
+
+    #[test]
+    fn not_an_elf_is_an_error() {
+        let dir = std::env::temp_dir().join(format!("leakprobe-elf-{}", std::process::id()));
+        fs::write(&dir, b"#!/bin/sh\n").unwrap();
+        assert!(function_offsets(&dir, &["malloc"]).is_err());
+        let _ = fs::remove_file(&dir);
+    }
+}

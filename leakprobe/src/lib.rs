@@ -1,0 +1,20 @@
+//! leakprobe: find memory leaks in live Python processes with eBPF.
+//!
+//! Data flow: `target` finds what to hook in the process, `loader` loads and attaches the kernel
+//! programs, `sampler` reads their per-stack aggregates and the process's memory each interval into
+//! an `aggregate::Recording`, `verdict` (on top of `trend`) decides leak / no-leak / inconclusive,
+//! `symbolize` names the frames, and `report` renders it all.
+
+pub mod aggregate;
+pub mod cgroup;
+pub mod elf_symbols;
+pub mod loader;
+pub mod process_memory;
+pub mod record;
+pub mod report;
+pub mod sampler;
+pub mod symbolize;
+pub mod target;
+pub mod tracefs;
+pub mod trend;
+pub mod verdict;

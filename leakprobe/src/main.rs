@@ -1,0 +1,112 @@
+//! The `leakprobe` command line.
+
+use std::{path::PathBuf, process::ExitCode, time::Duration};
+
+use clap::{Parser, Subcommand, ValueEnum};
+use leakprobe::{
+    loader::TableSizes,
+    record::{self, RecordOptions},
+    report,
+};
+
+#[derive(Parser)]
+#[command(name = "leakprobe", version, about = "Find memory leaks in live Python processes with eBPF")]
+struct Cli {
+    #[command(subcommand)]
+    command: Commands,
+}
+
+#[derive(Subcommand)]
+enum Commands {
+    /// Record allocations of a live process (or of a command it launches) and report leaks.
+    Record(RecordArgs),
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Format {
+    Text,
+    Json,
+}
+
+#[derive(clap::Args)]
+struct RecordArgs {
+    /// PID of the process to record.
+    #[arg(long, short, conflicts_with = "command")]
+    pid: Option<u32>,
+    /// How long to record (e.g. 60s, 5m); until Ctrl-C when not given.
+    #[arg(long, short, value_parser = humantime::parse_duration)]
+    duration: Option<Duration>,
+    /// How often to sample the per-stack counters and the process's memory.
+    #[arg(long, short, default_value = "2s", value_parser = humantime::parse_duration)]
+    interval: Duration,
+    #[arg(long, short, value_enum, default_value_t = Format::Text)]
+    format: Format,
+    /// Write the report here instead of stdout.
+    #[arg(long, short)]
+    output: Option<PathBuf>,
+    /// Exit with status 3 when a leak is flagged (to gate CI).
+    #[arg(long)]
+    fail_on_leak: bool,
+    /// Size of the kernel's live-allocation table (full table: counted drops).
+    #[arg(long, default_value_t = TableSizes::default().live_allocations)]
+    max_live_allocations: u32,
+    /// Size of the kernel's stack table.
+    #[arg(long, default_value_t = TableSizes::default().stacks)]
+    max_stacks: u32,
+    /// Non-growing stacks listed in the report, largest first.
+    #[arg(long, default_value_t = 10)]
+    top: usize,
+    /// No progress lines on stderr.
+    #[arg(long, short)]
+    quiet: bool,
+    /// Launch this command and record it (instead of --pid).
+    #[arg(last = true)]
+    command: Vec<String>,
+}
+
+/// Exit status when `--fail-on-leak` is given and a leak is flagged.
+const EXIT_LEAK: u8 = 3;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("leakprobe: error: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = match cli.command {
+        Commands::Record(args) => runtime.block_on(run_record(args)),
+    };
+    match result {
+        Ok(code) => code,
+        Err(err) => {
+            // One line: the chain of causes, joined.
+            eprintln!("leakprobe: error: {}", format!("{err:#}").replace('\n', " "));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run_record(args: RecordArgs) -> anyhow::Result<ExitCode> {
+    if args.interval < Duration::from_millis(100) {
+        anyhow::bail!("--interval must be at least 100ms");
+    }
+    let opts = RecordOptions {
+        pid: args.pid,
+        command: args.command,
+        duration: args.duration,
+        interval: args.interval,
+        tables: TableSizes { live_allocations: args.max_live_allocations, stacks: args.max_stacks },
+        other_stacks: args.top,
+        progress: !args.quiet,
+    };
+    let report = record::record(opts).await?;
+    let rendered = match args.format {
+        Format::Text => report::text::render(&report),
+        Format::Json => report::json::render(&report),
+    };
+    record::write_output(args.output.as_ref(), &rendered)?;
+    Ok(if args.fail_on_leak && report.is_leak() { ExitCode::from(EXIT_LEAK) } else { ExitCode::SUCCESS })
+}

@@ -1,0 +1,256 @@
+//! `leakprobe record`: attach to a process (or launch one), sample the kernel's aggregates every
+//! interval until the duration ends, Ctrl-C, or the target exits, then build the report. What was
+//! collected before an interruption or the target's exit is always reported.
+
+use std::{
+    path::PathBuf,
+    process::{Child, Command},
+    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+};
+
+use anyhow::{anyhow, bail, Context as _, Result};
+use leakprobe_common::AllocFunction;
+use tokio::signal::unix::{signal, SignalKind};
+
+use crate::{
+    aggregate::Recording,
+    cgroup,
+    loader::{self, Probes, TableSizes},
+    process_memory,
+    report::{
+        build::{self, ResolvedStack},
+        HookInfo, Report, TargetInfo,
+    },
+    sampler,
+    symbolize::{Frame, FrameKind, NativeSymbolizer},
+    target::{self, Target},
+    verdict::VerdictConfig,
+};
+
+pub struct RecordOptions {
+    pub pid: Option<u32>,
+    /// Launch this command and follow it instead of attaching to `pid`.
+    pub command: Vec<String>,
+    pub duration: Option<Duration>,
+    pub interval: Duration,
+    pub tables: TableSizes,
+    pub other_stacks: usize,
+    /// Progress lines on stderr.
+    pub progress: bool,
+}
+
+/// Why the recording ended.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum End {
+    Duration,
+    Interrupted,
+    TargetExited,
+}
+
+impl End {
+    fn as_str(self) -> &'static str {
+        match self {
+            End::Duration => "duration",
+            End::Interrupted => "interrupted",
+            End::TargetExited => "target-exited",
+        }
+    }
+}
+
+/// A process we launched: terminated when the recording ends.
+struct Launched(Child);
+
+impl Drop for Launched {
+    fn drop(&mut self) {
+        if let Ok(None) = self.0.try_wait() {
+            unsafe { libc::kill(self.0.id() as i32, libc::SIGTERM) };
+            let deadline = Instant::now() + Duration::from_secs(3);
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = self.0.try_wait() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+}
+
+/// Starts `command` and waits until the dynamic loader has mapped its libraries (libc shows in its
+/// maps and the maps stop changing), so the allocator functions can be found and hooked.
+fn launch(command: &[String]) -> Result<Launched> {
+    let (program, args) = command.split_first().ok_or_else(|| anyhow!("no command to launch"))?;
+    let child = Command::new(program).args(args).spawn().with_context(|| format!("cannot launch {program}"))?;
+    let launched = Launched(child);
+    let pid = launched.0.id();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut last = String::new();
+    while Instant::now() < deadline {
+        let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).unwrap_or_default();
+        let exe = std::fs::read_link(format!("/proc/{pid}/exe")).ok();
+        let execed = exe.is_some_and(|e| e != std::env::current_exe().unwrap_or_default());
+        if execed && maps == last && (maps.contains("libc.so") || maps.contains("libc-")) {
+            return Ok(launched);
+        }
+        last = maps;
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    bail!("{program} did not start (no libc mapped after 10 s)")
+}
+
+pub async fn record(opts: RecordOptions) -> Result<Report> {
+    target::check_privileges()?;
+    let launched = if opts.command.is_empty() { None } else { Some(launch(&opts.command)?) };
+    let pid = match (&launched, opts.pid) {
+        (Some(child), _) => child.0.id(),
+        (None, Some(pid)) => pid,
+        (None, None) => bail!("give a process to record: --pid PID, or -- COMMAND [ARGS...]"),
+    };
+    let target = Target::inspect(pid)?;
+    let probes = loader::attach(&target, opts.tables)?;
+    let mut warnings = Vec::new();
+    if probes.mounted_tracefs {
+        eprintln!("leakprobe: mounted tracefs on /sys/kernel/tracing (it was not mounted)");
+    }
+    if !target.hooks_python() {
+        warnings.push("no CPython allocator found in the target: only libc and syscall allocations are tracked".into());
+    }
+    let mut symbolizer = NativeSymbolizer::new(pid)?;
+    if let Err(e) = symbolizer.cache() {
+        warnings.push(format!("could not cache the target's symbols up front ({e:#}): frames may be unresolved if it exits"));
+    }
+    let memory_limit = cgroup::memory_limit(pid).unwrap_or_else(|e| {
+        warnings.push(format!("cannot read the cgroup memory limit: {e:#}"));
+        None
+    });
+    if opts.progress {
+        let objects: Vec<String> = target.objects.iter().map(|o| o.path.display().to_string()).collect();
+        eprintln!(
+            "leakprobe: recording PID {pid} ({}): {} allocator hooks in {}, 7 syscall tracepoints; {}Ctrl-C to stop",
+            target.exe,
+            probes.hooks.len(),
+            objects.join(", "),
+            opts.duration.map(|d| format!("for {}, ", humantime::format_duration(d))).unwrap_or_default()
+        );
+    }
+
+    let started_unix_secs = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    let (recording, end) = sample_until_done(&probes, &target, launched, &opts).await?;
+    if opts.progress {
+        eprintln!("leakprobe: recording ended ({}), {} samples; building the report", end.as_str(), recording.samples());
+    }
+
+    let ctx = build::Context {
+        target: TargetInfo {
+            pid,
+            exe: target.exe.clone(),
+            cmdline: target.cmdline.clone(),
+            python_version: target.python_version.clone(),
+        },
+        started_unix_secs,
+        interval_seconds: opts.interval.as_secs_f64(),
+        ended_because: end.as_str().into(),
+        memory_limit,
+        hooks: probes.hooks.iter().map(|h| HookInfo { function: h.function.symbol().into(), object: h.object.clone() }).collect(),
+        warnings,
+        other_stacks: opts.other_stacks,
+        verdict: VerdictConfig::default(),
+    };
+    let report = build::build(&recording, ctx, |id| resolve_stack(&probes, &mut symbolizer, id));
+    // Probes are detached here, after the stacks were read out of the kernel.
+    drop(probes);
+    Ok(report)
+}
+
+async fn sample_until_done(
+    probes: &Probes,
+    target: &Target,
+    mut launched: Option<Launched>,
+    opts: &RecordOptions,
+) -> Result<(Recording, End)> {
+    let mut interrupt = signal(SignalKind::interrupt()).context("cannot handle SIGINT")?;
+    let mut terminate = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
+    let start = Instant::now();
+    let deadline = opts.duration.map(|d| start + d);
+    let mut recording = Recording::default();
+    let mut ticker = tokio::time::interval(opts.interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let end = loop {
+        tokio::select! {
+            _ = ticker.tick() => {}
+            _ = interrupt.recv() => break End::Interrupted,
+            _ = terminate.recv() => break End::Interrupted,
+        }
+        let alive = match launched.as_mut() {
+            Some(child) => matches!(child.0.try_wait(), Ok(None)),
+            None => process_memory::read(target.pid).is_some(),
+        };
+        let memory = if alive { process_memory::read(target.pid) } else { None };
+        let t = start.elapsed().as_secs_f64();
+        recording.push(t, memory, &sampler::stack_counters(probes)?, sampler::counters(probes)?);
+        if opts.progress {
+            progress_line(&recording, t);
+        }
+        if !alive {
+            break End::TargetExited;
+        }
+        if deadline.is_some_and(|d| Instant::now() >= d) {
+            break End::Duration;
+        }
+    };
+    // An interrupted recording still ends with a last sample.
+    if end == End::Interrupted {
+        let t = start.elapsed().as_secs_f64();
+        recording.push(t, process_memory::read(target.pid), &sampler::stack_counters(probes)?, sampler::counters(probes)?);
+    }
+    drop(launched);
+    Ok((recording, end))
+}
+
+fn progress_line(rec: &Recording, t: f64) {
+    use crate::report::human_bytes;
+    let rss = rec.memory.last().copied().flatten().map_or("-".into(), |m| human_bytes(m.rss_bytes as f64));
+    let tracked = rec.tracked_live_bytes.last().copied().unwrap_or(0.0);
+    eprintln!(
+        "  t={t:>6.1}s  RSS {rss:>9}  tracked live {:>9}  stacks {:>6}  allocations {:>9}  drops {}",
+        human_bytes(tracked),
+        rec.stacks.len(),
+        rec.counter("allocations"),
+        rec.counters.iter().filter(|(n, _)| n.starts_with("drop_")).map(|(_, v)| v).sum::<u64>()
+    );
+}
+
+fn resolve_stack(probes: &Probes, symbolizer: &mut NativeSymbolizer, id: u64) -> ResolvedStack {
+    let Some(trace) = sampler::stack_trace(probes, id) else {
+        return ResolvedStack { allocator: "?".into(), frames: Vec::new(), native_truncated: false };
+    };
+    let function = AllocFunction::from_u32(trace.function);
+    let allocator = function.map_or("?", AllocFunction::symbol).to_string();
+    let len = (trace.native_len as usize).min(trace.native.len());
+    let mut frames = vec![Frame {
+        function: allocator.clone(),
+        file: None,
+        line: None,
+        object: function.and_then(|f| probes.hooks.iter().find(|h| h.function == f)).map(|h| h.object.clone()),
+        kind: if function.is_some_and(|f| f.shape() == leakprobe_common::CallShape::Syscall) { FrameKind::Kernel } else { FrameKind::Native },
+        address: 0,
+    }];
+    frames.extend(symbolizer.symbolize(&trace.native[..len]));
+    ResolvedStack {
+        allocator,
+        frames,
+        native_truncated: trace.flags & leakprobe_common::STACK_NATIVE_TRUNCATED != 0,
+    }
+}
+
+/// Where to write the report: a file, or stdout.
+pub fn write_output(path: Option<&PathBuf>, text: &str) -> Result<()> {
+    match path {
+        Some(p) => std::fs::write(p, text).with_context(|| format!("cannot write the report to {}", p.display())),
+        None => {
+            print!("{text}");
+            Ok(())
+        }
+    }
+}

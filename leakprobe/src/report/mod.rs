@@ -1,0 +1,173 @@
+//! The report: what the person on call reads (text) and what scripts read (JSON, versioned and
+//! documented in docs/report-format.md). Built from a finished recording; rendering is pure.
+
+pub mod build;
+pub mod json;
+pub mod text;
+
+use serde::Serialize;
+
+use crate::{
+    process_memory::ProcessMemory,
+    symbolize::Frame,
+    verdict::{GrowthVerdict, VerdictKind},
+};
+
+/// Bumped on any incompatible change of the JSON layout.
+pub const SCHEMA_VERSION: u32 = 1;
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    pub schema_version: u32,
+    pub leakprobe_version: String,
+    pub target: TargetInfo,
+    /// Unix time of the first sample.
+    pub started_unix_secs: u64,
+    pub duration_seconds: f64,
+    pub interval_seconds: f64,
+    /// `duration`, `interrupted` or `target-exited`.
+    pub ended_because: String,
+    pub verdict: ProcessVerdict,
+    pub memory_limit: Option<LimitProjection>,
+    pub rss: Vec<RssPoint>,
+    /// Live bytes tracked by the allocator hooks (all stacks), per sample.
+    pub tracked_live_bytes: Vec<SeriesPoint>,
+    /// Flagged stacks first (fastest growth first), then the largest others.
+    pub stacks: Vec<StackReport>,
+    pub hooks: Vec<HookInfo>,
+    /// Events seen and, for every way of losing one, how many were lost.
+    pub counters: Vec<CounterValue>,
+    pub warnings: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct TargetInfo {
+    pub pid: u32,
+    pub exe: String,
+    pub cmdline: Vec<String>,
+    pub python_version: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ProcessVerdict {
+    pub verdict: VerdictKind,
+    pub growth_bytes_per_sec: f64,
+    pub confidence: f64,
+    pub reason: String,
+    /// The two series the verdict is drawn from.
+    pub rss: GrowthVerdict,
+    pub tracked_heap: GrowthVerdict,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct LimitProjection {
+    pub limit_bytes: u64,
+    pub usage_bytes: Option<u64>,
+    pub cgroup: String,
+    /// At the current growth rate; `None` when not growing.
+    pub time_to_limit_seconds: Option<f64>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct RssPoint {
+    pub t_secs: f64,
+    #[serde(flatten)]
+    pub memory: ProcessMemory,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct SeriesPoint {
+    pub t_secs: f64,
+    pub bytes: f64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct StackReport {
+    /// The kernel's id of the stack (hex).
+    pub id: String,
+    /// The allocator entry point that was called (`malloc`, `PyObject_Malloc`, `mmap`, ...).
+    pub allocator: String,
+    /// Innermost first.
+    pub frames: Vec<Frame>,
+    pub native_truncated: bool,
+    pub live_bytes: u64,
+    pub live_allocations: u64,
+    pub total_allocations: u64,
+    pub total_frees: u64,
+    /// Live bytes at each sample (aligned with `rss`).
+    pub series: Vec<f64>,
+    pub growth_bytes_per_sec: f64,
+    pub growth_low_bytes_per_sec: f64,
+    pub growth_high_bytes_per_sec: f64,
+    pub confidence: f64,
+    pub flagged: bool,
+    pub reason: String,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct HookInfo {
+    pub function: String,
+    pub object: String,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct CounterValue {
+    pub name: String,
+    pub value: u64,
+    pub is_drop: bool,
+}
+
+impl Report {
+    pub fn is_leak(&self) -> bool {
+        self.verdict.verdict == VerdictKind::Leak
+    }
+
+    pub fn dropped_events(&self) -> u64 {
+        self.counters.iter().filter(|c| c.is_drop).map(|c| c.value).sum()
+    }
+}
+
+/// Human sizes: 1.5 MB, 640.0 KB, 12 B (powers of 1024, as `free -h` does).
+pub fn human_bytes(bytes: f64) -> String {
+    let sign = if bytes < 0.0 { "-" } else { "" };
+    let mut value = bytes.abs();
+    for unit in ["B", "KB", "MB", "GB"] {
+        if value < 1024.0 {
+            return if unit == "B" { format!("{sign}{value:.0} {unit}") } else { format!("{sign}{value:.1} {unit}") };
+        }
+        value /= 1024.0;
+    }
+    format!("{sign}{value:.1} TB")
+}
+
+/// `2h 05m`, `3m 20s`, `45s`.
+pub fn human_duration(secs: f64) -> String {
+    let s = secs.max(0.0).round() as u64;
+    match s {
+        0..=59 => format!("{s}s"),
+        60..=3599 => format!("{}m {:02}s", s / 60, s % 60),
+        3600..=172_799 => format!("{}h {:02}m", s / 3600, (s % 3600) / 60),
+        _ => format!("{}d {:02}h", s / 86400, (s % 86400) / 3600),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_read_like_free_h() {
+        assert_eq!(human_bytes(12.0), "12 B");
+        assert_eq!(human_bytes(640.0 * 1024.0), "640.0 KB");
+        assert_eq!(human_bytes(1.5 * 1024.0 * 1024.0), "1.5 MB");
+        assert_eq!(human_bytes(-2048.0), "-2.0 KB");
+    }
+
+    #[test]
+    fn durations_read_at_a_glance() {
+        assert_eq!(human_duration(45.0), "45s");
+        assert_eq!(human_duration(200.0), "3m 20s");
+        assert_eq!(human_duration(7500.0), "2h 05m");
+        assert_eq!(human_duration(200_000.0), "2d 07h");
+    }
+}

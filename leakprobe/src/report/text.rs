@@ -1,0 +1,160 @@
+//! The text report: verdict first, then the growing stacks by growth rate — readable in ten
+//! seconds.
+
+use std::fmt::Write;
+
+use super::{human_bytes, human_duration, Report, StackReport};
+use crate::{symbolize::Frame, verdict::VerdictKind};
+
+/// Frames shown per stack; the JSON has them all.
+const FRAMES_SHOWN: usize = 12;
+/// Non-flagged stacks shown for context.
+const OTHERS_SHOWN: usize = 5;
+
+pub fn render(report: &Report) -> String {
+    let mut out = String::new();
+    let t = &report.target;
+    let command = if t.cmdline.is_empty() { t.exe.clone() } else { t.cmdline.join(" ") };
+    let python = t.python_version.as_deref().map(|v| format!(", Python {v}")).unwrap_or_default();
+    let _ = writeln!(
+        out,
+        "leakprobe: PID {} ({}{python}) — {} recorded, {} samples every {}, ended by {}",
+        t.pid,
+        truncate(&command, 80),
+        human_duration(report.duration_seconds),
+        report.rss.len().max(report.tracked_live_bytes.len()),
+        human_duration(report.interval_seconds),
+        report.ended_because
+    );
+    let _ = writeln!(out);
+
+    let v = &report.verdict;
+    let label = match v.verdict {
+        VerdictKind::Leak => "LEAK",
+        VerdictKind::NoLeak => "NO LEAK",
+        VerdictKind::Inconclusive => "INCONCLUSIVE",
+    };
+    let _ = writeln!(
+        out,
+        "VERDICT: {label}  growth {}/min, confidence {:.0}%",
+        human_bytes(v.growth_bytes_per_sec * 60.0),
+        v.confidence * 100.0
+    );
+    let _ = writeln!(out, "  why: {}", v.reason);
+    if let (Some(first), Some(last)) = (report.rss.first(), report.rss.last()) {
+        let m = &last.memory;
+        let _ = writeln!(
+            out,
+            "  RSS {} -> {} (anon {}, file {}, swap {}); RSS trend {}/min ({})",
+            human_bytes(first.memory.rss_bytes as f64),
+            human_bytes(m.rss_bytes as f64),
+            human_bytes(m.anon_bytes as f64),
+            human_bytes(m.file_bytes as f64),
+            human_bytes(m.swap_bytes as f64),
+            human_bytes(v.rss.growth_bytes_per_sec * 60.0),
+            v.rss.kind.as_str()
+        );
+    }
+    if let Some(last) = report.tracked_live_bytes.last() {
+        let _ = writeln!(
+            out,
+            "  allocator-tracked live heap {} ; trend {}/min ({})",
+            human_bytes(last.bytes),
+            human_bytes(v.tracked_heap.growth_bytes_per_sec * 60.0),
+            v.tracked_heap.kind.as_str()
+        );
+    }
+    match &report.memory_limit {
+        Some(limit) => {
+            let when = match limit.time_to_limit_seconds {
+                Some(s) => format!("reached in ~{} at this rate", human_duration(s)),
+                None => "not approaching at this rate".to_string(),
+            };
+            let _ = writeln!(out, "  memory limit {} (cgroup {}): {when}", human_bytes(limit.limit_bytes as f64), limit.cgroup);
+        }
+        None => {
+            let _ = writeln!(out, "  memory limit: none set on its cgroup");
+        }
+    }
+    let _ = writeln!(out);
+
+    let flagged: Vec<&StackReport> = report.stacks.iter().filter(|s| s.flagged).collect();
+    if flagged.is_empty() {
+        let _ = writeln!(out, "GROWING STACKS: none flagged");
+    } else {
+        let _ = writeln!(out, "GROWING STACKS ({}), fastest first:", flagged.len());
+        for (i, s) in flagged.iter().enumerate() {
+            write_stack(&mut out, i + 1, s);
+        }
+    }
+    let others: Vec<&StackReport> = report.stacks.iter().filter(|s| !s.flagged).take(OTHERS_SHOWN).collect();
+    if !others.is_empty() {
+        let _ = writeln!(out, "\nLARGEST OTHER STACKS (not growing):");
+        for (i, s) in others.iter().enumerate() {
+            write_stack(&mut out, i + 1, s);
+        }
+    }
+
+    let _ = writeln!(out);
+    let events: Vec<String> = report
+        .counters
+        .iter()
+        .filter(|c| !c.is_drop)
+        .map(|c| format!("{} {}", c.value, c.name.replace('_', " ")))
+        .collect();
+    let _ = writeln!(out, "events: {}", events.join(", "));
+    let drops: Vec<String> = report
+        .counters
+        .iter()
+        .filter(|c| c.is_drop && c.value > 0)
+        .map(|c| format!("{} {}", c.value, c.name.trim_start_matches("drop_").replace('_', " ")))
+        .collect();
+    let _ = writeln!(out, "dropped: {}", if drops.is_empty() { "none".to_string() } else { drops.join(", ") });
+    for w in &report.warnings {
+        let _ = writeln!(out, "warning: {w}");
+    }
+    out
+}
+
+fn write_stack(out: &mut String, rank: usize, s: &StackReport) {
+    let _ = writeln!(
+        out,
+        "  #{rank} {}/s (95% CI {}..{}/s)  live {} in {} allocations  via {}  [{}]",
+        human_bytes(s.growth_bytes_per_sec),
+        human_bytes(s.growth_low_bytes_per_sec),
+        human_bytes(s.growth_high_bytes_per_sec),
+        human_bytes(s.live_bytes as f64),
+        s.live_allocations,
+        s.allocator,
+        s.reason
+    );
+    for frame in s.frames.iter().take(FRAMES_SHOWN) {
+        let _ = writeln!(out, "      {}", frame_line(frame));
+    }
+    if s.frames.len() > FRAMES_SHOWN {
+        let _ = writeln!(out, "      ... {} more frames", s.frames.len() - FRAMES_SHOWN);
+    }
+}
+
+fn frame_line(f: &Frame) -> String {
+    let location = match (&f.file, f.line) {
+        (Some(file), Some(line)) => format!("  {file}:{line}"),
+        (Some(file), None) => format!("  {file}"),
+        _ => String::new(),
+    };
+    let object = f
+        .object
+        .as_deref()
+        .and_then(|o| o.rsplit('/').next())
+        .map(|o| format!("  ({o})"))
+        .unwrap_or_default();
+    format!("{}{location}{object}", f.function)
+}
+
+fn truncate(s: &str, max: usize) -> String {
+    if s.chars().count() <= max {
+        s.to_string()
+    } else {
+        format!("{}…", s.chars().take(max).collect::<String>())
+    }
+}

@@ -1,0 +1,155 @@
+//! Helpers for leakprobe's end-to-end tests: real kernel programs attached to real processes.
+//! Every side effect (a child process) is wrapped in a guard that undoes it, so a failing test
+//! leaves nothing running.
+
+use std::{
+    io::{BufRead, BufReader},
+    path::{Path, PathBuf},
+    process::{Child, Command, Output, Stdio},
+    time::Duration,
+};
+
+/// The workspace root.
+pub fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
+}
+
+/// The leakprobe binary under test (`cargo xtask test` builds it and sets LEAKPROBE_BIN).
+pub fn leakprobe_bin() -> PathBuf {
+    let bin = std::env::var_os("LEAKPROBE_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root().join("target/release/leakprobe"));
+    assert!(bin.exists(), "{} is missing: run the tests with `cargo xtask test`", bin.display());
+    bin
+}
+
+/// The Python interpreter for the Python targets (the project's venv under `cargo xtask test`).
+pub fn python() -> PathBuf {
+    std::env::var_os("LEAKPROBE_PYTHON").map(PathBuf::from).unwrap_or_else(|| "python3".into())
+}
+
+pub fn fixture(name: &str) -> PathBuf {
+    root().join("tests/fixtures").join(name)
+}
+
+/// Scratch directory for built fixtures.
+pub fn scratch() -> PathBuf {
+    let dir = root().join("target/e2e");
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// Compiles a C fixture with gcc; returns the executable.
+pub fn compile_c(source: &str, flags: &[&str]) -> PathBuf {
+    let out = scratch().join(source.trim_end_matches(".c"));
+    let status = Command::new("gcc")
+        .args(flags)
+        .arg("-o")
+        .arg(&out)
+        .arg(fixture(source))
+        .status()
+        .expect("gcc runs");
+    assert!(status.success(), "gcc failed on {source}");
+    out
+}
+
+/// A child process killed (SIGKILL) and reaped when the guard drops.
+pub struct ChildGuard(Option<Child>);
+
+impl ChildGuard {
+    pub fn new(child: Child) -> Self {
+        ChildGuard(Some(child))
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.0.as_ref().map_or(0, Child::id)
+    }
+
+    pub fn child(&mut self) -> &mut Child {
+        self.0.as_mut().expect("child is held")
+    }
+
+    /// Waits for the child to exit on its own and returns its output.
+    pub fn wait_with_output(mut self) -> Output {
+        self.0.take().expect("child is held").wait_with_output().expect("child output")
+    }
+}
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        if let Some(child) = self.0.as_mut() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// Spawns `cmd` and waits until it prints a line starting with "ready".
+pub fn spawn_ready(cmd: &mut Command) -> ChildGuard {
+    let mut child = ChildGuard::new(cmd.stdout(Stdio::piped()).spawn().expect("target starts"));
+    let stdout = child.child().stdout.take().unwrap();
+    let mut line = String::new();
+    BufReader::new(stdout).read_line(&mut line).expect("target prints ready");
+    assert!(line.starts_with("ready"), "target said {line:?}");
+    child
+}
+
+/// Starts a Python fixture script.
+pub fn spawn_python(script: &str) -> ChildGuard {
+    spawn_ready(Command::new(python()).arg("-u").arg(fixture(script)))
+}
+
+/// `leakprobe record --pid PID --format json` for `duration`, returning the process output and
+/// the parsed report.
+pub fn record_json(pid: u32, duration: &str, interval: &str, extra: &[&str]) -> (Output, serde_json::Value) {
+    let out = Command::new(leakprobe_bin())
+        .args(["record", "--pid", &pid.to_string(), "--duration", duration, "--interval", interval, "--format", "json"])
+        .args(extra)
+        .output()
+        .expect("leakprobe runs");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success() || out.status.code() == Some(3),
+        "leakprobe failed: {:?}\nstderr:\n{stderr}",
+        out.status
+    );
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("report is not JSON ({e}); stderr:\n{stderr}"));
+    (out, report)
+}
+
+/// Names of the BPF programs of leakprobe's that the kernel still has loaded.
+pub fn leakprobe_programs_loaded() -> Vec<String> {
+    const OURS: &[&str] = &[
+        "alloc_size", "alloc_count_size", "alloc_ptr_size", "alloc_ptr_count_", "alloc_align_siz",
+        "alloc_posix_mem", "alloc_return", "free_ptr", "mmap_enter", "mmap_exit", "munmap_enter",
+        "mremap_enter", "mremap_exit", "brk_enter", "brk_exit",
+    ];
+    aya::programs::loaded_programs()
+        .filter_map(|p| p.ok())
+        .filter_map(|p| p.name_as_str().map(str::to_string))
+        .filter(|name| OURS.iter().any(|ours| name.starts_with(ours)))
+        .collect()
+}
+
+/// Waits until `f` holds, up to `timeout`.
+pub fn eventually(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let deadline = std::time::Instant::now() + timeout;
+    while std::time::Instant::now() < deadline {
+        if f() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    f()
+}
+
+/// The flagged stacks of a report.
+pub fn flagged(report: &serde_json::Value) -> Vec<&serde_json::Value> {
+    report["stacks"].as_array().unwrap().iter().filter(|s| s["flagged"] == true).collect()
+}
+
+/// Whether any frame of the stack is the function `name`.
+pub fn has_frame(stack: &serde_json::Value, name: &str) -> bool {
+    stack["frames"].as_array().unwrap().iter().any(|f| f["function"] == name)
+}

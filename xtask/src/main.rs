@@ -1,0 +1,111 @@
+//! Project tasks: `cargo xtask <setup|build|test|demo|bench>`.
+//!
+//! Everything the project needs on a fresh machine is installed here, idempotently, and cached
+//! under `~/.cache/leakprobe` so a second run costs seconds.
+
+mod setup;
+
+use std::{
+    env,
+    path::{Path, PathBuf},
+    process::{Command, ExitCode},
+};
+
+use anyhow::{bail, Context, Result};
+
+const USAGE: &str = "usage: cargo xtask <command>
+
+commands:
+  setup    install what the build and the tests need (nightly rust-src, bpf-linker, wrk,
+           a Python venv with FastAPI/uvicorn)
+  build    setup, then build leakprobe (release) with its kernel programs
+  test     build, then run the unit tests and the end-to-end tests (as root)
+  demo     build, then record the bundled leaky FastAPI app under load and print the report
+";
+
+fn main() -> ExitCode {
+    let args: Vec<String> = env::args().skip(1).collect();
+    let result = match args.first().map(String::as_str) {
+        Some("setup") => setup::install().map(|_| ()),
+        Some("build") => build().map(|_| ()),
+        Some("test") => test(&args[1..]),
+        Some("demo") => demo(&args[1..]),
+        _ => {
+            eprint!("{USAGE}");
+            return ExitCode::from(2);
+        }
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("xtask: error: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// The workspace root (the parent of this crate).
+pub fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask is in the workspace")
+        .into()
+}
+
+/// Runs a command, failing with its command line when it fails.
+pub fn run(cmd: &mut Command) -> Result<()> {
+    let status = cmd
+        .status()
+        .with_context(|| format!("cannot run {cmd:?}"))?;
+    if !status.success() {
+        bail!("{cmd:?} failed: {status}");
+    }
+    Ok(())
+}
+
+/// A `cargo` command with bpf-linker on PATH.
+fn cargo(tools: &setup::Tools) -> Command {
+    let mut cmd = Command::new(env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    cmd.current_dir(root()).env("PATH", tools.path_env());
+    cmd
+}
+
+fn build() -> Result<setup::Tools> {
+    let tools = setup::install()?;
+    run(cargo(&tools).args(["build", "--release", "-p", "leakprobe"]))?;
+    Ok(tools)
+}
+
+fn leakprobe_bin() -> PathBuf {
+    root().join("target/release/leakprobe")
+}
+
+fn test(extra: &[String]) -> Result<()> {
+    let tools = build()?;
+    // Pure logic first: fast, no root needed.
+    run(cargo(&tools).args([
+        "test",
+        "--release",
+        "-p",
+        "leakprobe",
+        "-p",
+        "leakprobe-common",
+    ]))?;
+    // End to end: real kernel programs on real processes; one at a time, they share kernel state.
+    run(cargo(&tools)
+        .args(["test", "--release", "-p", "leakprobe-tests", "--"])
+        .args(["--test-threads=1"])
+        .args(extra)
+        .env("LEAKPROBE_BIN", leakprobe_bin())
+        .env("LEAKPROBE_PYTHON", &tools.python))
+}
+
+fn demo(extra: &[String]) -> Result<()> {
+    let tools = build()?;
+    run(Command::new(&tools.python)
+        .arg(root().join("demo/run_demo.py"))
+        .arg("--leakprobe")
+        .arg(leakprobe_bin())
+        .args(extra)
+        .current_dir(root()))
+}

@@ -1,0 +1,186 @@
+//! Installs what leakprobe's build, demo and tests need. Each step checks first and does nothing
+//! when its result is already there; downloads land in `~/.cache/leakprobe`.
+
+use std::{
+    env, fs,
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+};
+
+use anyhow::{bail, Context, Result};
+
+use crate::run;
+
+/// bpf-linker must be built against the same LLVM major as the nightly that compiles the kernel
+/// crate; the nightly ships that libLLVM, so bpf-linker links against it.
+const BPF_LINKER_VERSION: &str = "0.13.0";
+const BPF_LINKER_LLVM_FEATURE: &str = "llvm-22";
+/// Debian packages: the load generator, and what the Python venv needs.
+const APT_PACKAGES: &[&str] = &["wrk"];
+/// The demo app's and the end-to-end tests' Python packages.
+const PIP_PACKAGES: &[&str] = &["fastapi==0.115.*", "uvicorn==0.32.*", "cachetools==5.*"];
+
+pub struct Tools {
+    pub bpf_linker_dir: PathBuf,
+    pub python: PathBuf,
+}
+
+impl Tools {
+    /// PATH with bpf-linker first.
+    pub fn path_env(&self) -> String {
+        format!(
+            "{}:{}",
+            self.bpf_linker_dir.display(),
+            env::var("PATH").unwrap_or_default()
+        )
+    }
+}
+
+pub fn cache_dir() -> PathBuf {
+    env::var_os("LEAKPROBE_CACHE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(env::var("HOME").unwrap_or_else(|_| "/root".into()))
+                .join(".cache/leakprobe")
+        })
+}
+
+pub fn install() -> Result<Tools> {
+    let cache = cache_dir();
+    fs::create_dir_all(&cache).with_context(|| format!("cannot create {}", cache.display()))?;
+    nightly_rust_src()?;
+    let bpf_linker_dir = bpf_linker(&cache)?;
+    apt_packages()?;
+    let python = python_venv(&cache)?;
+    Ok(Tools {
+        bpf_linker_dir,
+        python,
+    })
+}
+
+fn output(cmd: &mut Command) -> Result<String> {
+    let out = cmd
+        .output()
+        .with_context(|| format!("cannot run {cmd:?}"))?;
+    if !out.status.success() {
+        bail!(
+            "{cmd:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+fn nightly_rust_src() -> Result<()> {
+    let installed = output(Command::new("rustup").args([
+        "component",
+        "list",
+        "--installed",
+        "--toolchain",
+        "nightly",
+    ]))
+    .context("the nightly toolchain is needed for the kernel programs")?;
+    if !installed.lines().any(|l| l.starts_with("rust-src")) {
+        eprintln!("xtask: installing rust-src for nightly");
+        run(Command::new("rustup").args([
+            "component",
+            "add",
+            "rust-src",
+            "--toolchain",
+            "nightly",
+        ]))?;
+    }
+    Ok(())
+}
+
+fn bpf_linker(cache: &Path) -> Result<PathBuf> {
+    let root = cache.join("bpf-linker");
+    let bin = root.join("bin");
+    let works = Command::new(bin.join("bpf-linker"))
+        .arg("--version")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if works {
+        return Ok(bin);
+    }
+    eprintln!("xtask: building bpf-linker {BPF_LINKER_VERSION} against nightly's libLLVM (about a minute)");
+    let sysroot = output(Command::new("rustc").args(["+nightly", "--print", "sysroot"]))?;
+    let sysroot_lib = PathBuf::from(sysroot.trim()).join("lib");
+    // The real library, not the `libLLVM-NN-*.so` linker script beside it.
+    let libllvm = fs::read_dir(&sysroot_lib)?
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .find(|n| n.starts_with("libLLVM.so."))
+        .with_context(|| format!("no libLLVM.so.* in {}", sysroot_lib.display()))?;
+    // bpf-linker keeps an rpath to this prefix: it must outlive the build.
+    let prefix = cache.join("llvm");
+    let prefix_lib = prefix.join("lib");
+    fs::create_dir_all(&prefix_lib)?;
+    let link = prefix_lib.join("libLLVM.so");
+    let _ = fs::remove_file(&link);
+    std::os::unix::fs::symlink(sysroot_lib.join(&libllvm), &link)?;
+    run(Command::new("cargo")
+        .args(["install", "--locked", "--force", "--root"])
+        .arg(&root)
+        .args([
+            "bpf-linker",
+            "--version",
+            BPF_LINKER_VERSION,
+            "--no-default-features",
+            "--features",
+        ])
+        .arg(BPF_LINKER_LLVM_FEATURE)
+        .env("LLVM_PREFIX", &prefix))?;
+    Ok(bin)
+}
+
+fn apt_packages() -> Result<()> {
+    let missing: Vec<&str> = APT_PACKAGES
+        .iter()
+        .copied()
+        .filter(|p| {
+            !Command::new("dpkg-query")
+                .args(["-W", "-f=${Status}", p])
+                .output()
+                .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("install ok installed"))
+        })
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    eprintln!("xtask: installing Debian packages {missing:?}");
+    run(Command::new("apt-get").args(["update", "-qq"]))?;
+    run(Command::new("apt-get")
+        .args(["install", "-y", "-qq", "--no-install-recommends"])
+        .args(&missing)
+        .env("DEBIAN_FRONTEND", "noninteractive"))
+}
+
+/// A venv on the machine's CPython 3 (pyenv's shared-libpython build here), with the web stack.
+fn python_venv(cache: &Path) -> Result<PathBuf> {
+    let venv = cache.join("venv");
+    let python = venv.join("bin/python");
+    let stamp = venv.join(".leakprobe-packages");
+    let wanted = PIP_PACKAGES.join("\n");
+    if fs::read_to_string(&stamp).is_ok_and(|s| s == wanted) && python.exists() {
+        return Ok(python);
+    }
+    eprintln!("xtask: creating the Python venv in {}", venv.display());
+    let base = env::var("LEAKPROBE_BASE_PYTHON").unwrap_or_else(|_| "python3".into());
+    run(Command::new(&base)
+        .args(["-m", "venv", "--clear"])
+        .arg(&venv))?;
+    run(Command::new(&python)
+        .args([
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--disable-pip-version-check",
+        ])
+        .args(PIP_PACKAGES))?;
+    fs::write(&stamp, wanted)?;
+    Ok(python)
+}
