@@ -160,7 +160,7 @@ pub fn memory_limit(pid: u32) -> anyhow::Result<Option<MemoryLimit>> {
     let mut mounts = std::fs::read_to_string("/proc/self/mountinfo")
         .map(|t| parse_mountinfo(&t))
         .unwrap_or_default();
-    // Without mountinfo (or with cgroupfs mounted somewhere odd), assume the usual layout.
+    // If mountinfo is unreadable or lists no hierarchy of a version, assume the usual layout.
     for (version, dir) in [(2u8, "/sys/fs/cgroup"), (1, "/sys/fs/cgroup/memory")] {
         if !mounts.iter().any(|m| m.version == version) {
             mounts.push(CgroupMount {
@@ -178,17 +178,20 @@ pub fn memory_limit(pid: u32) -> anyhow::Result<Option<MemoryLimit>> {
         let Some((dir, mount)) = find_dir(&mounts, version, cg) else {
             continue;
         };
-        if let Some(found) = walk_up(&dir, &mount.mount_point, version) {
-            if best.as_ref().is_none_or(|b| headroom(&found) < headroom(b)) {
-                best = Some(found);
-            }
-        }
+        keep_tighter(&mut best, walk_up(&dir, &mount.mount_point, version));
     }
     Ok(best)
 }
 
-fn headroom(l: &MemoryLimit) -> u64 {
-    l.limit_bytes.saturating_sub(l.usage_bytes.unwrap_or(0))
+/// Replace `best` by `found` if `found` has strictly less headroom; on ties the earlier one
+/// (closer to the process) stays.
+fn keep_tighter(best: &mut Option<MemoryLimit>, found: Option<MemoryLimit>) {
+    let headroom = |l: &MemoryLimit| l.limit_bytes.saturating_sub(l.usage_bytes.unwrap_or(0));
+    if let Some(found) = found {
+        if best.as_ref().is_none_or(|b| headroom(&found) < headroom(b)) {
+            *best = Some(found);
+        }
+    }
 }
 
 /// The existing directory of `cg`, via the mount whose root matches most specifically.
@@ -222,15 +225,14 @@ fn walk_up(dir: &Path, top: &Path, version: u8) -> Option<MemoryLimit> {
             let usage_bytes = std::fs::read_to_string(d.join(usage_file))
                 .ok()
                 .and_then(|t| t.trim().parse().ok());
+            let cgroup_path = d.display().to_string();
             let found = MemoryLimit {
                 limit_bytes,
                 usage_bytes,
-                cgroup_path: d.display().to_string(),
+                cgroup_path,
                 version,
             };
-            if best.as_ref().is_none_or(|b| headroom(&found) < headroom(b)) {
-                best = Some(found);
-            }
+            keep_tighter(&mut best, Some(found));
         }
         if d == top {
             break;
@@ -246,20 +248,15 @@ mod tests {
     use std::process::{Child, Command};
 
     #[test]
-    fn cgroup_parse_proc_cgroup_v2() {
-        let c = parse_proc_cgroup("0::/system.slice/myapp.service\n");
-        assert_eq!(c.unified.as_deref(), Some("/system.slice/myapp.service"));
-        assert_eq!(c.v1_memory, None);
+    fn cgroup_parse_proc_cgroup_v1_v2_hybrid() {
         let k8s = "0::/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod1f2e.slice/\
                    cri-containerd-0123abcd.scope\n";
-        assert!(parse_proc_cgroup(k8s)
+        let c = parse_proc_cgroup(k8s);
+        assert!(c
             .unified
             .unwrap()
-            .ends_with("cri-containerd-0123abcd.scope"));
-    }
-
-    #[test]
-    fn cgroup_parse_proc_cgroup_v1_and_hybrid() {
+            .ends_with("/cri-containerd-0123abcd.scope"));
+        assert_eq!(c.v1_memory, None);
         // This machine's shape: v1 controllers plus an (empty) unified hierarchy.
         let hybrid = "9:name=systemd:/\n8:pids:/\n4:memory:/process_api/f7a9f54d\n1:cpu:/\n0::/\n";
         let c = parse_proc_cgroup(hybrid);
@@ -285,29 +282,24 @@ mod tests {
 35 31 0:32 / /sys/fs/cgroup/memory rw,relatime shared:9 - cgroup cgroup rw,memory
 41 31 0:38 / /sys/fs/cgroup/unified rw,relatime shared:4 master:1 - cgroup2 cgroup2 rw,nsdelegate
 50 40 0:40 /docker/abc /mnt/my\\040cg rw - cgroup cgroup rw,hugetlb,memory
+25 21 0:22 / /sys/fs/cgroup rw,nosuid - cgroup2 cgroup2 rw,memory_recursiveprot
 60 40 0:41 / /proc rw - proc proc rw
 ";
-        let m = parse_mountinfo(text);
-        assert_eq!(m.len(), 3, "{m:?}");
-        assert_eq!(
-            m[0],
-            CgroupMount {
-                version: 1,
-                root: "/".into(),
-                mount_point: "/sys/fs/cgroup/memory".into()
-            }
-        );
-        assert_eq!(m[1].version, 2);
-        assert_eq!(m[1].mount_point, Path::new("/sys/fs/cgroup/unified"));
-        assert_eq!(m[2].root, "/docker/abc");
-        assert_eq!(m[2].mount_point, Path::new("/mnt/my cg"));
-        // Pure v2 host.
-        let v2 =
-            "25 21 0:22 / /sys/fs/cgroup rw,nosuid - cgroup2 cgroup2 rw,memory_recursiveprot\n";
-        assert_eq!(
-            parse_mountinfo(v2)[0].mount_point,
-            Path::new("/sys/fs/cgroup")
-        );
+        let got: Vec<_> = parse_mountinfo(text)
+            .into_iter()
+            .map(|m| (m.version, m.root, m.mount_point.display().to_string()))
+            .collect();
+        let want = [
+            (1, "/", "/sys/fs/cgroup/memory"),
+            (2, "/", "/sys/fs/cgroup/unified"),
+            (1, "/docker/abc", "/mnt/my cg"),
+            (2, "/", "/sys/fs/cgroup"),
+        ];
+        let want: Vec<_> = want
+            .iter()
+            .map(|&(v, r, p)| (v, r.into(), p.into()))
+            .collect();
+        assert_eq!(got, want);
     }
 
     #[test]
@@ -318,42 +310,64 @@ mod tests {
         // v1 "unlimited" with 4 KiB and 64 KiB pages.
         assert_eq!(parse_limit_value("9223372036854771712").unwrap(), None);
         assert_eq!(parse_limit_value("9223372036854710272").unwrap(), None);
-        assert!(parse_limit_value("lots").is_err());
-        assert!(parse_limit_value("").is_err());
+        assert!(parse_limit_value("lots").is_err() && parse_limit_value("").is_err());
     }
 
     #[test]
     fn cgroup_dir_mapping() {
-        let host = CgroupMount {
-            version: 2,
-            root: "/".into(),
-            mount_point: "/sys/fs/cgroup".into(),
-        };
-        assert_eq!(
-            cgroup_dir(&host, "/kubepods.slice/pod.slice"),
-            Some(PathBuf::from("/sys/fs/cgroup/kubepods.slice/pod.slice"))
-        );
-        assert_eq!(
-            cgroup_dir(&host, "/"),
-            Some(PathBuf::from("/sys/fs/cgroup"))
-        );
-        assert_eq!(cgroup_dir(&host, "/../../other"), None);
-        // Docker v1 without cgroupns: the container's own cgroup is mounted at the top.
-        let docker = CgroupMount {
+        let mount = |root: &str, at: &str| CgroupMount {
             version: 1,
-            root: "/docker/abc".into(),
-            mount_point: "/sys/fs/cgroup/memory".into(),
+            root: root.into(),
+            mount_point: at.into(),
         };
+        let dir = |m: &CgroupMount, cg| cgroup_dir(m, cg).map(|d| d.display().to_string());
+        let host = mount("/", "/sys/fs/cgroup");
+        let pod = dir(&host, "/kubepods.slice/pod.slice");
         assert_eq!(
-            cgroup_dir(&docker, "/docker/abc"),
-            Some(PathBuf::from("/sys/fs/cgroup/memory"))
+            pod.as_deref(),
+            Some("/sys/fs/cgroup/kubepods.slice/pod.slice")
         );
+        assert_eq!(dir(&host, "/").as_deref(), Some("/sys/fs/cgroup"));
+        assert_eq!(dir(&host, "/../../other"), None);
+        // Docker v1 without cgroupns: the container's own cgroup is mounted at the top.
+        let docker = mount("/docker/abc", "/sys/fs/cgroup/memory");
         assert_eq!(
-            cgroup_dir(&docker, "/docker/abc/sub"),
-            Some(PathBuf::from("/sys/fs/cgroup/memory/sub"))
+            dir(&docker, "/docker/abc").as_deref(),
+            Some("/sys/fs/cgroup/memory")
         );
-        assert_eq!(cgroup_dir(&docker, "/docker/abcdef"), None);
-        assert_eq!(cgroup_dir(&docker, "/system.slice"), None);
+        let sub = dir(&docker, "/docker/abc/sub");
+        assert_eq!(sub.as_deref(), Some("/sys/fs/cgroup/memory/sub"));
+        assert_eq!(dir(&docker, "/docker/abcdef"), None);
+        assert_eq!(dir(&docker, "/system.slice"), None);
+    }
+
+    #[test]
+    fn cgroup_walk_up_picks_least_headroom() {
+        // A fake v2 tree: top (unlimited) / a (1000, 900 used) / b (500, 100 used).
+        let top = std::env::temp_dir().join(format!("leakprobe-cgtree-{}", std::process::id()));
+        let (a, b) = (top.join("a"), top.join("a/b"));
+        std::fs::create_dir_all(&b).unwrap();
+        let set = |d: &Path, max: &str, cur: &str| {
+            std::fs::write(d.join("memory.max"), max).unwrap();
+            std::fs::write(d.join("memory.current"), cur).unwrap();
+        };
+        set(&top, "max\n", "5000\n");
+        set(&a, "1000\n", "900\n");
+        set(&b, "500\n", "100\n");
+        // The parent, shared with siblings, runs out first despite its larger limit.
+        let got = walk_up(&b, &top, 2).unwrap();
+        assert_eq!(
+            (got.limit_bytes, got.usage_bytes, got.version),
+            (1000, Some(900), 2)
+        );
+        assert_eq!(Path::new(&got.cgroup_path), a.as_path());
+        // Levels above `top` (the mount point) are never consulted.
+        assert_eq!(walk_up(&b, &b, 2).unwrap().limit_bytes, 500);
+        set(&a, "max\n", "900\n");
+        assert_eq!(walk_up(&b, &top, 2).unwrap().limit_bytes, 500);
+        set(&b, "max\n", "100\n");
+        assert_eq!(walk_up(&b, &top, 2), None);
+        std::fs::remove_dir_all(&top).unwrap();
     }
 
     #[test]
@@ -398,13 +412,14 @@ mod tests {
         let mounts = parse_mountinfo(&std::fs::read_to_string("/proc/self/mountinfo").ok()?);
         let me = parse_proc_cgroup(&std::fs::read_to_string("/proc/self/cgroup").ok()?);
         let name = format!("leakprobe-test-{}", std::process::id());
+        let has_memory = |m: &&CgroupMount| {
+            std::fs::read_to_string(m.mount_point.join("cgroup.subtree_control"))
+                .is_ok_and(|c| c.split_whitespace().any(|c| c == "memory"))
+        };
         let v2 = mounts
             .iter()
-            .find(|m| m.version == 2 && m.root == "/")
-            .filter(|m| {
-                std::fs::read_to_string(m.mount_point.join("cgroup.subtree_control"))
-                    .is_ok_and(|c| c.split_whitespace().any(|c| c == "memory"))
-            });
+            .filter(|m| m.version == 2 && m.root == "/")
+            .find(has_memory);
         let (parent, version, limit_file) = if let Some(m) = v2 {
             (m.mount_point.clone(), 2, "memory.max")
         } else {

@@ -10,7 +10,8 @@ use object::{Object, ObjectSegment, ObjectSymbol, SymbolKind};
 /// match their base name.
 pub fn function_offsets(path: &Path, names: &[&str]) -> Result<HashMap<String, u64>> {
     let data = fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
-    let file = object::File::parse(&*data).with_context(|| format!("{} is not an ELF file", path.display()))?;
+    let file = object::File::parse(&*data)
+        .with_context(|| format!("{} is not an ELF file", path.display()))?;
     let segments: Vec<(u64, u64, u64)> = file
         .segments()
         .map(|s| (s.address(), s.size(), s.file_range().0))
@@ -52,7 +53,8 @@ mod tests {
             .filter_map(|l| l.split_whitespace().nth(5))
             .find(|p| p.contains("libc.so") || p.contains("libc-"))
             .expect("libc is mapped");
-        let found = function_offsets(Path::new(libc), &["malloc", "free", "no_such_function"]).unwrap();
+        let found =
+            function_offsets(Path::new(libc), &["malloc", "free", "no_such_function"]).unwrap();
         assert!(found["malloc"] > 0);
         assert!(found["free"] > 0);
         assert_ne!(found["malloc"], found["free"]);

@@ -27,7 +27,10 @@ pub struct TableSizes {
 
 impl Default for TableSizes {
     fn default() -> Self {
-        TableSizes { live_allocations: 1 << 20, stacks: 1 << 15 }
+        TableSizes {
+            live_allocations: 1 << 20,
+            stacks: 1 << 15,
+        }
     }
 }
 
@@ -91,13 +94,26 @@ pub fn attach(target: &Target, sizes: TableSizes) -> Result<Probes> {
         .load(KERNEL_PROGRAMS)
         .map_err(|e| anyhow!("cannot load the eBPF programs into the kernel: {e}"))?;
 
-    for name in ["alloc_size", "alloc_count_size", "alloc_ptr_size", "alloc_ptr_count_size", "alloc_align_size", "alloc_posix_memalign", "free_ptr", "alloc_return"] {
-        uprobe(&mut ebpf, name)?.load().with_context(|| format!("the kernel rejected {name}"))?;
+    for name in [
+        "alloc_size",
+        "alloc_count_size",
+        "alloc_ptr_size",
+        "alloc_ptr_count_size",
+        "alloc_align_size",
+        "alloc_posix_memalign",
+        "free_ptr",
+        "alloc_return",
+    ] {
+        uprobe(&mut ebpf, name)?
+            .load()
+            .with_context(|| format!("the kernel rejected {name}"))?;
     }
     let mut hooks = Vec::new();
     for object in &target.objects {
         for &(function, offset) in &object.functions {
-            let Some(entry) = entry_program(function.shape()) else { continue };
+            let Some(entry) = entry_program(function.shape()) else {
+                continue;
+            };
             let point = || UProbeAttachPoint {
                 location: UProbeAttachLocation::AbsoluteOffset(offset),
                 cookie: Some(function as u64),
@@ -105,13 +121,28 @@ pub fn attach(target: &Target, sizes: TableSizes) -> Result<Probes> {
             let scope = UProbeScope::OneProcess(pid);
             uprobe(&mut ebpf, entry)?
                 .attach(point(), &object.host_path, scope)
-                .with_context(|| format!("cannot attach to {} in {}", function.symbol(), object.path.display()))?;
+                .with_context(|| {
+                    format!(
+                        "cannot attach to {} in {}",
+                        function.symbol(),
+                        object.path.display()
+                    )
+                })?;
             if function.shape() != CallShape::Free {
                 uprobe(&mut ebpf, "alloc_return")?
                     .attach(point(), &object.host_path, scope)
-                    .with_context(|| format!("cannot attach to the return of {} in {}", function.symbol(), object.path.display()))?;
+                    .with_context(|| {
+                        format!(
+                            "cannot attach to the return of {} in {}",
+                            function.symbol(),
+                            object.path.display()
+                        )
+                    })?;
             }
-            hooks.push(Hook { function, object: object.path.display().to_string() });
+            hooks.push(Hook {
+                function,
+                object: object.path.display().to_string(),
+            });
         }
     }
 
@@ -121,9 +152,14 @@ pub fn attach(target: &Target, sizes: TableSizes) -> Result<Probes> {
             .program_mut(program)
             .ok_or_else(|| anyhow!("kernel program {program} missing from the object"))?
             .try_into()?;
-        tp.load().with_context(|| format!("the kernel rejected {program}"))?;
+        tp.load()
+            .with_context(|| format!("the kernel rejected {program}"))?;
         tp.attach("syscalls", tracepoint)
             .with_context(|| format!("cannot attach to tracepoint syscalls:{tracepoint}"))?;
     }
-    Ok(Probes { ebpf, hooks, mounted_tracefs })
+    Ok(Probes {
+        ebpf,
+        hooks,
+        mounted_tracefs,
+    })
 }

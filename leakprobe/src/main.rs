@@ -10,7 +10,11 @@ use leakprobe::{
 };
 
 #[derive(Parser)]
-#[command(name = "leakprobe", version, about = "Find memory leaks in live Python processes with eBPF")]
+#[command(
+    name = "leakprobe",
+    version,
+    about = "Find memory leaks in live Python processes with eBPF"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Commands,
@@ -69,7 +73,10 @@ const EXIT_LEAK: u8 = 3;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("leakprobe: error: cannot start the runtime: {e}");
@@ -83,7 +90,10 @@ fn main() -> ExitCode {
         Ok(code) => code,
         Err(err) => {
             // One line: the chain of causes, joined.
-            eprintln!("leakprobe: error: {}", format!("{err:#}").replace('\n', " "));
+            eprintln!(
+                "leakprobe: error: {}",
+                format!("{err:#}").replace('\n', " ")
+            );
             ExitCode::FAILURE
         }
     }
@@ -98,7 +108,10 @@ async fn run_record(args: RecordArgs) -> anyhow::Result<ExitCode> {
         command: args.command,
         duration: args.duration,
         interval: args.interval,
-        tables: TableSizes { live_allocations: args.max_live_allocations, stacks: args.max_stacks },
+        tables: TableSizes {
+            live_allocations: args.max_live_allocations,
+            stacks: args.max_stacks,
+        },
         other_stacks: args.top,
         progress: !args.quiet,
     };
@@ -108,5 +121,9 @@ async fn run_record(args: RecordArgs) -> anyhow::Result<ExitCode> {
         Format::Json => report::json::render(&report),
     };
     record::write_output(args.output.as_ref(), &rendered)?;
-    Ok(if args.fail_on_leak && report.is_leak() { ExitCode::from(EXIT_LEAK) } else { ExitCode::SUCCESS })
+    Ok(if args.fail_on_leak && report.is_leak() {
+        ExitCode::from(EXIT_LEAK)
+    } else {
+        ExitCode::SUCCESS
+    })
 }

@@ -3,6 +3,7 @@
 //! collected before an interruption or the target's exit is always reported.
 
 use std::{
+    os::fd::AsFd,
     path::PathBuf,
     process::{Child, Command},
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
@@ -80,8 +81,19 @@ impl Drop for Launched {
 /// Starts `command` and waits until the dynamic loader has mapped its libraries (libc shows in its
 /// maps and the maps stop changing), so the allocator functions can be found and hooked.
 fn launch(command: &[String]) -> Result<Launched> {
-    let (program, args) = command.split_first().ok_or_else(|| anyhow!("no command to launch"))?;
-    let child = Command::new(program).args(args).spawn().with_context(|| format!("cannot launch {program}"))?;
+    let (program, args) = command
+        .split_first()
+        .ok_or_else(|| anyhow!("no command to launch"))?;
+    // The command's stdout goes to our stderr: stdout carries the report.
+    let stdout = std::io::stderr()
+        .as_fd()
+        .try_clone_to_owned()
+        .context("cannot duplicate stderr")?;
+    let child = Command::new(program)
+        .args(args)
+        .stdout(stdout)
+        .spawn()
+        .with_context(|| format!("cannot launch {program}"))?;
     let launched = Launched(child);
     let pid = launched.0.id();
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -101,7 +113,11 @@ fn launch(command: &[String]) -> Result<Launched> {
 
 pub async fn record(opts: RecordOptions) -> Result<Report> {
     target::check_privileges()?;
-    let launched = if opts.command.is_empty() { None } else { Some(launch(&opts.command)?) };
+    let launched = if opts.command.is_empty() {
+        None
+    } else {
+        Some(launch(&opts.command)?)
+    };
     let pid = match (&launched, opts.pid) {
         (Some(child), _) => child.0.id(),
         (None, Some(pid)) => pid,
@@ -125,7 +141,11 @@ pub async fn record(opts: RecordOptions) -> Result<Report> {
         None
     });
     if opts.progress {
-        let objects: Vec<String> = target.objects.iter().map(|o| o.path.display().to_string()).collect();
+        let objects: Vec<String> = target
+            .objects
+            .iter()
+            .map(|o| o.path.display().to_string())
+            .collect();
         eprintln!(
             "leakprobe: recording PID {pid} ({}): {} allocator hooks in {}, 7 syscall tracepoints; {}Ctrl-C to stop",
             target.exe,
@@ -135,10 +155,16 @@ pub async fn record(opts: RecordOptions) -> Result<Report> {
         );
     }
 
-    let started_unix_secs = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    let started_unix_secs = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
     let (recording, end) = sample_until_done(&probes, &target, launched, &opts).await?;
     if opts.progress {
-        eprintln!("leakprobe: recording ended ({}), {} samples; building the report", end.as_str(), recording.samples());
+        eprintln!(
+            "leakprobe: recording ended ({}), {} samples; building the report",
+            end.as_str(),
+            recording.samples()
+        );
     }
 
     let ctx = build::Context {
@@ -152,12 +178,21 @@ pub async fn record(opts: RecordOptions) -> Result<Report> {
         interval_seconds: opts.interval.as_secs_f64(),
         ended_because: end.as_str().into(),
         memory_limit,
-        hooks: probes.hooks.iter().map(|h| HookInfo { function: h.function.symbol().into(), object: h.object.clone() }).collect(),
+        hooks: probes
+            .hooks
+            .iter()
+            .map(|h| HookInfo {
+                function: h.function.symbol().into(),
+                object: h.object.clone(),
+            })
+            .collect(),
         warnings,
         other_stacks: opts.other_stacks,
         verdict: VerdictConfig::default(),
     };
-    let report = build::build(&recording, ctx, |id| resolve_stack(&probes, &mut symbolizer, id));
+    let report = build::build(&recording, ctx, |id| {
+        resolve_stack(&probes, &mut symbolizer, id)
+    });
     // Probes are detached here, after the stacks were read out of the kernel.
     drop(probes);
     Ok(report)
@@ -186,9 +221,18 @@ async fn sample_until_done(
             Some(child) => matches!(child.0.try_wait(), Ok(None)),
             None => process_memory::read(target.pid).is_some(),
         };
-        let memory = if alive { process_memory::read(target.pid) } else { None };
+        let memory = if alive {
+            process_memory::read(target.pid)
+        } else {
+            None
+        };
         let t = start.elapsed().as_secs_f64();
-        recording.push(t, memory, &sampler::stack_counters(probes)?, sampler::counters(probes)?);
+        recording.push(
+            t,
+            memory,
+            &sampler::stack_counters(probes)?,
+            sampler::counters(probes)?,
+        );
         if opts.progress {
             progress_line(&recording, t);
         }
@@ -202,7 +246,12 @@ async fn sample_until_done(
     // An interrupted recording still ends with a last sample.
     if end == End::Interrupted {
         let t = start.elapsed().as_secs_f64();
-        recording.push(t, process_memory::read(target.pid), &sampler::stack_counters(probes)?, sampler::counters(probes)?);
+        recording.push(
+            t,
+            process_memory::read(target.pid),
+            &sampler::stack_counters(probes)?,
+            sampler::counters(probes)?,
+        );
     }
     drop(launched);
     Ok((recording, end))
@@ -210,7 +259,12 @@ async fn sample_until_done(
 
 fn progress_line(rec: &Recording, t: f64) {
     use crate::report::human_bytes;
-    let rss = rec.memory.last().copied().flatten().map_or("-".into(), |m| human_bytes(m.rss_bytes as f64));
+    let rss = rec
+        .memory
+        .last()
+        .copied()
+        .flatten()
+        .map_or("-".into(), |m| human_bytes(m.rss_bytes as f64));
     let tracked = rec.tracked_live_bytes.last().copied().unwrap_or(0.0);
     eprintln!(
         "  t={t:>6.1}s  RSS {rss:>9}  tracked live {:>9}  stacks {:>6}  allocations {:>9}  drops {}",
@@ -223,7 +277,11 @@ fn progress_line(rec: &Recording, t: f64) {
 
 fn resolve_stack(probes: &Probes, symbolizer: &mut NativeSymbolizer, id: u64) -> ResolvedStack {
     let Some(trace) = sampler::stack_trace(probes, id) else {
-        return ResolvedStack { allocator: "?".into(), frames: Vec::new(), native_truncated: false };
+        return ResolvedStack {
+            allocator: "?".into(),
+            frames: Vec::new(),
+            native_truncated: false,
+        };
     };
     let function = AllocFunction::from_u32(trace.function);
     let allocator = function.map_or("?", AllocFunction::symbol).to_string();
@@ -232,8 +290,14 @@ fn resolve_stack(probes: &Probes, symbolizer: &mut NativeSymbolizer, id: u64) ->
         function: allocator.clone(),
         file: None,
         line: None,
-        object: function.and_then(|f| probes.hooks.iter().find(|h| h.function == f)).map(|h| h.object.clone()),
-        kind: if function.is_some_and(|f| f.shape() == leakprobe_common::CallShape::Syscall) { FrameKind::Kernel } else { FrameKind::Native },
+        object: function
+            .and_then(|f| probes.hooks.iter().find(|h| h.function == f))
+            .map(|h| h.object.clone()),
+        kind: if function.is_some_and(|f| f.shape() == leakprobe_common::CallShape::Syscall) {
+            FrameKind::Kernel
+        } else {
+            FrameKind::Native
+        },
         address: 0,
     }];
     frames.extend(symbolizer.symbolize(&trace.native[..len]));
@@ -247,7 +311,8 @@ fn resolve_stack(probes: &Probes, symbolizer: &mut NativeSymbolizer, id: u64) ->
 /// Where to write the report: a file, or stdout.
 pub fn write_output(path: Option<&PathBuf>, text: &str) -> Result<()> {
     match path {
-        Some(p) => std::fs::write(p, text).with_context(|| format!("cannot write the report to {}", p.display())),
+        Some(p) => std::fs::write(p, text)
+            .with_context(|| format!("cannot write the report to {}", p.display())),
         None => {
             print!("{text}");
             Ok(())

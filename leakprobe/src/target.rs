@@ -65,22 +65,37 @@ impl Target {
         let mut objects = Vec::new();
         for path in executable_files(&maps) {
             let host_path = in_root(&root, &path);
-            let Some(functions) = allocator_functions(&host_path) else { continue };
+            let Some(functions) = allocator_functions(&host_path) else {
+                continue;
+            };
             if !functions.is_empty() {
-                objects.push(HookableObject { path, host_path, functions });
+                objects.push(HookableObject {
+                    path,
+                    host_path,
+                    functions,
+                });
             }
         }
-        let python_version = objects.iter().find_map(|o| python_version_of(&o.path)).or_else(|| {
-            python_version_of(Path::new(&exe))
-        });
+        let python_version = objects
+            .iter()
+            .find_map(|o| python_version_of(&o.path))
+            .or_else(|| python_version_of(Path::new(&exe)));
         if objects.is_empty() {
             bail!("process {pid} ({exe}) has no allocator to hook: no malloc or PyObject_Malloc in its mapped files");
         }
-        Ok(Target { pid, exe, cmdline, python_version, objects })
+        Ok(Target {
+            pid,
+            exe,
+            cmdline,
+            python_version,
+            objects,
+        })
     }
 
     pub fn hooks_python(&self) -> bool {
-        self.objects.iter().any(|o| o.functions.iter().any(|(f, _)| f.is_python()))
+        self.objects
+            .iter()
+            .any(|o| o.functions.iter().any(|(f, _)| f.is_python()))
     }
 }
 
@@ -108,7 +123,9 @@ pub fn in_root(root: &Path, path: &Path) -> PathBuf {
 }
 
 fn allocator_functions(host_path: &Path) -> Option<Vec<(AllocFunction, u64)>> {
-    let names: Vec<&str> = AllocFunction::uprobe_functions().map(AllocFunction::symbol).collect();
+    let names: Vec<&str> = AllocFunction::uprobe_functions()
+        .map(AllocFunction::symbol)
+        .collect();
     let offsets = elf_symbols::function_offsets(host_path, &names).ok()?;
     Some(
         AllocFunction::uprobe_functions()
@@ -120,8 +137,13 @@ fn allocator_functions(host_path: &Path) -> Option<Vec<(AllocFunction, u64)>> {
 /// `3.11` from `libpython3.11.so.1.0`, `python3.11`, `libpython3.13t.so`.
 pub fn python_version_of(path: &Path) -> Option<String> {
     let name = path.file_name()?.to_str()?;
-    let rest = name.strip_prefix("libpython").or_else(|| name.strip_prefix("python"))?;
-    let version: String = rest.chars().take_while(|c| c.is_ascii_digit() || *c == '.').collect();
+    let rest = name
+        .strip_prefix("libpython")
+        .or_else(|| name.strip_prefix("python"))?;
+    let version: String = rest
+        .chars()
+        .take_while(|c| c.is_ascii_digit() || *c == '.')
+        .collect();
     let version = version.trim_end_matches('.');
     let mut parts = version.split('.');
     let (major, minor) = (parts.next()?, parts.next()?);
@@ -136,7 +158,8 @@ pub fn check_privileges() -> Result<()> {
     const CAP_SYS_ADMIN: u32 = 21;
     const CAP_PERFMON: u32 = 38;
     const CAP_BPF: u32 = 39;
-    let status = fs::read_to_string("/proc/self/status").map_err(|e| anyhow!("cannot read /proc/self/status: {e}"))?;
+    let status = fs::read_to_string("/proc/self/status")
+        .map_err(|e| anyhow!("cannot read /proc/self/status: {e}"))?;
     let effective = status
         .lines()
         .find_map(|l| l.strip_prefix("CapEff:"))
@@ -170,7 +193,10 @@ mod tests {
         let files = executable_files(MAPS);
         assert_eq!(
             files,
-            vec![PathBuf::from("/usr/bin/python3.11"), PathBuf::from("/usr/lib/x86_64-linux-gnu/libc.so.6")]
+            vec![
+                PathBuf::from("/usr/bin/python3.11"),
+                PathBuf::from("/usr/lib/x86_64-linux-gnu/libc.so.6")
+            ]
         );
     }
 
@@ -184,9 +210,18 @@ mod tests {
 
     #[test]
     fn python_versions_from_file_names() {
-        assert_eq!(python_version_of(Path::new("/x/libpython3.11.so.1.0")).as_deref(), Some("3.11"));
-        assert_eq!(python_version_of(Path::new("/usr/bin/python3.13")).as_deref(), Some("3.13"));
-        assert_eq!(python_version_of(Path::new("/x/libpython3.13t.so")).as_deref(), Some("3.13"));
+        assert_eq!(
+            python_version_of(Path::new("/x/libpython3.11.so.1.0")).as_deref(),
+            Some("3.11")
+        );
+        assert_eq!(
+            python_version_of(Path::new("/usr/bin/python3.13")).as_deref(),
+            Some("3.13")
+        );
+        assert_eq!(
+            python_version_of(Path::new("/x/libpython3.13t.so")).as_deref(),
+            Some("3.13")
+        );
         assert_eq!(python_version_of(Path::new("/usr/bin/python3")), None);
         assert_eq!(python_version_of(Path::new("/usr/lib/libc.so.6")), None);
     }

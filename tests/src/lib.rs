@@ -11,7 +11,10 @@ use std::{
 
 /// The workspace root.
 pub fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
 }
 
 /// The leakprobe binary under test (`cargo xtask test` builds it and sets LEAKPROBE_BIN).
@@ -19,13 +22,19 @@ pub fn leakprobe_bin() -> PathBuf {
     let bin = std::env::var_os("LEAKPROBE_BIN")
         .map(PathBuf::from)
         .unwrap_or_else(|| root().join("target/release/leakprobe"));
-    assert!(bin.exists(), "{} is missing: run the tests with `cargo xtask test`", bin.display());
+    assert!(
+        bin.exists(),
+        "{} is missing: run the tests with `cargo xtask test`",
+        bin.display()
+    );
     bin
 }
 
 /// The Python interpreter for the Python targets (the project's venv under `cargo xtask test`).
 pub fn python() -> PathBuf {
-    std::env::var_os("LEAKPROBE_PYTHON").map(PathBuf::from).unwrap_or_else(|| "python3".into())
+    std::env::var_os("LEAKPROBE_PYTHON")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| "python3".into())
 }
 
 pub fn fixture(name: &str) -> PathBuf {
@@ -71,7 +80,11 @@ impl ChildGuard {
 
     /// Waits for the child to exit on its own and returns its output.
     pub fn wait_with_output(mut self) -> Output {
-        self.0.take().expect("child is held").wait_with_output().expect("child output")
+        self.0
+            .take()
+            .expect("child is held")
+            .wait_with_output()
+            .expect("child output")
     }
 }
 
@@ -89,7 +102,9 @@ pub fn spawn_ready(cmd: &mut Command) -> ChildGuard {
     let mut child = ChildGuard::new(cmd.stdout(Stdio::piped()).spawn().expect("target starts"));
     let stdout = child.child().stdout.take().unwrap();
     let mut line = String::new();
-    BufReader::new(stdout).read_line(&mut line).expect("target prints ready");
+    BufReader::new(stdout)
+        .read_line(&mut line)
+        .expect("target prints ready");
     assert!(line.starts_with("ready"), "target said {line:?}");
     child
 }
@@ -101,9 +116,24 @@ pub fn spawn_python(script: &str) -> ChildGuard {
 
 /// `leakprobe record --pid PID --format json` for `duration`, returning the process output and
 /// the parsed report.
-pub fn record_json(pid: u32, duration: &str, interval: &str, extra: &[&str]) -> (Output, serde_json::Value) {
+pub fn record_json(
+    pid: u32,
+    duration: &str,
+    interval: &str,
+    extra: &[&str],
+) -> (Output, serde_json::Value) {
     let out = Command::new(leakprobe_bin())
-        .args(["record", "--pid", &pid.to_string(), "--duration", duration, "--interval", interval, "--format", "json"])
+        .args([
+            "record",
+            "--pid",
+            &pid.to_string(),
+            "--duration",
+            duration,
+            "--interval",
+            interval,
+            "--format",
+            "json",
+        ])
         .args(extra)
         .output()
         .expect("leakprobe runs");
@@ -121,9 +151,21 @@ pub fn record_json(pid: u32, duration: &str, interval: &str, extra: &[&str]) -> 
 /// Names of the BPF programs of leakprobe's that the kernel still has loaded.
 pub fn leakprobe_programs_loaded() -> Vec<String> {
     const OURS: &[&str] = &[
-        "alloc_size", "alloc_count_size", "alloc_ptr_size", "alloc_ptr_count_", "alloc_align_siz",
-        "alloc_posix_mem", "alloc_return", "free_ptr", "mmap_enter", "mmap_exit", "munmap_enter",
-        "mremap_enter", "mremap_exit", "brk_enter", "brk_exit",
+        "alloc_size",
+        "alloc_count_size",
+        "alloc_ptr_size",
+        "alloc_ptr_count_",
+        "alloc_align_siz",
+        "alloc_posix_mem",
+        "alloc_return",
+        "free_ptr",
+        "mmap_enter",
+        "mmap_exit",
+        "munmap_enter",
+        "mremap_enter",
+        "mremap_exit",
+        "brk_enter",
+        "brk_exit",
     ];
     aya::programs::loaded_programs()
         .filter_map(|p| p.ok())
@@ -146,10 +188,19 @@ pub fn eventually(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
 
 /// The flagged stacks of a report.
 pub fn flagged(report: &serde_json::Value) -> Vec<&serde_json::Value> {
-    report["stacks"].as_array().unwrap().iter().filter(|s| s["flagged"] == true).collect()
+    report["stacks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|s| s["flagged"] == true)
+        .collect()
 }
 
 /// Whether any frame of the stack is the function `name`.
 pub fn has_frame(stack: &serde_json::Value, name: &str) -> bool {
-    stack["frames"].as_array().unwrap().iter().any(|f| f["function"] == name)
+    stack["frames"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|f| f["function"] == name)
 }
