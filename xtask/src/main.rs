@@ -3,6 +3,7 @@
 //! Everything the project needs on a fresh machine is installed here, idempotently, and cached
 //! under `~/.cache/leakprobe` so a second run costs seconds.
 
+mod demo;
 mod setup;
 
 use std::{
@@ -102,10 +103,5 @@ fn test(extra: &[String]) -> Result<()> {
 
 fn demo(extra: &[String]) -> Result<()> {
     let tools = build()?;
-    run(Command::new(&tools.python)
-        .arg(root().join("demo/run_demo.py"))
-        .arg("--leakprobe")
-        .arg(leakprobe_bin())
-        .args(extra)
-        .current_dir(root()))
+    demo::run(&tools, &leakprobe_bin(), extra)
 }
