@@ -47,17 +47,12 @@ fn main() -> ExitCode {
 
 /// The workspace root (the parent of this crate).
 pub fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("xtask is in the workspace")
-        .into()
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("xtask is in the workspace").into()
 }
 
 /// Runs a command, failing with its command line when it fails.
 pub fn run(cmd: &mut Command) -> Result<()> {
-    let status = cmd
-        .status()
-        .with_context(|| format!("cannot run {cmd:?}"))?;
+    let status = cmd.status().with_context(|| format!("cannot run {cmd:?}"))?;
     if !status.success() {
         bail!("{cmd:?} failed: {status}");
     }
@@ -84,21 +79,20 @@ fn leakprobe_bin() -> PathBuf {
 fn test(extra: &[String]) -> Result<()> {
     let tools = build()?;
     // Pure logic first: fast, no root needed.
-    run(cargo(&tools).args([
-        "test",
-        "--release",
-        "-p",
-        "leakprobe",
-        "-p",
-        "leakprobe-common",
-    ]))?;
+    run(cargo(&tools).args(["test", "--release", "-p", "leakprobe", "-p", "leakprobe-common"]))?;
     // End to end: real kernel programs on real processes; one at a time, they share kernel state.
     run(cargo(&tools)
         .args(["test", "--release", "-p", "leakprobe-tests", "--"])
         .args(["--test-threads=1"])
         .args(extra)
         .env("LEAKPROBE_BIN", leakprobe_bin())
-        .env("LEAKPROBE_PYTHON", &tools.python))
+        .env("LEAKPROBE_PYTHON", &tools.python)
+        .env("LEAKPROBE_EXTRA_PYTHONS", extra_pythons(&tools)))
+}
+
+/// `3.12=/path/python,3.13=/path/python` for the tests.
+fn extra_pythons(tools: &setup::Tools) -> String {
+    tools.extra_pythons.iter().map(|(v, p)| format!("{v}={}", p.display())).collect::<Vec<_>>().join(",")
 }
 
 fn demo(extra: &[String]) -> Result<()> {

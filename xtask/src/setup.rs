@@ -20,29 +20,29 @@ const APT_PACKAGES: &[&str] = &["wrk"];
 /// The demo app's and the end-to-end tests' Python packages.
 const PIP_PACKAGES: &[&str] = &["fastapi==0.115.*", "uvicorn==0.32.*", "cachetools==5.*"];
 
+/// Other CPython builds the Python-stack tests run against when the machine has them (pyenv's
+/// shared-libpython builds here).
+const EXTRA_PYTHONS: &[(&str, &str)] =
+    &[("3.10", ".pyenv/versions/3.10.13/bin/python3"), ("3.12", ".pyenv/versions/3.12.1/bin/python3"), ("3.13", ".pyenv/versions/3.13.0/bin/python3")];
+
 pub struct Tools {
     pub bpf_linker_dir: PathBuf,
     pub python: PathBuf,
+    /// (version, venv python) for each extra interpreter found.
+    pub extra_pythons: Vec<(String, PathBuf)>,
 }
 
 impl Tools {
     /// PATH with bpf-linker first.
     pub fn path_env(&self) -> String {
-        format!(
-            "{}:{}",
-            self.bpf_linker_dir.display(),
-            env::var("PATH").unwrap_or_default()
-        )
+        format!("{}:{}", self.bpf_linker_dir.display(), env::var("PATH").unwrap_or_default())
     }
 }
 
 pub fn cache_dir() -> PathBuf {
     env::var_os("LEAKPROBE_CACHE")
         .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(env::var("HOME").unwrap_or_else(|_| "/root".into()))
-                .join(".cache/leakprobe")
-        })
+        .unwrap_or_else(|| PathBuf::from(env::var("HOME").unwrap_or_else(|_| "/root".into())).join(".cache/leakprobe"))
 }
 
 pub fn install() -> Result<Tools> {
@@ -51,44 +51,33 @@ pub fn install() -> Result<Tools> {
     nightly_rust_src()?;
     let bpf_linker_dir = bpf_linker(&cache)?;
     apt_packages()?;
-    let python = python_venv(&cache)?;
-    Ok(Tools {
-        bpf_linker_dir,
-        python,
-    })
+    let base = env::var("LEAKPROBE_BASE_PYTHON").unwrap_or_else(|_| "python3".into());
+    let python = python_venv(&cache.join("venv"), Path::new(&base))?;
+    let home = PathBuf::from(env::var("HOME").unwrap_or_else(|_| "/root".into()));
+    let mut extra_pythons = Vec::new();
+    for (version, relative) in EXTRA_PYTHONS {
+        let interpreter = home.join(relative);
+        if interpreter.exists() {
+            extra_pythons.push((version.to_string(), python_venv(&cache.join(format!("venv-{version}")), &interpreter)?));
+        }
+    }
+    Ok(Tools { bpf_linker_dir, python, extra_pythons })
 }
 
 fn output(cmd: &mut Command) -> Result<String> {
-    let out = cmd
-        .output()
-        .with_context(|| format!("cannot run {cmd:?}"))?;
+    let out = cmd.output().with_context(|| format!("cannot run {cmd:?}"))?;
     if !out.status.success() {
-        bail!(
-            "{cmd:?} failed: {}",
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
+        bail!("{cmd:?} failed: {}", String::from_utf8_lossy(&out.stderr).trim());
     }
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
 fn nightly_rust_src() -> Result<()> {
-    let installed = output(Command::new("rustup").args([
-        "component",
-        "list",
-        "--installed",
-        "--toolchain",
-        "nightly",
-    ]))
-    .context("the nightly toolchain is needed for the kernel programs")?;
+    let installed = output(Command::new("rustup").args(["component", "list", "--installed", "--toolchain", "nightly"]))
+        .context("the nightly toolchain is needed for the kernel programs")?;
     if !installed.lines().any(|l| l.starts_with("rust-src")) {
         eprintln!("xtask: installing rust-src for nightly");
-        run(Command::new("rustup").args([
-            "component",
-            "add",
-            "rust-src",
-            "--toolchain",
-            "nightly",
-        ]))?;
+        run(Command::new("rustup").args(["component", "add", "rust-src", "--toolchain", "nightly"]))?;
     }
     Ok(())
 }
@@ -118,19 +107,17 @@ fn bpf_linker(cache: &Path) -> Result<PathBuf> {
     let prefix = cache.join("llvm");
     let prefix_lib = prefix.join("lib");
     fs::create_dir_all(&prefix_lib)?;
-    let link = prefix_lib.join("libLLVM.so");
-    let _ = fs::remove_file(&link);
-    std::os::unix::fs::symlink(sysroot_lib.join(&libllvm), &link)?;
+    // `libLLVM.so` for the build to link against, and the soname itself so the binary's rpath
+    // finds the library at run time (outside `rustup run`, which would set LD_LIBRARY_PATH).
+    for name in ["libLLVM.so", libllvm.as_str()] {
+        let link = prefix_lib.join(name);
+        let _ = fs::remove_file(&link);
+        std::os::unix::fs::symlink(sysroot_lib.join(&libllvm), &link)?;
+    }
     run(Command::new("cargo")
         .args(["install", "--locked", "--force", "--root"])
         .arg(&root)
-        .args([
-            "bpf-linker",
-            "--version",
-            BPF_LINKER_VERSION,
-            "--no-default-features",
-            "--features",
-        ])
+        .args(["bpf-linker", "--version", BPF_LINKER_VERSION, "--no-default-features", "--features"])
         .arg(BPF_LINKER_LLVM_FEATURE)
         .env("LLVM_PREFIX", &prefix))?;
     Ok(bin)
@@ -158,9 +145,8 @@ fn apt_packages() -> Result<()> {
         .env("DEBIAN_FRONTEND", "noninteractive"))
 }
 
-/// A venv on the machine's CPython 3 (pyenv's shared-libpython build here), with the web stack.
-fn python_venv(cache: &Path) -> Result<PathBuf> {
-    let venv = cache.join("venv");
+/// A venv on `base` (pyenv's shared-libpython builds here), with the web stack.
+fn python_venv(venv: &Path, base: &Path) -> Result<PathBuf> {
     let python = venv.join("bin/python");
     let stamp = venv.join(".leakprobe-packages");
     let wanted = PIP_PACKAGES.join("\n");
@@ -168,18 +154,9 @@ fn python_venv(cache: &Path) -> Result<PathBuf> {
         return Ok(python);
     }
     eprintln!("xtask: creating the Python venv in {}", venv.display());
-    let base = env::var("LEAKPROBE_BASE_PYTHON").unwrap_or_else(|_| "python3".into());
-    run(Command::new(&base)
-        .args(["-m", "venv", "--clear"])
-        .arg(&venv))?;
+    run(Command::new(base).args(["-m", "venv", "--clear"]).arg(venv))?;
     run(Command::new(&python)
-        .args([
-            "-m",
-            "pip",
-            "install",
-            "--quiet",
-            "--disable-pip-version-check",
-        ])
+        .args(["-m", "pip", "install", "--quiet", "--disable-pip-version-check"])
         .args(PIP_PACKAGES))?;
     fs::write(&stamp, wanted)?;
     Ok(python)
