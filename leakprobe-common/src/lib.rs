@@ -92,9 +92,7 @@ impl AllocFunction {
     pub fn shape(self) -> CallShape {
         use AllocFunction::*;
         match self {
-            Malloc | Valloc | Pvalloc | PyObjectMalloc | PyMemMalloc | PyMemRawMalloc => {
-                CallShape::Size
-            }
+            Malloc | Valloc | Pvalloc | PyObjectMalloc | PyMemMalloc | PyMemRawMalloc => CallShape::Size,
             Calloc | PyObjectCalloc | PyMemCalloc | PyMemRawCalloc => CallShape::CountSize,
             Realloc | PyObjectRealloc | PyMemRealloc | PyMemRawRealloc => CallShape::PtrSize,
             Reallocarray => CallShape::PtrCountSize,
@@ -107,8 +105,7 @@ impl AllocFunction {
 
     /// Whether this is one of CPython's allocator functions (as opposed to libc's or the kernel's).
     pub fn is_python(self) -> bool {
-        (self as u32) >= AllocFunction::PyObjectMalloc as u32
-            && (self as u32) <= AllocFunction::PyMemRawFree as u32
+        (self as u32) >= AllocFunction::PyObjectMalloc as u32 && (self as u32) <= AllocFunction::PyMemRawFree as u32
     }
 
     /// Every uprobe-able function, in id order.
@@ -267,6 +264,40 @@ impl Counter {
     }
 }
 
+/// Marks an offset that does not apply to this CPython version.
+pub const NO_OFFSET: u32 = u32::MAX;
+/// Bytes of a frame record the kernel reads at once (3.10's `PyFrameObject` up to `f_lasti`).
+pub const PYTHON_FRAME_READ: usize = 104;
+
+/// How to walk one CPython's frames, filled by userspace per version (from its layout tables or,
+/// on 3.13+, from the target's own `_Py_DebugOffsets`). All offsets are bytes.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PythonConfig {
+    /// `frame = *(tstate + tstate_frame)`; then, when `cframe_frame != NO_OFFSET` (3.11/3.12, where
+    /// the thread state points at a `_PyCFrame`), `frame = *(frame + cframe_frame)`.
+    pub tstate_frame: u32,
+    pub cframe_frame: u32,
+    pub frame_previous: u32,
+    pub frame_code: u32,
+    /// `f_lasti` (3.10: an int in code units) or `prev_instr`/`instr_ptr` (3.11+: a pointer).
+    pub frame_instruction: u32,
+    /// `owner` byte, or NO_OFFSET (3.10).
+    pub frame_owner: u32,
+    /// Frames whose owner is >= this are interpreter shims, not Python code (3.12+: 3).
+    pub owner_skip_min: u32,
+    /// 1 when `frame_instruction` is a pointer into the code object's bytecode.
+    pub instruction_is_pointer: u32,
+    /// Offset of the bytecode in the code object (`co_code_adaptive`), for pointer instructions.
+    pub code_bytecode: u32,
+    /// Bytes to read per frame (<= PYTHON_FRAME_READ).
+    pub frame_read_size: u32,
+    /// Applied to the code pointer (3.14 tags it in its low bits).
+    pub code_mask: u64,
+    /// `&_Py_NoneStruct` in the target: the code of a C entry frame on 3.13+; 0 when unused.
+    pub none_address: u64,
+}
+
 /// Names of the maps and globals, shared so a rename cannot split the two sides.
 pub mod names {
     pub const LIVE_ALLOCATIONS: &str = "LIVE_ALLOCATIONS";
@@ -275,6 +306,8 @@ pub mod names {
     pub const PENDING: &str = "PENDING";
     pub const COUNTERS: &str = "COUNTERS";
     pub const TARGET_TGID: &str = "TARGET_TGID";
+    pub const PYTHON_CONFIG: &str = "PYTHON_CONFIG";
+    pub const THREAD_STATES: &str = "THREAD_STATES";
 }
 
 /// The id under which events whose stack could not be stored are counted.
@@ -284,9 +317,8 @@ const _: () = assert!(core::mem::size_of::<PendingCall>() == 32);
 const _: () = assert!(core::mem::size_of::<LiveAllocation>() == 24);
 const _: () = assert!(core::mem::size_of::<StackCounters>() == 32);
 const _: () = assert!(core::mem::size_of::<PythonFrame>() == 16);
-const _: () = assert!(
-    core::mem::size_of::<StackTrace>() == 16 + 8 * MAX_NATIVE_FRAMES + 16 * MAX_PYTHON_FRAMES
-);
+const _: () = assert!(core::mem::size_of::<PythonConfig>() == 56);
+const _: () = assert!(core::mem::size_of::<StackTrace>() == 16 + 8 * MAX_NATIVE_FRAMES + 16 * MAX_PYTHON_FRAMES);
 
 #[cfg(feature = "user")]
 mod user {
@@ -296,4 +328,5 @@ mod user {
     unsafe impl aya::Pod for LiveAllocation {}
     unsafe impl aya::Pod for StackCounters {}
     unsafe impl aya::Pod for StackTrace {}
+    unsafe impl aya::Pod for PythonConfig {}
 }

@@ -10,6 +10,7 @@
 #![allow(internal_features)]
 
 mod maps;
+mod python;
 mod record;
 mod stack;
 
@@ -67,11 +68,7 @@ pub fn alloc_ptr_size(ctx: ProbeContext) -> u32 {
 #[uprobe]
 pub fn alloc_ptr_count_size(ctx: ProbeContext) -> u32 {
     if record::is_target() {
-        record::enter(
-            cookie(&ctx),
-            arg(&ctx, 1).wrapping_mul(arg(&ctx, 2)),
-            arg(&ctx, 0),
-        );
+        record::enter(cookie(&ctx), arg(&ctx, 1).wrapping_mul(arg(&ctx, 2)), arg(&ctx, 0));
     }
     0
 }
@@ -116,8 +113,7 @@ pub fn alloc_return(ctx: RetProbeContext) -> u32 {
         }
         CallShape::OutPtrAlignSize => {
             if ret as u32 == 0 {
-                let address =
-                    unsafe { bpf_probe_read_user(call.arg_ptr as *const u64) }.unwrap_or(0);
+                let address = unsafe { bpf_probe_read_user(call.arg_ptr as *const u64) }.unwrap_or(0);
                 record::allocation(&ctx, address, call.size, call.function);
             }
         }
@@ -197,11 +193,7 @@ pub fn munmap_enter(ctx: TracePointContext) -> u32 {
 #[tracepoint]
 pub fn mremap_enter(ctx: TracePointContext) -> u32 {
     if record::is_target() {
-        record::enter(
-            AllocFunction::Mremap as u32,
-            tp_arg(&ctx, 2),
-            tp_arg(&ctx, 0),
-        );
+        record::enter(AllocFunction::Mremap as u32, tp_arg(&ctx, 2), tp_arg(&ctx, 0));
     }
     0
 }

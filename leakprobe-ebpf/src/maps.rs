@@ -4,7 +4,7 @@ use aya_ebpf::{
     macros::map,
     maps::{HashMap, PerCpuArray},
 };
-use leakprobe_common::{Counter, LiveAllocation, PendingCall, StackCounters, StackTrace};
+use leakprobe_common::{Counter, LiveAllocation, PendingCall, PythonConfig, StackCounters, StackTrace};
 
 /// Hash maps that may grow large allocate on demand instead of up front.
 const BPF_F_NO_PREALLOC: u32 = 1;
@@ -12,8 +12,7 @@ const BPF_F_NO_PREALLOC: u32 = 1;
 /// address -> live allocation (size, stack, time). A plain hash, never LRU: evicting the oldest
 /// entries would evict exactly the leaked ones.
 #[map]
-pub static LIVE_ALLOCATIONS: HashMap<u64, LiveAllocation> =
-    HashMap::with_max_entries(1 << 20, BPF_F_NO_PREALLOC);
+pub static LIVE_ALLOCATIONS: HashMap<u64, LiveAllocation> = HashMap::with_max_entries(1 << 20, BPF_F_NO_PREALLOC);
 
 /// stack id (hash of the frames) -> frames.
 #[map]
@@ -21,8 +20,7 @@ pub static STACKS: HashMap<u64, StackTrace> = HashMap::with_max_entries(1 << 15,
 
 /// stack id -> allocation/free counters. Userspace reads these aggregates each interval.
 #[map]
-pub static STACK_COUNTERS: HashMap<u64, StackCounters> =
-    HashMap::with_max_entries(1 << 15, BPF_F_NO_PREALLOC);
+pub static STACK_COUNTERS: HashMap<u64, StackCounters> = HashMap::with_max_entries(1 << 15, BPF_F_NO_PREALLOC);
 
 /// thread id -> the allocator call in flight on it.
 #[map]
@@ -31,6 +29,15 @@ pub static PENDING: HashMap<u32, PendingCall> = HashMap::with_max_entries(1 << 1
 /// tgid -> the program break as last seen, to turn brk() results into deltas.
 #[map]
 pub static BRK_CURRENT: HashMap<u32, u64> = HashMap::with_max_entries(1 << 10, 0);
+
+/// tgid -> how to walk that process's CPython frames (absent: not a Python we can read).
+#[map]
+pub static PYTHON_CONFIG: HashMap<u32, PythonConfig> = HashMap::with_max_entries(1 << 10, 0);
+
+/// thread id -> its `PyThreadState` address, kept current by userspace from the interpreter's
+/// own thread list. Works with the GIL held or released and needs no libc or kernel internals.
+#[map]
+pub static THREAD_STATES: HashMap<u32, u64> = HashMap::with_max_entries(1 << 14, 0);
 
 /// Event and drop counters, indexed by `Counter`.
 #[map]

@@ -45,13 +45,7 @@ pub fn enter(function: u32, size: u64, arg_ptr: u64) {
         }
         count(Counter::DropMissedReturn);
     }
-    let call = PendingCall {
-        size,
-        arg_ptr,
-        start_ns: now,
-        function,
-        depth: 0,
-    };
+    let call = PendingCall { size, arg_ptr, start_ns: now, function, depth: 0 };
     if PENDING.insert(&tid, &call, 0).is_err() {
         count(Counter::DropPendingFull);
     }
@@ -88,11 +82,7 @@ pub fn allocation<C: EbpfContext>(ctx: &C, address: u64, size: u64, function: u3
         count(Counter::DropMissedFree);
     }
     let stack_id = stack::capture(ctx, function);
-    let live = LiveAllocation {
-        size,
-        stack_id,
-        timestamp_ns: unsafe { bpf_ktime_get_ns() },
-    };
+    let live = LiveAllocation { size, stack_id, timestamp_ns: unsafe { bpf_ktime_get_ns() } };
     if LIVE_ALLOCATIONS.insert(&address, &live, 0).is_err() {
         // Untracked: counting it would make its stack look leaked forever.
         count(Counter::DropLiveTableFull);
@@ -134,10 +124,7 @@ pub fn unmap(address: u64, len: u64) {
         count(Counter::Frees);
         return;
     }
-    let tail = LiveAllocation {
-        size: live.size - len,
-        ..live
-    };
+    let tail = LiveAllocation { size: live.size - len, ..live };
     if LIVE_ALLOCATIONS.insert(&(address + len), &tail, 0).is_err() {
         // The tail is no longer tracked: release all of it from the stack.
         add_to_stack(live.stack_id, 0, 1, 0, live.size);
@@ -166,25 +153,16 @@ fn add_to_stack(stack_id: u64, allocs: u64, frees: u64, alloc_bytes: u64, free_b
     // BPF_XADD that every kernel supports).
     unsafe {
         if allocs != 0 {
-            atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(
-                &raw mut (*counters).allocs,
-                allocs,
-            );
+            atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(&raw mut (*counters).allocs, allocs);
         }
         if frees != 0 {
             atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(&raw mut (*counters).frees, frees);
         }
         if alloc_bytes != 0 {
-            atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(
-                &raw mut (*counters).alloc_bytes,
-                alloc_bytes,
-            );
+            atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(&raw mut (*counters).alloc_bytes, alloc_bytes);
         }
         if free_bytes != 0 {
-            atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(
-                &raw mut (*counters).free_bytes,
-                free_bytes,
-            );
+            atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(&raw mut (*counters).free_bytes, free_bytes);
         }
     }
 }

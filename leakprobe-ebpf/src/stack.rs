@@ -6,10 +6,13 @@
 
 use aya_ebpf::{bindings::BPF_F_USER_STACK, helpers::generated::bpf_get_stack, EbpfContext};
 use leakprobe_common::{
-    Counter, StackTrace, MAX_NATIVE_FRAMES, STACK_NATIVE_TRUNCATED, UNKNOWN_STACK_ID,
+    Counter, StackTrace, MAX_NATIVE_FRAMES, MAX_PYTHON_FRAMES, STACK_NATIVE_TRUNCATED, UNKNOWN_STACK_ID,
 };
 
-use crate::maps::{count, SCRATCH_STACK, STACKS};
+use crate::{
+    maps::{count, SCRATCH_STACK, STACKS},
+    python,
+};
 
 const BPF_NOEXIST: u64 = 1;
 
@@ -43,12 +46,8 @@ pub fn capture<C: EbpfContext>(ctx: &C, function: u32) -> u64 {
     trace.function = function;
     trace.native_len = len as u32;
     // A full buffer means the walk may have gone deeper than we kept.
-    trace.flags = if len == MAX_NATIVE_FRAMES {
-        STACK_NATIVE_TRUNCATED
-    } else {
-        0
-    };
-    trace.python_len = 0;
+    trace.flags = if len == MAX_NATIVE_FRAMES { STACK_NATIVE_TRUNCATED } else { 0 };
+    python::capture(trace);
 
     let mut h = mix(0xcbf2_9ce4_8422_2325, function as u64);
     h = mix(h, len as u64);
@@ -57,6 +56,15 @@ pub fn capture<C: EbpfContext>(ctx: &C, function: u32) -> u64 {
             break;
         }
         h = mix(h, trace.native[i]);
+    }
+    let python_len = trace.python_len as usize;
+    h = mix(h, python_len as u64);
+    for i in 0..MAX_PYTHON_FRAMES {
+        if i >= python_len {
+            break;
+        }
+        h = mix(h, trace.python[i].code_object);
+        h = mix(h, trace.python[i].instruction);
     }
     let id = if h == UNKNOWN_STACK_ID { 1 } else { h };
 

@@ -18,9 +18,7 @@ pub struct StackSeries {
 
 impl StackSeries {
     pub fn live_bytes_now(&self) -> u64 {
-        self.latest
-            .alloc_bytes
-            .saturating_sub(self.latest.free_bytes)
+        self.latest.alloc_bytes.saturating_sub(self.latest.free_bytes)
     }
     pub fn live_allocations_now(&self) -> u64 {
         self.latest.allocs.saturating_sub(self.latest.frees)
@@ -55,10 +53,10 @@ impl Recording {
         self.times.push(t_secs);
         self.memory.push(memory);
         for (id, c) in snapshot {
-            let series = self.stacks.entry(*id).or_insert_with(|| StackSeries {
-                live_bytes: vec![0.0; index],
-                latest: StackCounters::default(),
-            });
+            let series = self
+                .stacks
+                .entry(*id)
+                .or_insert_with(|| StackSeries { live_bytes: vec![0.0; index], latest: StackCounters::default() });
             series.latest = *c;
         }
         let mut total = 0.0;
@@ -77,18 +75,11 @@ impl Recording {
 
     /// Times and RSS of the samples where memory was read.
     pub fn rss_series(&self) -> (Vec<f64>, Vec<f64>) {
-        self.times
-            .iter()
-            .zip(&self.memory)
-            .filter_map(|(t, m)| m.map(|m| (*t, m.rss_bytes as f64)))
-            .unzip()
+        self.times.iter().zip(&self.memory).filter_map(|(t, m)| m.map(|m| (*t, m.rss_bytes as f64))).unzip()
     }
 
     pub fn counter(&self, name: &str) -> u64 {
-        self.counters
-            .iter()
-            .find(|(n, _)| *n == name)
-            .map_or(0, |(_, v)| *v)
+        self.counters.iter().find(|(n, _)| *n == name).map_or(0, |(_, v)| *v)
     }
 }
 
@@ -97,12 +88,7 @@ mod tests {
     use super::*;
 
     fn counters(allocs: u64, frees: u64, alloc_bytes: u64, free_bytes: u64) -> StackCounters {
-        StackCounters {
-            allocs,
-            frees,
-            alloc_bytes,
-            free_bytes,
-        }
+        StackCounters { allocs, frees, alloc_bytes, free_bytes }
     }
 
     #[test]
@@ -110,12 +96,7 @@ mod tests {
         let mut rec = Recording::default();
         rec.push(0.0, None, &[(1, counters(1, 0, 100, 0))], vec![]);
         rec.push(1.0, None, &[(2, counters(2, 1, 300, 100))], vec![]);
-        rec.push(
-            2.0,
-            None,
-            &[(1, counters(3, 1, 400, 100)), (2, counters(2, 2, 300, 300))],
-            vec![],
-        );
+        rec.push(2.0, None, &[(1, counters(3, 1, 400, 100)), (2, counters(2, 2, 300, 300))], vec![]);
         assert_eq!(rec.stacks[&1].live_bytes, vec![100.0, 100.0, 300.0]);
         assert_eq!(rec.stacks[&2].live_bytes, vec![0.0, 200.0, 0.0]);
         assert_eq!(rec.tracked_live_bytes, vec![100.0, 300.0, 300.0]);
@@ -125,12 +106,7 @@ mod tests {
     #[test]
     fn rss_series_skips_unreadable_samples() {
         let mut rec = Recording::default();
-        let m = |rss| {
-            Some(ProcessMemory {
-                rss_bytes: rss,
-                ..Default::default()
-            })
-        };
+        let m = |rss| Some(ProcessMemory { rss_bytes: rss, ..Default::default() });
         rec.push(0.0, m(10), &[], vec![("allocations", 5)]);
         rec.push(1.0, None, &[], vec![("allocations", 7)]);
         rec.push(2.0, m(30), &[], vec![("allocations", 9)]);

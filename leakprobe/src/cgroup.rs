@@ -40,8 +40,7 @@ pub fn parse_proc_cgroup(text: &str) -> ProcCgroups {
     for line in text.lines() {
         // The path is last and may itself contain ':', so split at most twice.
         let mut parts = line.splitn(3, ':');
-        let (Some(id), Some(controllers), Some(path)) = (parts.next(), parts.next(), parts.next())
-        else {
+        let (Some(id), Some(controllers), Some(path)) = (parts.next(), parts.next(), parts.next()) else {
             continue;
         };
         if id == "0" && controllers.is_empty() {
@@ -96,9 +95,7 @@ fn unescape_mountinfo(s: &str) -> String {
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
     while i < bytes.len() {
-        let octal = bytes
-            .get(i + 1..i + 4)
-            .filter(|d| d.iter().all(|b| (b'0'..=b'7').contains(b)));
+        let octal = bytes.get(i + 1..i + 4).filter(|d| d.iter().all(|b| (b'0'..=b'7').contains(b)));
         match (bytes[i], octal) {
             (b'\\', Some(d)) => {
                 let v = (d[0] - b'0') as u32 * 64 + (d[1] - b'0') as u32 * 8 + (d[2] - b'0') as u32;
@@ -120,9 +117,7 @@ pub fn parse_limit_value(text: &str) -> anyhow::Result<Option<u64>> {
     if text == "max" {
         return Ok(None);
     }
-    let value: u64 = text
-        .parse()
-        .with_context(|| format!("bad memory limit value {text:?}"))?;
+    let value: u64 = text.parse().with_context(|| format!("bad memory limit value {text:?}"))?;
     Ok((value < V1_UNLIMITED_THRESHOLD).then_some(value))
 }
 
@@ -144,11 +139,7 @@ pub fn cgroup_dir(mount: &CgroupMount, cgroup_path: &str) -> Option<PathBuf> {
     if rel.split('/').any(|c| c == "..") {
         return None;
     }
-    Some(if rel.is_empty() {
-        mount.mount_point.clone()
-    } else {
-        mount.mount_point.join(rel)
-    })
+    Some(if rel.is_empty() { mount.mount_point.clone() } else { mount.mount_point.join(rel) })
 }
 
 /// The tightest memory limit on the pid's cgroup or any ancestor, with its current usage.
@@ -157,17 +148,11 @@ pub fn memory_limit(pid: u32) -> anyhow::Result<Option<MemoryLimit>> {
     let path = format!("/proc/{pid}/cgroup");
     let text = std::fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
     let cgroups = parse_proc_cgroup(&text);
-    let mut mounts = std::fs::read_to_string("/proc/self/mountinfo")
-        .map(|t| parse_mountinfo(&t))
-        .unwrap_or_default();
+    let mut mounts = std::fs::read_to_string("/proc/self/mountinfo").map(|t| parse_mountinfo(&t)).unwrap_or_default();
     // If mountinfo is unreadable or lists no hierarchy of a version, assume the usual layout.
     for (version, dir) in [(2u8, "/sys/fs/cgroup"), (1, "/sys/fs/cgroup/memory")] {
         if !mounts.iter().any(|m| m.version == version) {
-            mounts.push(CgroupMount {
-                version,
-                root: "/".into(),
-                mount_point: dir.into(),
-            });
+            mounts.push(CgroupMount { version, root: "/".into(), mount_point: dir.into() });
         }
     }
     // On hybrid hosts both exist, but only one has the memory controller; taking the tighter
@@ -195,17 +180,10 @@ fn keep_tighter(best: &mut Option<MemoryLimit>, found: Option<MemoryLimit>) {
 }
 
 /// The existing directory of `cg`, via the mount whose root matches most specifically.
-fn find_dir<'m>(
-    mounts: &'m [CgroupMount],
-    version: u8,
-    cg: &str,
-) -> Option<(PathBuf, &'m CgroupMount)> {
-    let mut candidates: Vec<&CgroupMount> =
-        mounts.iter().filter(|m| m.version == version).collect();
+fn find_dir<'m>(mounts: &'m [CgroupMount], version: u8, cg: &str) -> Option<(PathBuf, &'m CgroupMount)> {
+    let mut candidates: Vec<&CgroupMount> = mounts.iter().filter(|m| m.version == version).collect();
     candidates.sort_by_key(|m| std::cmp::Reverse(m.root.len()));
-    candidates
-        .into_iter()
-        .find_map(|m| cgroup_dir(m, cg).filter(|d| d.is_dir()).map(|d| (d, m)))
+    candidates.into_iter().find_map(|m| cgroup_dir(m, cg).filter(|d| d.is_dir()).map(|d| (d, m)))
 }
 
 /// Check `dir` and each ancestor up to and including `top` for a limit; keep the least headroom.
@@ -218,20 +196,11 @@ fn walk_up(dir: &Path, top: &Path, version: u8) -> Option<MemoryLimit> {
     let mut cur = Some(dir);
     while let Some(d) = cur {
         // Missing or unreadable files (v2 root has no memory.max) just mean no limit here.
-        let limit = std::fs::read_to_string(d.join(limit_file))
-            .ok()
-            .and_then(|t| parse_limit_value(&t).ok().flatten());
+        let limit = std::fs::read_to_string(d.join(limit_file)).ok().and_then(|t| parse_limit_value(&t).ok().flatten());
         if let Some(limit_bytes) = limit {
-            let usage_bytes = std::fs::read_to_string(d.join(usage_file))
-                .ok()
-                .and_then(|t| t.trim().parse().ok());
+            let usage_bytes = std::fs::read_to_string(d.join(usage_file)).ok().and_then(|t| t.trim().parse().ok());
             let cgroup_path = d.display().to_string();
-            let found = MemoryLimit {
-                limit_bytes,
-                usage_bytes,
-                cgroup_path,
-                version,
-            };
+            let found = MemoryLimit { limit_bytes, usage_bytes, cgroup_path, version };
             keep_tighter(&mut best, Some(found));
         }
         if d == top {
@@ -252,10 +221,7 @@ mod tests {
         let k8s = "0::/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod1f2e.slice/\
                    cri-containerd-0123abcd.scope\n";
         let c = parse_proc_cgroup(k8s);
-        assert!(c
-            .unified
-            .unwrap()
-            .ends_with("/cri-containerd-0123abcd.scope"));
+        assert!(c.unified.unwrap().ends_with("/cri-containerd-0123abcd.scope"));
         assert_eq!(c.v1_memory, None);
         // This machine's shape: v1 controllers plus an (empty) unified hierarchy.
         let hybrid = "9:name=systemd:/\n8:pids:/\n4:memory:/process_api/f7a9f54d\n1:cpu:/\n0::/\n";
@@ -295,10 +261,7 @@ mod tests {
             (1, "/docker/abc", "/mnt/my cg"),
             (2, "/", "/sys/fs/cgroup"),
         ];
-        let want: Vec<_> = want
-            .iter()
-            .map(|&(v, r, p)| (v, r.into(), p.into()))
-            .collect();
+        let want: Vec<_> = want.iter().map(|&(v, r, p)| (v, r.into(), p.into())).collect();
         assert_eq!(got, want);
     }
 
@@ -315,26 +278,16 @@ mod tests {
 
     #[test]
     fn cgroup_dir_mapping() {
-        let mount = |root: &str, at: &str| CgroupMount {
-            version: 1,
-            root: root.into(),
-            mount_point: at.into(),
-        };
+        let mount = |root: &str, at: &str| CgroupMount { version: 1, root: root.into(), mount_point: at.into() };
         let dir = |m: &CgroupMount, cg| cgroup_dir(m, cg).map(|d| d.display().to_string());
         let host = mount("/", "/sys/fs/cgroup");
         let pod = dir(&host, "/kubepods.slice/pod.slice");
-        assert_eq!(
-            pod.as_deref(),
-            Some("/sys/fs/cgroup/kubepods.slice/pod.slice")
-        );
+        assert_eq!(pod.as_deref(), Some("/sys/fs/cgroup/kubepods.slice/pod.slice"));
         assert_eq!(dir(&host, "/").as_deref(), Some("/sys/fs/cgroup"));
         assert_eq!(dir(&host, "/../../other"), None);
         // Docker v1 without cgroupns: the container's own cgroup is mounted at the top.
         let docker = mount("/docker/abc", "/sys/fs/cgroup/memory");
-        assert_eq!(
-            dir(&docker, "/docker/abc").as_deref(),
-            Some("/sys/fs/cgroup/memory")
-        );
+        assert_eq!(dir(&docker, "/docker/abc").as_deref(), Some("/sys/fs/cgroup/memory"));
         let sub = dir(&docker, "/docker/abc/sub");
         assert_eq!(sub.as_deref(), Some("/sys/fs/cgroup/memory/sub"));
         assert_eq!(dir(&docker, "/docker/abcdef"), None);
@@ -356,10 +309,7 @@ mod tests {
         set(&b, "500\n", "100\n");
         // The parent, shared with siblings, runs out first despite its larger limit.
         let got = walk_up(&b, &top, 2).unwrap();
-        assert_eq!(
-            (got.limit_bytes, got.usage_bytes, got.version),
-            (1000, Some(900), 2)
-        );
+        assert_eq!((got.limit_bytes, got.usage_bytes, got.version), (1000, Some(900), 2));
         assert_eq!(Path::new(&got.cgroup_path), a.as_path());
         // Levels above `top` (the mount point) are never consulted.
         assert_eq!(walk_up(&b, &b, 2).unwrap().limit_bytes, 500);
@@ -416,10 +366,7 @@ mod tests {
             std::fs::read_to_string(m.mount_point.join("cgroup.subtree_control"))
                 .is_ok_and(|c| c.split_whitespace().any(|c| c == "memory"))
         };
-        let v2 = mounts
-            .iter()
-            .filter(|m| m.version == 2 && m.root == "/")
-            .find(has_memory);
+        let v2 = mounts.iter().filter(|m| m.version == 2 && m.root == "/").find(has_memory);
         let (parent, version, limit_file) = if let Some(m) = v2 {
             (m.mount_point.clone(), 2, "memory.max")
         } else {

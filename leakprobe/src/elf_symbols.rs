@@ -10,12 +10,8 @@ use object::{Object, ObjectSegment, ObjectSymbol, SymbolKind};
 /// match their base name.
 pub fn function_offsets(path: &Path, names: &[&str]) -> Result<HashMap<String, u64>> {
     let data = fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
-    let file = object::File::parse(&*data)
-        .with_context(|| format!("{} is not an ELF file", path.display()))?;
-    let segments: Vec<(u64, u64, u64)> = file
-        .segments()
-        .map(|s| (s.address(), s.size(), s.file_range().0))
-        .collect();
+    let file = object::File::parse(&*data).with_context(|| format!("{} is not an ELF file", path.display()))?;
+    let segments: Vec<(u64, u64, u64)> = file.segments().map(|s| (s.address(), s.size(), s.file_range().0)).collect();
     let mut found = HashMap::new();
     for symbol in file.dynamic_symbols().chain(file.symbols()) {
         if symbol.kind() != SymbolKind::Text || symbol.is_undefined() || symbol.address() == 0 {
@@ -31,6 +27,26 @@ pub fn function_offsets(path: &Path, names: &[&str]) -> Result<HashMap<String, u
         }
     }
     Ok(found)
+}
+
+/// Virtual addresses of the defined symbols (of any kind: functions and data) among `names`,
+/// and the lowest loadable address, from which the load bias follows.
+pub fn symbol_addresses(path: &Path, names: &[&str]) -> Result<(HashMap<String, u64>, u64)> {
+    let data = fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let file = object::File::parse(&*data).with_context(|| format!("{} is not an ELF file", path.display()))?;
+    let lowest = file.segments().map(|s| s.address()).min().unwrap_or(0);
+    let mut found = HashMap::new();
+    for symbol in file.dynamic_symbols().chain(file.symbols()) {
+        if symbol.is_undefined() || symbol.address() == 0 {
+            continue;
+        }
+        let Ok(name) = symbol.name() else { continue };
+        let base = name.split('@').next().unwrap_or(name);
+        if names.contains(&base) && !found.contains_key(base) {
+            found.insert(base.to_string(), symbol.address());
+        }
+    }
+    Ok((found, lowest))
 }
 
 /// Virtual address -> file offset through the loadable segment that holds it.
@@ -53,8 +69,7 @@ mod tests {
             .filter_map(|l| l.split_whitespace().nth(5))
             .find(|p| p.contains("libc.so") || p.contains("libc-"))
             .expect("libc is mapped");
-        let found =
-            function_offsets(Path::new(libc), &["malloc", "free", "no_such_function"]).unwrap();
+        let found = function_offsets(Path::new(libc), &["malloc", "free", "no_such_function"]).unwrap();
         assert!(found["malloc"] > 0);
         assert!(found["free"] > 0);
         assert_ne!(found["malloc"], found["free"]);

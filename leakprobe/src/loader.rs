@@ -12,9 +12,9 @@ use aya::{
     },
     Ebpf, EbpfLoader,
 };
-use leakprobe_common::{names, AllocFunction, CallShape};
+use leakprobe_common::{names, AllocFunction, CallShape, PythonConfig};
 
-use crate::{target::Target, tracefs};
+use crate::{python::runtime::PythonRuntime, target::Target, tracefs};
 
 static KERNEL_PROGRAMS: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/leakprobe"));
 
@@ -27,10 +27,7 @@ pub struct TableSizes {
 
 impl Default for TableSizes {
     fn default() -> Self {
-        TableSizes {
-            live_allocations: 1 << 20,
-            stacks: 1 << 15,
-        }
+        TableSizes { live_allocations: 1 << 20, stacks: 1 << 15 }
     }
 }
 
@@ -73,17 +70,18 @@ fn entry_program(shape: CallShape) -> Option<&'static str> {
 }
 
 fn uprobe<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut UProbe> {
-    let program: &mut UProbe = ebpf
-        .program_mut(name)
-        .ok_or_else(|| anyhow!("kernel program {name} missing from the object"))?
-        .try_into()?;
+    let program: &mut UProbe =
+        ebpf.program_mut(name).ok_or_else(|| anyhow!("kernel program {name} missing from the object"))?.try_into()?;
     Ok(program)
 }
 
-/// Loads the programs for `target` and attaches every hook.
-pub fn attach(target: &Target, sizes: TableSizes) -> Result<Probes> {
+/// Loads the programs for `target` and attaches every hook. With `python`, the kernel also walks
+/// the target's Python frames at each event.
+pub fn attach(target: &Target, sizes: TableSizes, python: Option<&PythonRuntime>) -> Result<Probes> {
     if KERNEL_PROGRAMS.is_empty() {
-        bail!("this leakprobe was built without its kernel programs (AYA_BUILD_SKIP): rebuild with `cargo xtask build`");
+        bail!(
+            "this leakprobe was built without its kernel programs (AYA_BUILD_SKIP): rebuild with `cargo xtask build`"
+        );
     }
     let pid = NonZeroU32::new(target.pid).ok_or_else(|| anyhow!("PID 0 is not a process"))?;
     let mut ebpf = EbpfLoader::new()
@@ -93,6 +91,15 @@ pub fn attach(target: &Target, sizes: TableSizes) -> Result<Probes> {
         .map_max_entries(names::STACK_COUNTERS, sizes.stacks)
         .load(KERNEL_PROGRAMS)
         .map_err(|e| anyhow!("cannot load the eBPF programs into the kernel: {e}"))?;
+
+    if let Some(python) = python {
+        let mut config: aya::maps::HashMap<_, u32, PythonConfig> = aya::maps::HashMap::try_from(
+            ebpf.map_mut(names::PYTHON_CONFIG).ok_or_else(|| anyhow!("map {} missing", names::PYTHON_CONFIG))?,
+        )?;
+        config.insert(target.pid, python.kernel_config(), 0)?;
+        // Before any probe fires, so the first events already have their Python stacks.
+        write_thread_states(&mut ebpf, &python.thread_states())?;
+    }
 
     for name in [
         "alloc_size",
@@ -104,9 +111,7 @@ pub fn attach(target: &Target, sizes: TableSizes) -> Result<Probes> {
         "free_ptr",
         "alloc_return",
     ] {
-        uprobe(&mut ebpf, name)?
-            .load()
-            .with_context(|| format!("the kernel rejected {name}"))?;
+        uprobe(&mut ebpf, name)?.load().with_context(|| format!("the kernel rejected {name}"))?;
     }
     let mut hooks = Vec::new();
     for object in &target.objects {
@@ -121,28 +126,13 @@ pub fn attach(target: &Target, sizes: TableSizes) -> Result<Probes> {
             let scope = UProbeScope::OneProcess(pid);
             uprobe(&mut ebpf, entry)?
                 .attach(point(), &object.host_path, scope)
-                .with_context(|| {
-                    format!(
-                        "cannot attach to {} in {}",
-                        function.symbol(),
-                        object.path.display()
-                    )
-                })?;
+                .with_context(|| format!("cannot attach to {} in {}", function.symbol(), object.path.display()))?;
             if function.shape() != CallShape::Free {
-                uprobe(&mut ebpf, "alloc_return")?
-                    .attach(point(), &object.host_path, scope)
-                    .with_context(|| {
-                        format!(
-                            "cannot attach to the return of {} in {}",
-                            function.symbol(),
-                            object.path.display()
-                        )
-                    })?;
+                uprobe(&mut ebpf, "alloc_return")?.attach(point(), &object.host_path, scope).with_context(|| {
+                    format!("cannot attach to the return of {} in {}", function.symbol(), object.path.display())
+                })?;
             }
-            hooks.push(Hook {
-                function,
-                object: object.path.display().to_string(),
-            });
+            hooks.push(Hook { function, object: object.path.display().to_string() });
         }
     }
 
@@ -152,14 +142,30 @@ pub fn attach(target: &Target, sizes: TableSizes) -> Result<Probes> {
             .program_mut(program)
             .ok_or_else(|| anyhow!("kernel program {program} missing from the object"))?
             .try_into()?;
-        tp.load()
-            .with_context(|| format!("the kernel rejected {program}"))?;
+        tp.load().with_context(|| format!("the kernel rejected {program}"))?;
         tp.attach("syscalls", tracepoint)
             .with_context(|| format!("cannot attach to tracepoint syscalls:{tracepoint}"))?;
     }
-    Ok(Probes {
-        ebpf,
-        hooks,
-        mounted_tracefs,
-    })
+    Ok(Probes { ebpf, hooks, mounted_tracefs })
+}
+
+impl Probes {
+    /// Replaces the kernel's thread id -> `PyThreadState` map with `threads`.
+    pub fn set_thread_states(&mut self, threads: &[(u32, u64)]) -> Result<()> {
+        write_thread_states(&mut self.ebpf, threads)
+    }
+}
+
+fn write_thread_states(ebpf: &mut Ebpf, threads: &[(u32, u64)]) -> Result<()> {
+    let mut map: aya::maps::HashMap<_, u32, u64> = aya::maps::HashMap::try_from(
+        ebpf.map_mut(names::THREAD_STATES).ok_or_else(|| anyhow!("map {} missing", names::THREAD_STATES))?,
+    )?;
+    let stale: Vec<u32> = map.keys().filter_map(|k| k.ok()).filter(|k| !threads.iter().any(|(t, _)| t == k)).collect();
+    for tid in stale {
+        let _ = map.remove(&tid);
+    }
+    for &(tid, tstate) in threads {
+        map.insert(tid, tstate, 0)?;
+    }
+    Ok(())
 }

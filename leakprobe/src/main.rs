@@ -7,14 +7,11 @@ use leakprobe::{
     loader::TableSizes,
     record::{self, RecordOptions},
     report,
+    stack_names::StackView,
 };
 
 #[derive(Parser)]
-#[command(
-    name = "leakprobe",
-    version,
-    about = "Find memory leaks in live Python processes with eBPF"
-)]
+#[command(name = "leakprobe", version, about = "Find memory leaks in live Python processes with eBPF")]
 struct Cli {
     #[command(subcommand)]
     command: Commands,
@@ -60,6 +57,12 @@ struct RecordArgs {
     /// Non-growing stacks listed in the report, largest first.
     #[arg(long, default_value_t = 10)]
     top: usize,
+    /// Show only Python frames.
+    #[arg(long, conflicts_with = "native")]
+    python_only: bool,
+    /// Show every native frame, with the Python frames in place of the interpreter's eval loop.
+    #[arg(long)]
+    native: bool,
     /// No progress lines on stderr.
     #[arg(long, short)]
     quiet: bool,
@@ -73,10 +76,7 @@ const EXIT_LEAK: u8 = 3;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("leakprobe: error: cannot start the runtime: {e}");
@@ -90,10 +90,7 @@ fn main() -> ExitCode {
         Ok(code) => code,
         Err(err) => {
             // One line: the chain of causes, joined.
-            eprintln!(
-                "leakprobe: error: {}",
-                format!("{err:#}").replace('\n', " ")
-            );
+            eprintln!("leakprobe: error: {}", format!("{err:#}").replace('\n', " "));
             ExitCode::FAILURE
         }
     }
@@ -108,12 +105,16 @@ async fn run_record(args: RecordArgs) -> anyhow::Result<ExitCode> {
         command: args.command,
         duration: args.duration,
         interval: args.interval,
-        tables: TableSizes {
-            live_allocations: args.max_live_allocations,
-            stacks: args.max_stacks,
-        },
+        tables: TableSizes { live_allocations: args.max_live_allocations, stacks: args.max_stacks },
         other_stacks: args.top,
         progress: !args.quiet,
+        view: if args.python_only {
+            StackView::PythonOnly
+        } else if args.native {
+            StackView::Native
+        } else {
+            StackView::Merged
+        },
     };
     let report = record::record(opts).await?;
     let rendered = match args.format {
@@ -121,9 +122,5 @@ async fn run_record(args: RecordArgs) -> anyhow::Result<ExitCode> {
         Format::Json => report::json::render(&report),
     };
     record::write_output(args.output.as_ref(), &rendered)?;
-    Ok(if args.fail_on_leak && report.is_leak() {
-        ExitCode::from(EXIT_LEAK)
-    } else {
-        ExitCode::SUCCESS
-    })
+    Ok(if args.fail_on_leak && report.is_leak() { ExitCode::from(EXIT_LEAK) } else { ExitCode::SUCCESS })
 }

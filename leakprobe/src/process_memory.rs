@@ -27,14 +27,7 @@ pub fn parse_status(status: &str) -> Option<ProcessMemory> {
         let Some((key, value)) = line.split_once(':') else {
             continue;
         };
-        let kb = || -> Option<u64> {
-            value
-                .split_whitespace()
-                .next()?
-                .parse::<u64>()
-                .ok()
-                .map(|v| v * 1024)
-        };
+        let kb = || -> Option<u64> { value.split_whitespace().next()?.parse::<u64>().ok().map(|v| v * 1024) };
         match key {
             "VmRSS" => {
                 memory.rss_bytes = kb()?;

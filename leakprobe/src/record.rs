@@ -18,12 +18,14 @@ use crate::{
     cgroup,
     loader::{self, Probes, TableSizes},
     process_memory,
+    python::{self, resolver::PythonResolver, runtime::PythonRuntime},
     report::{
-        build::{self, ResolvedStack},
+        build::{self},
         HookInfo, Report, TargetInfo,
     },
     sampler,
-    symbolize::{Frame, FrameKind, NativeSymbolizer},
+    stack_names::{StackNamer, StackView},
+    symbolize::NativeSymbolizer,
     target::{self, Target},
     verdict::VerdictConfig,
 };
@@ -38,7 +40,10 @@ pub struct RecordOptions {
     pub other_stacks: usize,
     /// Progress lines on stderr.
     pub progress: bool,
+    pub view: StackView,
 }
+
+const THREAD_REFRESH: Duration = Duration::from_millis(500);
 
 /// Why the recording ended.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -81,19 +86,11 @@ impl Drop for Launched {
 /// Starts `command` and waits until the dynamic loader has mapped its libraries (libc shows in its
 /// maps and the maps stop changing), so the allocator functions can be found and hooked.
 fn launch(command: &[String]) -> Result<Launched> {
-    let (program, args) = command
-        .split_first()
-        .ok_or_else(|| anyhow!("no command to launch"))?;
+    let (program, args) = command.split_first().ok_or_else(|| anyhow!("no command to launch"))?;
     // The command's stdout goes to our stderr: stdout carries the report.
-    let stdout = std::io::stderr()
-        .as_fd()
-        .try_clone_to_owned()
-        .context("cannot duplicate stderr")?;
-    let child = Command::new(program)
-        .args(args)
-        .stdout(stdout)
-        .spawn()
-        .with_context(|| format!("cannot launch {program}"))?;
+    let stdout = std::io::stderr().as_fd().try_clone_to_owned().context("cannot duplicate stderr")?;
+    let child =
+        Command::new(program).args(args).stdout(stdout).spawn().with_context(|| format!("cannot launch {program}"))?;
     let launched = Launched(child);
     let pid = launched.0.id();
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -113,39 +110,42 @@ fn launch(command: &[String]) -> Result<Launched> {
 
 pub async fn record(opts: RecordOptions) -> Result<Report> {
     target::check_privileges()?;
-    let launched = if opts.command.is_empty() {
-        None
-    } else {
-        Some(launch(&opts.command)?)
-    };
+    let launched = if opts.command.is_empty() { None } else { Some(launch(&opts.command)?) };
     let pid = match (&launched, opts.pid) {
         (Some(child), _) => child.0.id(),
         (None, Some(pid)) => pid,
         (None, None) => bail!("give a process to record: --pid PID, or -- COMMAND [ARGS...]"),
     };
     let target = Target::inspect(pid)?;
-    let probes = loader::attach(&target, opts.tables)?;
     let mut warnings = Vec::new();
+    let python = match python::runtime::detect(&target) {
+        Ok(python) => python,
+        Err(why) => {
+            eprintln!("leakprobe: warning: {why}; recording native stacks only");
+            warnings.push(format!("{why}: native stacks only"));
+            None
+        }
+    };
+    let mut probes = loader::attach(&target, opts.tables, python.as_ref())?;
     if probes.mounted_tracefs {
         eprintln!("leakprobe: mounted tracefs on /sys/kernel/tracing (it was not mounted)");
     }
-    if !target.hooks_python() {
+    if python.is_some() && !target.hooks_python() {
         warnings.push("no CPython allocator found in the target: only libc and syscall allocations are tracked".into());
     }
     let mut symbolizer = NativeSymbolizer::new(pid)?;
-    if let Err(e) = symbolizer.cache() {
-        warnings.push(format!("could not cache the target's symbols up front ({e:#}): frames may be unresolved if it exits"));
+    let symbolizer_cached = symbolizer.cache();
+    if let Err(e) = symbolizer_cached {
+        warnings.push(format!(
+            "could not cache the target's symbols up front ({e:#}): frames may be unresolved if it exits"
+        ));
     }
     let memory_limit = cgroup::memory_limit(pid).unwrap_or_else(|e| {
         warnings.push(format!("cannot read the cgroup memory limit: {e:#}"));
         None
     });
     if opts.progress {
-        let objects: Vec<String> = target
-            .objects
-            .iter()
-            .map(|o| o.path.display().to_string())
-            .collect();
+        let objects: Vec<String> = target.objects.iter().map(|o| o.path.display().to_string()).collect();
         eprintln!(
             "leakprobe: recording PID {pid} ({}): {} allocator hooks in {}, 7 syscall tracepoints; {}Ctrl-C to stop",
             target.exe,
@@ -155,10 +155,11 @@ pub async fn record(opts: RecordOptions) -> Result<Report> {
         );
     }
 
-    let started_unix_secs = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
-    let (recording, end) = sample_until_done(&probes, &target, launched, &opts).await?;
+    let python_version = python.as_ref().map(|p| p.version.clone()).or_else(|| target.python_version.clone());
+    let mut namer = StackNamer::new(symbolizer, python.clone().map(PythonResolver::new), opts.view);
+    let started_unix_secs = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    let (recording, end) =
+        sample_until_done(&mut probes, &target, python.as_ref(), &mut namer, launched, &opts).await?;
     if opts.progress {
         eprintln!(
             "leakprobe: recording ended ({}), {} samples; building the report",
@@ -168,12 +169,7 @@ pub async fn record(opts: RecordOptions) -> Result<Report> {
     }
 
     let ctx = build::Context {
-        target: TargetInfo {
-            pid,
-            exe: target.exe.clone(),
-            cmdline: target.cmdline.clone(),
-            python_version: target.python_version.clone(),
-        },
+        target: TargetInfo { pid, exe: target.exe.clone(), cmdline: target.cmdline.clone(), python_version },
         started_unix_secs,
         interval_seconds: opts.interval.as_secs_f64(),
         ended_because: end.as_str().into(),
@@ -181,26 +177,25 @@ pub async fn record(opts: RecordOptions) -> Result<Report> {
         hooks: probes
             .hooks
             .iter()
-            .map(|h| HookInfo {
-                function: h.function.symbol().into(),
-                object: h.object.clone(),
-            })
+            .map(|h| HookInfo { function: h.function.symbol().into(), object: h.object.clone() })
             .collect(),
         warnings,
         other_stacks: opts.other_stacks,
         verdict: VerdictConfig::default(),
     };
-    let report = build::build(&recording, ctx, |id| {
-        resolve_stack(&probes, &mut symbolizer, id)
-    });
+    let hooks = probes.hooks.clone();
+    let hooked_object = |f: AllocFunction| hooks.iter().find(|h| h.function == f).map(|h| h.object.clone());
+    let report = build::build(&recording, ctx, |id| namer.resolve(&probes, hooked_object, id));
     // Probes are detached here, after the stacks were read out of the kernel.
     drop(probes);
     Ok(report)
 }
 
 async fn sample_until_done(
-    probes: &Probes,
+    probes: &mut Probes,
     target: &Target,
+    python: Option<&PythonRuntime>,
+    namer: &mut StackNamer,
     mut launched: Option<Launched>,
     opts: &RecordOptions,
 ) -> Result<(Recording, End)> {
@@ -211,9 +206,17 @@ async fn sample_until_done(
     let mut recording = Recording::default();
     let mut ticker = tokio::time::interval(opts.interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // New threads (a thread pool growing) get their Python stacks within this period.
+    let mut thread_refresh = tokio::time::interval(THREAD_REFRESH);
     let end = loop {
         tokio::select! {
             _ = ticker.tick() => {}
+            _ = thread_refresh.tick() => {
+                if let Some(python) = python {
+                    probes.set_thread_states(&python.thread_states())?;
+                }
+                continue;
+            }
             _ = interrupt.recv() => break End::Interrupted,
             _ = terminate.recv() => break End::Interrupted,
         }
@@ -221,18 +224,11 @@ async fn sample_until_done(
             Some(child) => matches!(child.0.try_wait(), Ok(None)),
             None => process_memory::read(target.pid).is_some(),
         };
-        let memory = if alive {
-            process_memory::read(target.pid)
-        } else {
-            None
-        };
+        let memory = if alive { process_memory::read(target.pid) } else { None };
         let t = start.elapsed().as_secs_f64();
-        recording.push(
-            t,
-            memory,
-            &sampler::stack_counters(probes)?,
-            sampler::counters(probes)?,
-        );
+        let snapshot = sampler::stack_counters(probes)?;
+        namer.learn(probes, snapshot.iter().map(|(id, _)| *id));
+        recording.push(t, memory, &snapshot, sampler::counters(probes)?);
         if opts.progress {
             progress_line(&recording, t);
         }
@@ -259,12 +255,7 @@ async fn sample_until_done(
 
 fn progress_line(rec: &Recording, t: f64) {
     use crate::report::human_bytes;
-    let rss = rec
-        .memory
-        .last()
-        .copied()
-        .flatten()
-        .map_or("-".into(), |m| human_bytes(m.rss_bytes as f64));
+    let rss = rec.memory.last().copied().flatten().map_or("-".into(), |m| human_bytes(m.rss_bytes as f64));
     let tracked = rec.tracked_live_bytes.last().copied().unwrap_or(0.0);
     eprintln!(
         "  t={t:>6.1}s  RSS {rss:>9}  tracked live {:>9}  stacks {:>6}  allocations {:>9}  drops {}",
@@ -275,44 +266,10 @@ fn progress_line(rec: &Recording, t: f64) {
     );
 }
 
-fn resolve_stack(probes: &Probes, symbolizer: &mut NativeSymbolizer, id: u64) -> ResolvedStack {
-    let Some(trace) = sampler::stack_trace(probes, id) else {
-        return ResolvedStack {
-            allocator: "?".into(),
-            frames: Vec::new(),
-            native_truncated: false,
-        };
-    };
-    let function = AllocFunction::from_u32(trace.function);
-    let allocator = function.map_or("?", AllocFunction::symbol).to_string();
-    let len = (trace.native_len as usize).min(trace.native.len());
-    let mut frames = vec![Frame {
-        function: allocator.clone(),
-        file: None,
-        line: None,
-        object: function
-            .and_then(|f| probes.hooks.iter().find(|h| h.function == f))
-            .map(|h| h.object.clone()),
-        kind: if function.is_some_and(|f| f.shape() == leakprobe_common::CallShape::Syscall) {
-            FrameKind::Kernel
-        } else {
-            FrameKind::Native
-        },
-        address: 0,
-    }];
-    frames.extend(symbolizer.symbolize(&trace.native[..len]));
-    ResolvedStack {
-        allocator,
-        frames,
-        native_truncated: trace.flags & leakprobe_common::STACK_NATIVE_TRUNCATED != 0,
-    }
-}
-
 /// Where to write the report: a file, or stdout.
 pub fn write_output(path: Option<&PathBuf>, text: &str) -> Result<()> {
     match path {
-        Some(p) => std::fs::write(p, text)
-            .with_context(|| format!("cannot write the report to {}", p.display())),
+        Some(p) => std::fs::write(p, text).with_context(|| format!("cannot write the report to {}", p.display())),
         None => {
             print!("{text}");
             Ok(())

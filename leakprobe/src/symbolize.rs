@@ -48,14 +48,7 @@ pub struct Frame {
 
 impl Frame {
     fn placeholder(address: u64, object: Option<String>, kind: FrameKind) -> Self {
-        Frame {
-            function: format!("{address:#x}"),
-            file: None,
-            line: None,
-            object,
-            kind,
-            address,
-        }
+        Frame { function: format!("{address:#x}"), file: None, line: None, object, kind, address }
     }
 }
 
@@ -96,12 +89,7 @@ fn parse_maps_line(line: &str) -> Option<Vma> {
     let path = rest.trim_start();
     let path = path.strip_suffix(" (deleted)").unwrap_or(path);
     let path = (!path.is_empty()).then(|| path.to_string());
-    Some(Vma {
-        start,
-        end,
-        exec,
-        path,
-    })
+    Some(Vma { start, end, exec, path })
 }
 
 fn vma_for(vmas: &[Vma], addr: u64) -> Option<&Vma> {
@@ -161,17 +149,13 @@ impl NativeSymbolizer {
     /// cached maps). On failure the previously cached state stays in use.
     pub fn cache(&mut self) -> anyhow::Result<()> {
         let vmas = read_maps(self.pid)?;
-        let file_backed: Vec<&Vma> = vmas
-            .iter()
-            .filter(|v| v.exec && v.path.as_deref().is_some_and(|p| p.starts_with('/')))
-            .collect();
+        let file_backed: Vec<&Vma> =
+            vmas.iter().filter(|v| v.exec && v.path.as_deref().is_some_and(|p| p.starts_with('/'))).collect();
         // Warm up: symbolizing one address per executable file mapping makes blazesym open and
         // parse each file under its real path (module name, debug-link lookup) rather than
         // under the map_files alias the pinning below would otherwise create it with.
         let warm: Vec<u64> = file_backed.iter().map(|v| v.start).collect();
-        let _ = self
-            .symbolizer
-            .symbolize(&self.source(), Input::AbsAddr(&warm));
+        let _ = self.symbolizer.symbolize(&self.source(), Input::AbsAddr(&warm));
         if self.map_files {
             // Pin the opened files under the /proc/PID/map_files/ paths blazesym will look them
             // up by: pinned entries are not re-stat'ed, so they survive the process's exit.
@@ -210,13 +194,9 @@ impl NativeSymbolizer {
                 continue;
             }
             if addr == 0 {
-                self.memo
-                    .insert(addr, vec![Frame::placeholder(0, None, FrameKind::Native)]);
+                self.memo.insert(addr, vec![Frame::placeholder(0, None, FrameKind::Native)]);
             } else if addr >= KERNEL_START {
-                self.memo.insert(
-                    addr,
-                    vec![Frame::placeholder(addr, None, FrameKind::Kernel)],
-                );
+                self.memo.insert(addr, vec![Frame::placeholder(addr, None, FrameKind::Kernel)]);
             } else {
                 pending.push(addr);
             }
@@ -237,10 +217,7 @@ impl NativeSymbolizer {
                 Err(_) => {
                     for &addr in &pending {
                         let object = vma_for(&self.vmas, addr - 1).and_then(|v| v.path.clone());
-                        unmemoized.insert(
-                            addr,
-                            vec![Frame::placeholder(addr, object, FrameKind::Native)],
-                        );
+                        unmemoized.insert(addr, vec![Frame::placeholder(addr, object, FrameKind::Native)]);
                     }
                 }
             }
@@ -258,11 +235,7 @@ impl NativeSymbolizer {
     /// Re-read the maps (cheap) and, only if they now cover such an address and blazesym serves
     /// from cached VMAs, re-cache (expensive). Errors (process gone) are ignored.
     fn refresh_maps_if_needed(&mut self, addrs: &[u64]) {
-        let unknown: Vec<u64> = addrs
-            .iter()
-            .map(|a| a - 1)
-            .filter(|&a| vma_for(&self.vmas, a).is_none())
-            .collect();
+        let unknown: Vec<u64> = addrs.iter().map(|a| a - 1).filter(|&a| vma_for(&self.vmas, a).is_none()).collect();
         if unknown.is_empty() {
             return;
         }
@@ -282,10 +255,7 @@ impl NativeSymbolizer {
 
 fn map_file_path(pid: u32, vma: &Vma) -> PathBuf {
     // Must match blazesym's own spelling (unpadded lower-case hex) so cache keys line up.
-    PathBuf::from(format!(
-        "/proc/{pid}/map_files/{:x}-{:x}",
-        vma.start, vma.end
-    ))
+    PathBuf::from(format!("/proc/{pid}/map_files/{:x}-{:x}", vma.start, vma.end))
 }
 
 fn to_frames(addr: u64, lookup: u64, result: Symbolized<'_>, vmas: &[Vma]) -> Vec<Frame> {
@@ -294,11 +264,7 @@ fn to_frames(addr: u64, lookup: u64, result: Symbolized<'_>, vmas: &[Vma]) -> Ve
         Symbolized::Sym(sym) => sym,
         Symbolized::Unknown(_) => return vec![Frame::placeholder(addr, object, FrameKind::Native)],
     };
-    let object = object.or_else(|| {
-        sym.module
-            .as_ref()
-            .map(|m| m.to_string_lossy().into_owned())
-    });
+    let object = object.or_else(|| sym.module.as_ref().map(|m| m.to_string_lossy().into_owned()));
     let frame = |function: &str, info: Option<&CodeInfo<'_>>| Frame {
         function: function.to_string(),
         file: info.map(|i| i.to_path().display().to_string()),
@@ -310,12 +276,7 @@ fn to_frames(addr: u64, lookup: u64, result: Symbolized<'_>, vmas: &[Vma]) -> Ve
     // blazesym lists inlined calls outermost first, each with the location inside that inlined
     // function; `sym.code_info` is the location inside the outer function (the inlined call
     // site). Reverse to get innermost first, then the outer function last.
-    let mut frames: Vec<Frame> = sym
-        .inlined
-        .iter()
-        .rev()
-        .map(|f| frame(&f.name, f.code_info.as_ref()))
-        .collect();
+    let mut frames: Vec<Frame> = sym.inlined.iter().rev().map(|f| frame(&f.name, f.code_info.as_ref())).collect();
     frames.push(frame(&sym.name, sym.code_info.as_deref()));
     frames
 }
@@ -333,10 +294,7 @@ mod tests {
              7f0000001000-7f0000002000 r-xp 00001000 08:01 99     /opt/my app/x.so (deleted)\n\
              7f0000003000-7f0000004000 rw-p 00000000 00:00 0\ngarbage line",
         );
-        let summary: Vec<_> = vmas
-            .iter()
-            .map(|v| (v.start, v.exec, v.path.as_deref()))
-            .collect();
+        let summary: Vec<_> = vmas.iter().map(|v| (v.start, v.exec, v.path.as_deref())).collect();
         assert_eq!(
             summary,
             [
@@ -345,10 +303,7 @@ mod tests {
                 (0x7f0000003000, false, None),
             ]
         );
-        assert_eq!(
-            vma_for(&vmas, 0x7f0000001fff).map(|v| v.end),
-            Some(0x7f0000002000)
-        );
+        assert_eq!(vma_for(&vmas, 0x7f0000001fff).map(|v| v.end), Some(0x7f0000002000));
         assert_eq!(vma_for(&vmas, 0x7f0000002000), None);
     }
 
@@ -378,14 +333,8 @@ int main(void) {
 
     impl Victim {
         fn start(tag: &str) -> Victim {
-            let dir =
-                std::env::temp_dir().join(format!("leakprobe-sym-{}-{tag}", std::process::id()));
-            let mut v = Victim {
-                child: None,
-                dir,
-                pid: 0,
-                fn_addr: 0,
-            };
+            let dir = std::env::temp_dir().join(format!("leakprobe-sym-{}-{tag}", std::process::id()));
+            let mut v = Victim { child: None, dir, pid: 0, fn_addr: 0 };
             std::fs::create_dir_all(&v.dir).unwrap();
             let (src, bin) = (v.dir.join("victim_prog.c"), v.dir.join("victim_prog"));
             std::fs::write(&src, C_SRC).unwrap();
@@ -428,10 +377,7 @@ int main(void) {
         assert_eq!(frames.len(), 1, "{frames:?}");
         let f = &frames[0];
         assert_eq!((f.function.as_str(), f.address), ("leaky_function", addr));
-        assert!(
-            ends(&f.file, "/victim_prog.c") && ends(&f.object, "/victim_prog"),
-            "{f:?}"
-        );
+        assert!(ends(&f.file, "/victim_prog.c") && ends(&f.object, "/victim_prog"), "{f:?}");
         assert!(f.line.is_some_and(|l| (3..=6).contains(&l)), "{f:?}");
         assert_eq!(f.kind, FrameKind::Native);
     }

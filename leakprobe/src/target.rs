@@ -50,9 +50,7 @@ impl Target {
         if maps.trim().is_empty() {
             bail!("process {pid} has no user memory (a kernel thread?): nothing to hook");
         }
-        let exe = fs::read_link(proc_dir.join("exe"))
-            .map(|p| p.display().to_string())
-            .unwrap_or_default();
+        let exe = fs::read_link(proc_dir.join("exe")).map(|p| p.display().to_string()).unwrap_or_default();
         let cmdline = fs::read(proc_dir.join("cmdline"))
             .map(|b| {
                 b.split(|&c| c == 0)
@@ -69,33 +67,19 @@ impl Target {
                 continue;
             };
             if !functions.is_empty() {
-                objects.push(HookableObject {
-                    path,
-                    host_path,
-                    functions,
-                });
+                objects.push(HookableObject { path, host_path, functions });
             }
         }
-        let python_version = objects
-            .iter()
-            .find_map(|o| python_version_of(&o.path))
-            .or_else(|| python_version_of(Path::new(&exe)));
+        let python_version =
+            objects.iter().find_map(|o| python_version_of(&o.path)).or_else(|| python_version_of(Path::new(&exe)));
         if objects.is_empty() {
             bail!("process {pid} ({exe}) has no allocator to hook: no malloc or PyObject_Malloc in its mapped files");
         }
-        Ok(Target {
-            pid,
-            exe,
-            cmdline,
-            python_version,
-            objects,
-        })
+        Ok(Target { pid, exe, cmdline, python_version, objects })
     }
 
     pub fn hooks_python(&self) -> bool {
-        self.objects
-            .iter()
-            .any(|o| o.functions.iter().any(|(f, _)| f.is_python()))
+        self.objects.iter().any(|o| o.functions.iter().any(|(f, _)| f.is_python()))
     }
 }
 
@@ -123,27 +107,16 @@ pub fn in_root(root: &Path, path: &Path) -> PathBuf {
 }
 
 fn allocator_functions(host_path: &Path) -> Option<Vec<(AllocFunction, u64)>> {
-    let names: Vec<&str> = AllocFunction::uprobe_functions()
-        .map(AllocFunction::symbol)
-        .collect();
+    let names: Vec<&str> = AllocFunction::uprobe_functions().map(AllocFunction::symbol).collect();
     let offsets = elf_symbols::function_offsets(host_path, &names).ok()?;
-    Some(
-        AllocFunction::uprobe_functions()
-            .filter_map(|f| offsets.get(f.symbol()).map(|&off| (f, off)))
-            .collect(),
-    )
+    Some(AllocFunction::uprobe_functions().filter_map(|f| offsets.get(f.symbol()).map(|&off| (f, off))).collect())
 }
 
 /// `3.11` from `libpython3.11.so.1.0`, `python3.11`, `libpython3.13t.so`.
 pub fn python_version_of(path: &Path) -> Option<String> {
     let name = path.file_name()?.to_str()?;
-    let rest = name
-        .strip_prefix("libpython")
-        .or_else(|| name.strip_prefix("python"))?;
-    let version: String = rest
-        .chars()
-        .take_while(|c| c.is_ascii_digit() || *c == '.')
-        .collect();
+    let rest = name.strip_prefix("libpython").or_else(|| name.strip_prefix("python"))?;
+    let version: String = rest.chars().take_while(|c| c.is_ascii_digit() || *c == '.').collect();
     let version = version.trim_end_matches('.');
     let mut parts = version.split('.');
     let (major, minor) = (parts.next()?, parts.next()?);
@@ -158,8 +131,7 @@ pub fn check_privileges() -> Result<()> {
     const CAP_SYS_ADMIN: u32 = 21;
     const CAP_PERFMON: u32 = 38;
     const CAP_BPF: u32 = 39;
-    let status = fs::read_to_string("/proc/self/status")
-        .map_err(|e| anyhow!("cannot read /proc/self/status: {e}"))?;
+    let status = fs::read_to_string("/proc/self/status").map_err(|e| anyhow!("cannot read /proc/self/status: {e}"))?;
     let effective = status
         .lines()
         .find_map(|l| l.strip_prefix("CapEff:"))
@@ -193,10 +165,7 @@ mod tests {
         let files = executable_files(MAPS);
         assert_eq!(
             files,
-            vec![
-                PathBuf::from("/usr/bin/python3.11"),
-                PathBuf::from("/usr/lib/x86_64-linux-gnu/libc.so.6")
-            ]
+            vec![PathBuf::from("/usr/bin/python3.11"), PathBuf::from("/usr/lib/x86_64-linux-gnu/libc.so.6")]
         );
     }
 
@@ -210,18 +179,9 @@ mod tests {
 
     #[test]
     fn python_versions_from_file_names() {
-        assert_eq!(
-            python_version_of(Path::new("/x/libpython3.11.so.1.0")).as_deref(),
-            Some("3.11")
-        );
-        assert_eq!(
-            python_version_of(Path::new("/usr/bin/python3.13")).as_deref(),
-            Some("3.13")
-        );
-        assert_eq!(
-            python_version_of(Path::new("/x/libpython3.13t.so")).as_deref(),
-            Some("3.13")
-        );
+        assert_eq!(python_version_of(Path::new("/x/libpython3.11.so.1.0")).as_deref(), Some("3.11"));
+        assert_eq!(python_version_of(Path::new("/usr/bin/python3.13")).as_deref(), Some("3.13"));
+        assert_eq!(python_version_of(Path::new("/x/libpython3.13t.so")).as_deref(), Some("3.13"));
         assert_eq!(python_version_of(Path::new("/usr/bin/python3")), None);
         assert_eq!(python_version_of(Path::new("/usr/lib/libc.so.6")), None);
     }

@@ -58,12 +58,7 @@ pub struct VerdictConfig {
 
 impl Default for VerdictConfig {
     fn default() -> Self {
-        VerdictConfig {
-            min_samples: 6,
-            alpha: 0.01,
-            min_growth_bytes_per_sec: 1024.0,
-            min_relative_growth: 0.02,
-        }
+        VerdictConfig { min_samples: 6, alpha: 0.01, min_growth_bytes_per_sec: 1024.0, min_relative_growth: 0.02 }
     }
 }
 
@@ -87,36 +82,24 @@ pub fn classify(t_secs: &[f64], live_bytes: &[f64], cfg: &VerdictConfig) -> Grow
         return inconclusive(None, "time and value series have different lengths".into());
     }
     // Drop samples that could not be read (non-finite) and order by time.
-    let mut samples: Vec<(f64, f64)> = t_secs
-        .iter()
-        .zip(live_bytes)
-        .map(|(&t, &y)| (t, y))
-        .filter(|(t, y)| t.is_finite() && y.is_finite())
-        .collect();
+    let mut samples: Vec<(f64, f64)> =
+        t_secs.iter().zip(live_bytes).map(|(&t, &y)| (t, y)).filter(|(t, y)| t.is_finite() && y.is_finite()).collect();
     samples.sort_by(|a, b| a.0.total_cmp(&b.0));
     let min_samples = cfg.min_samples.max(3);
     let n = samples.len();
     if n < min_samples {
-        return inconclusive(
-            None,
-            format!("too few samples ({n} usable, {min_samples} needed)"),
-        );
+        return inconclusive(None, format!("too few samples ({n} usable, {min_samples} needed)"));
     }
 
     let late_len = n.div_ceil(2).max(min_samples).min(n);
     let (late_t, late_y): (Vec<f64>, Vec<f64>) = samples[n - late_len..].iter().copied().unzip();
     let Some(late) = trend(&late_t, &late_y) else {
-        return inconclusive(
-            None,
-            "no trend computable (samples share one timestamp or overflow)".into(),
-        );
+        return inconclusive(None, "no trend computable (samples share one timestamp or overflow)".into());
     };
     let duration = late_t[late_len - 1] - late_t[0];
     let level = median(&late_y).unwrap_or(0.0).abs();
     // The slowest growth that counts as a leak in this window: both floors at once.
-    let floor_rate = cfg
-        .min_growth_bytes_per_sec
-        .max(cfg.min_relative_growth * level / duration);
+    let floor_rate = cfg.min_growth_bytes_per_sec.max(cfg.min_relative_growth * level / duration);
     let slope = late.slope;
     let p = late.p_increasing;
     let no_leak = |reason: String| no_leak(&late, &late_t, &late_y, floor_rate, reason);
@@ -140,11 +123,7 @@ pub fn classify(t_secs: &[f64], live_bytes: &[f64], cfg: &VerdictConfig) -> Grow
         return no_leak(format!("late window is {shape} (Mann–Kendall p={p:.2})"));
     }
     if slope < floor_rate {
-        return no_leak(format!(
-            "growth of {} is below the {} floor",
-            rate(slope),
-            rate(floor_rate)
-        ));
+        return no_leak(format!("growth of {} is below the {} floor", rate(slope), rate(floor_rate)));
     }
     if let Some(level_rate) = level_rate.filter(|&r| r < MIN_LEVEL_TO_SLOPE * slope) {
         if level_is_flat {
@@ -182,12 +161,8 @@ pub fn classify(t_secs: &[f64], live_bytes: &[f64], cfg: &VerdictConfig) -> Grow
     }
     let quarter = n / 4;
     if quarter >= 3 {
-        if let (Some(second), Some(last)) =
-            (trend_of(quarter..2 * quarter), trend_of(n - quarter..n))
-        {
-            if last.slope < MIN_LAST_TO_SECOND_QUARTER_SLOPE * second.slope
-                && last.slope_high < second.slope_low
-            {
+        if let (Some(second), Some(last)) = (trend_of(quarter..2 * quarter), trend_of(n - quarter..n)) {
+            if last.slope < MIN_LAST_TO_SECOND_QUARTER_SLOPE * second.slope && last.slope_high < second.slope_low {
                 return undecided(format!(
                     "growth is bending over: {} in the last quarter against {} in the second",
                     rate(last.slope),
@@ -197,10 +172,7 @@ pub fn classify(t_secs: &[f64], live_bytes: &[f64], cfg: &VerdictConfig) -> Grow
         }
     }
 
-    let reason = format!(
-        "still growing at {} until the end (Mann–Kendall p={p:.1e})",
-        rate(slope)
-    );
+    let reason = format!("still growing at {} until the end (Mann–Kendall p={p:.1e})", rate(slope));
     verdict(VerdictKind::Leak, Some(&late), 1.0 - p, reason)
 }
 
@@ -211,11 +183,7 @@ fn midrange_rate(t: &[f64], y: &[f64]) -> Option<f64> {
         return None;
     }
     let midrange = |ys: &[f64]| {
-        let (lo, hi) = ys
-            .iter()
-            .fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), &v| {
-                (lo.min(v), hi.max(v))
-            });
+        let (lo, hi) = ys.iter().fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), &v| (lo.min(v), hi.max(v)));
         lo / 2.0 + hi / 2.0
     };
     let centre = |ts: &[f64]| ts[0] / 2.0 + ts[ts.len() - 1] / 2.0;
@@ -229,11 +197,7 @@ fn midrange_rate(t: &[f64], y: &[f64]) -> Option<f64> {
 /// is 1 - p of the test "growth < floor".
 fn no_leak(late: &Trend, t: &[f64], y: &[f64], floor_rate: f64, reason: String) -> GrowthVerdict {
     let start = t[0];
-    let residual: Vec<f64> = t
-        .iter()
-        .zip(y)
-        .map(|(ti, yi)| yi - floor_rate * (ti - start))
-        .collect();
+    let residual: Vec<f64> = t.iter().zip(y).map(|(ti, yi)| yi - floor_rate * (ti - start)).collect();
     let confidence = trend(t, &residual).map_or(0.0, |r| r.p_increasing);
     verdict(VerdictKind::NoLeak, Some(late), confidence, reason)
 }
@@ -242,14 +206,8 @@ fn inconclusive(late: Option<&Trend>, reason: String) -> GrowthVerdict {
     verdict(VerdictKind::Inconclusive, late, 0.0, reason)
 }
 
-fn verdict(
-    kind: VerdictKind,
-    late: Option<&Trend>,
-    confidence: f64,
-    reason: String,
-) -> GrowthVerdict {
-    let (growth, low, high) =
-        late.map_or((0.0, 0.0, 0.0), |l| (l.slope, l.slope_low, l.slope_high));
+fn verdict(kind: VerdictKind, late: Option<&Trend>, confidence: f64, reason: String) -> GrowthVerdict {
+    let (growth, low, high) = late.map_or((0.0, 0.0, 0.0), |l| (l.slope, l.slope_low, l.slope_high));
     GrowthVerdict {
         kind,
         growth_bytes_per_sec: growth,
@@ -289,10 +247,7 @@ mod tests {
     /// 61 samples, one per second, of `f(t)` plus uniform noise of +-`noise`.
     fn series(seed: u64, noise: f64, f: impl Fn(f64) -> f64) -> (Vec<f64>, Vec<f64>) {
         let mut rng = Noise(seed);
-        (0..=60)
-            .map(|i| i as f64)
-            .map(|t| (t, f(t) + noise * rng.next()))
-            .unzip()
+        (0..=60).map(|i| i as f64).map(|t| (t, f(t) + noise * rng.next())).unzip()
     }
 
     fn judge((t, y): &(Vec<f64>, Vec<f64>)) -> GrowthVerdict {
@@ -306,10 +261,7 @@ mod tests {
     #[test]
     fn steady_leaks_are_leak_with_an_accurate_rate() {
         // (base, rate, noise): a fast leak with heavy noise; a slow leak riding on a big level.
-        for (base, rate, noise) in [
-            (20.0 * MB, 640_000.0, 2.0 * MB),
-            (50.0 * MB, 200_000.0, 0.5 * MB),
-        ] {
+        for (base, rate, noise) in [(20.0 * MB, 640_000.0, 2.0 * MB), (50.0 * MB, 200_000.0, 0.5 * MB)] {
             for seed in SEEDS {
                 let v = judge(&series(seed, noise, |t| base + rate * t));
                 assert_eq!(v.kind, VerdictKind::Leak, "{v:?}");
@@ -323,9 +275,8 @@ mod tests {
     #[test]
     fn warm_up_then_steady_leak_is_leak() {
         for seed in SEEDS {
-            let v = judge(&series(seed, 0.5 * MB, |t| {
-                20.0 * MB + 30.0 * MB * (1.0 - (-t / 4.0).exp()) + 200_000.0 * t
-            }));
+            let v =
+                judge(&series(seed, 0.5 * MB, |t| 20.0 * MB + 30.0 * MB * (1.0 - (-t / 4.0).exp()) + 200_000.0 * t));
             assert_eq!(v.kind, VerdictKind::Leak, "{v:?}");
         }
     }
@@ -333,15 +284,11 @@ mod tests {
     #[test]
     fn warm_up_plateau_and_full_bounded_cache_are_no_leak() {
         for seed in SEEDS {
-            let warm_up = judge(&series(seed, 0.5 * MB, |t| {
-                50.0 * MB + 30.0 * MB * (1.0 - (-t / 4.0).exp())
-            }));
+            let warm_up = judge(&series(seed, 0.5 * MB, |t| 50.0 * MB + 30.0 * MB * (1.0 - (-t / 4.0).exp())));
             assert_eq!(warm_up.kind, VerdictKind::NoLeak, "{warm_up:?}");
             assert!(warm_up.confidence > 0.9, "{warm_up:?}");
             // Linear up to its cap at a third of the recording, then flat.
-            let cache = judge(&series(seed, 0.3 * MB, |t| {
-                10.0 * MB + 0.5 * MB * t.min(20.0)
-            }));
+            let cache = judge(&series(seed, 0.3 * MB, |t| 10.0 * MB + 0.5 * MB * t.min(20.0)));
             assert_eq!(cache.kind, VerdictKind::NoLeak, "{cache:?}");
         }
     }
@@ -351,15 +298,9 @@ mod tests {
         for period in [3.0, 4.0, 7.0, 10.0] {
             for phase in 0..period as u64 {
                 let seed = SEEDS[phase as usize % SEEDS.len()];
-                let s = series(seed, 0.1 * MB, |t| {
-                    40.0 * MB + sawtooth(t + phase as f64, period, 8.0 * MB)
-                });
+                let s = series(seed, 0.1 * MB, |t| 40.0 * MB + sawtooth(t + phase as f64, period, 8.0 * MB));
                 let v = judge(&s);
-                assert_eq!(
-                    v.kind,
-                    VerdictKind::NoLeak,
-                    "period {period} phase {phase}: {v:?}"
-                );
+                assert_eq!(v.kind, VerdictKind::NoLeak, "period {period} phase {phase}: {v:?}");
             }
         }
     }
@@ -369,10 +310,7 @@ mod tests {
         // Late window = exactly three teeth starting at a trough: the rising edges make Kendall's S
         // significant although the envelope is flat.
         let t: Vec<f64> = (0..60).map(f64::from).collect();
-        let y: Vec<f64> = t
-            .iter()
-            .map(|&t| 40.0 * MB + sawtooth(t, 10.0, 8.0 * MB))
-            .collect();
+        let y: Vec<f64> = t.iter().map(|&t| 40.0 * MB + sawtooth(t, 10.0, 8.0 * MB)).collect();
         let late = trend(&t[30..], &y[30..]).unwrap();
         assert!(late.p_increasing < 0.01 && late.slope > 0.0, "{late:?}");
         let v = classify(&t, &y, &VerdictConfig::default());
@@ -383,29 +321,20 @@ mod tests {
     #[test]
     fn sawtooth_on_a_linear_rise_is_leak() {
         for (i, seed) in SEEDS.into_iter().enumerate() {
-            let s = series(seed, 0.1 * MB, |t| {
-                40.0 * MB + 300_000.0 * t + sawtooth(t + i as f64, 10.0, 3.0 * MB)
-            });
+            let s = series(seed, 0.1 * MB, |t| 40.0 * MB + 300_000.0 * t + sawtooth(t + i as f64, 10.0, 3.0 * MB));
             let v = judge(&s);
             assert_eq!(v.kind, VerdictKind::Leak, "{v:?}");
-            assert!(
-                (v.growth_bytes_per_sec - 300_000.0).abs() < 0.15 * 300_000.0,
-                "{v:?}"
-            );
+            assert!((v.growth_bytes_per_sec - 300_000.0).abs() < 0.15 * 300_000.0, "{v:?}");
         }
     }
 
     #[test]
     fn decelerating_growth_is_not_leak() {
         for seed in SEEDS {
-            let log = judge(&series(seed, 0.2 * MB, |t| {
-                20.0 * MB + 10.0 * MB * (1.0 + t).ln()
-            }));
+            let log = judge(&series(seed, 0.2 * MB, |t| 20.0 * MB + 10.0 * MB * (1.0 + t).ln()));
             assert_eq!(log.kind, VerdictKind::Inconclusive, "{log:?}");
             // A cache still filling: 1 - exp(-t / 30 s) over 60 s.
-            let cache = judge(&series(seed, 0.2 * MB, |t| {
-                20.0 * MB + 30.0 * MB * (1.0 - (-t / 30.0).exp())
-            }));
+            let cache = judge(&series(seed, 0.2 * MB, |t| 20.0 * MB + 30.0 * MB * (1.0 - (-t / 30.0).exp())));
             assert_ne!(cache.kind, VerdictKind::Leak, "{cache:?}");
         }
     }
@@ -413,9 +342,7 @@ mod tests {
     #[test]
     fn growth_then_release_is_no_leak() {
         for seed in SEEDS {
-            let v = judge(&series(seed, 0.2 * MB, |t| {
-                20.0 * MB + if t < 40.0 { 0.5 * MB * t } else { 0.0 }
-            }));
+            let v = judge(&series(seed, 0.2 * MB, |t| 20.0 * MB + if t < 40.0 { 0.5 * MB * t } else { 0.0 }));
             assert_eq!(v.kind, VerdictKind::NoLeak, "{v:?}");
         }
     }
@@ -438,10 +365,7 @@ mod tests {
             let late = trend(&s.0[30..], &s.1[30..]).unwrap();
             let floor = 0.02 * median(&s.1[30..]).unwrap() / 30.0;
             let v = judge(&s);
-            if (0.01..0.05).contains(&late.p_increasing)
-                && late.slope_low < 0.0
-                && late.slope >= floor
-            {
+            if (0.01..0.05).contains(&late.p_increasing) && late.slope_low < 0.0 && late.slope >= floor {
                 seen += 1;
                 assert_eq!(v.kind, VerdictKind::Inconclusive, "{v:?}");
                 assert!(v.reason.contains("too noisy"), "{v:?}");
@@ -459,22 +383,10 @@ mod tests {
         assert!(few.reason.contains("too few samples"));
         assert_eq!((few.growth_bytes_per_sec, few.confidence), (0.0, 0.0));
         assert_eq!(classify(&[], &[], &cfg).kind, VerdictKind::Inconclusive);
-        assert_eq!(
-            classify(&[1.0], &[5.0], &cfg).kind,
-            VerdictKind::Inconclusive
-        );
-        assert_eq!(
-            classify(&t, &[1.0; 3], &cfg).kind,
-            VerdictKind::Inconclusive
-        );
-        assert_eq!(
-            classify(&t, &[f64::NAN; 20], &cfg).kind,
-            VerdictKind::Inconclusive
-        );
-        assert_eq!(
-            classify(&[3.0; 20], &t, &cfg).kind,
-            VerdictKind::Inconclusive
-        );
+        assert_eq!(classify(&[1.0], &[5.0], &cfg).kind, VerdictKind::Inconclusive);
+        assert_eq!(classify(&t, &[1.0; 3], &cfg).kind, VerdictKind::Inconclusive);
+        assert_eq!(classify(&t, &[f64::NAN; 20], &cfg).kind, VerdictKind::Inconclusive);
+        assert_eq!(classify(&[3.0; 20], &t, &cfg).kind, VerdictKind::Inconclusive);
         for flat in [0.0, 5.0e7, -1.0] {
             let v = classify(&t, &[flat; 20], &cfg);
             assert_eq!(v.kind, VerdictKind::NoLeak, "{v:?}");
@@ -487,30 +399,17 @@ mod tests {
         assert_eq!(classify(&t, &y, &cfg).kind, VerdictKind::Leak);
         let huge: Vec<f64> = t.iter().map(|t| 1.0e300 * (1.0 + t)).collect();
         assert_eq!(classify(&t, &huge, &cfg).kind, VerdictKind::Leak);
-        let extreme: Vec<f64> = (0..20)
-            .map(|i| if i % 2 == 0 { f64::MAX } else { -f64::MAX })
-            .collect();
+        let extreme: Vec<f64> = (0..20).map(|i| if i % 2 == 0 { f64::MAX } else { -f64::MAX }).collect();
         assert_eq!(classify(&t, &extreme, &cfg).kind, VerdictKind::Inconclusive);
-        let zero_cfg = VerdictConfig {
-            min_samples: 0,
-            alpha: f64::NAN,
-            ..cfg
-        };
+        let zero_cfg = VerdictConfig { min_samples: 0, alpha: f64::NAN, ..cfg };
         let _ = classify(&[0.0, 1.0], &[1.0, 2.0], &zero_cfg);
         let _ = classify(&t, &huge, &zero_cfg);
     }
 
     #[test]
     fn kinds_serialise_in_kebab_case() {
-        for kind in [
-            VerdictKind::Leak,
-            VerdictKind::NoLeak,
-            VerdictKind::Inconclusive,
-        ] {
-            assert_eq!(
-                serde_json::to_string(&kind).unwrap(),
-                format!("\"{}\"", kind.as_str())
-            );
+        for kind in [VerdictKind::Leak, VerdictKind::NoLeak, VerdictKind::Inconclusive] {
+            assert_eq!(serde_json::to_string(&kind).unwrap(), format!("\"{}\"", kind.as_str()));
         }
         assert_eq!(VerdictKind::NoLeak.as_str(), "no-leak");
     }

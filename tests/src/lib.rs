@@ -11,30 +11,20 @@ use std::{
 
 /// The workspace root.
 pub fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .unwrap()
-        .to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
 }
 
 /// The leakprobe binary under test (`cargo xtask test` builds it and sets LEAKPROBE_BIN).
 pub fn leakprobe_bin() -> PathBuf {
-    let bin = std::env::var_os("LEAKPROBE_BIN")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| root().join("target/release/leakprobe"));
-    assert!(
-        bin.exists(),
-        "{} is missing: run the tests with `cargo xtask test`",
-        bin.display()
-    );
+    let bin =
+        std::env::var_os("LEAKPROBE_BIN").map(PathBuf::from).unwrap_or_else(|| root().join("target/release/leakprobe"));
+    assert!(bin.exists(), "{} is missing: run the tests with `cargo xtask test`", bin.display());
     bin
 }
 
 /// The Python interpreter for the Python targets (the project's venv under `cargo xtask test`).
 pub fn python() -> PathBuf {
-    std::env::var_os("LEAKPROBE_PYTHON")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| "python3".into())
+    std::env::var_os("LEAKPROBE_PYTHON").map(PathBuf::from).unwrap_or_else(|| "python3".into())
 }
 
 pub fn fixture(name: &str) -> PathBuf {
@@ -51,13 +41,7 @@ pub fn scratch() -> PathBuf {
 /// Compiles a C fixture with gcc; returns the executable.
 pub fn compile_c(source: &str, flags: &[&str]) -> PathBuf {
     let out = scratch().join(source.trim_end_matches(".c"));
-    let status = Command::new("gcc")
-        .args(flags)
-        .arg("-o")
-        .arg(&out)
-        .arg(fixture(source))
-        .status()
-        .expect("gcc runs");
+    let status = Command::new("gcc").args(flags).arg("-o").arg(&out).arg(fixture(source)).status().expect("gcc runs");
     assert!(status.success(), "gcc failed on {source}");
     out
 }
@@ -80,11 +64,7 @@ impl ChildGuard {
 
     /// Waits for the child to exit on its own and returns its output.
     pub fn wait_with_output(mut self) -> Output {
-        self.0
-            .take()
-            .expect("child is held")
-            .wait_with_output()
-            .expect("child output")
+        self.0.take().expect("child is held").wait_with_output().expect("child output")
     }
 }
 
@@ -102,9 +82,7 @@ pub fn spawn_ready(cmd: &mut Command) -> ChildGuard {
     let mut child = ChildGuard::new(cmd.stdout(Stdio::piped()).spawn().expect("target starts"));
     let stdout = child.child().stdout.take().unwrap();
     let mut line = String::new();
-    BufReader::new(stdout)
-        .read_line(&mut line)
-        .expect("target prints ready");
+    BufReader::new(stdout).read_line(&mut line).expect("target prints ready");
     assert!(line.starts_with("ready"), "target said {line:?}");
     child
 }
@@ -116,24 +94,9 @@ pub fn spawn_python(script: &str) -> ChildGuard {
 
 /// `leakprobe record --pid PID --format json` for `duration`, returning the process output and
 /// the parsed report.
-pub fn record_json(
-    pid: u32,
-    duration: &str,
-    interval: &str,
-    extra: &[&str],
-) -> (Output, serde_json::Value) {
+pub fn record_json(pid: u32, duration: &str, interval: &str, extra: &[&str]) -> (Output, serde_json::Value) {
     let out = Command::new(leakprobe_bin())
-        .args([
-            "record",
-            "--pid",
-            &pid.to_string(),
-            "--duration",
-            duration,
-            "--interval",
-            interval,
-            "--format",
-            "json",
-        ])
+        .args(["record", "--pid", &pid.to_string(), "--duration", duration, "--interval", interval, "--format", "json"])
         .args(extra)
         .output()
         .expect("leakprobe runs");
@@ -143,8 +106,8 @@ pub fn record_json(
         "leakprobe failed: {:?}\nstderr:\n{stderr}",
         out.status
     );
-    let report: serde_json::Value = serde_json::from_slice(&out.stdout)
-        .unwrap_or_else(|e| panic!("report is not JSON ({e}); stderr:\n{stderr}"));
+    let report: serde_json::Value =
+        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("report is not JSON ({e}); stderr:\n{stderr}"));
     (out, report)
 }
 
@@ -188,19 +151,10 @@ pub fn eventually(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
 
 /// The flagged stacks of a report.
 pub fn flagged(report: &serde_json::Value) -> Vec<&serde_json::Value> {
-    report["stacks"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|s| s["flagged"] == true)
-        .collect()
+    report["stacks"].as_array().unwrap().iter().filter(|s| s["flagged"] == true).collect()
 }
 
 /// Whether any frame of the stack is the function `name`.
 pub fn has_frame(stack: &serde_json::Value, name: &str) -> bool {
-    stack["frames"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .any(|f| f["function"] == name)
+    stack["frames"].as_array().unwrap().iter().any(|f| f["function"] == name)
 }

@@ -11,30 +11,17 @@ fn assert_one_line_error(out: &Output, expected: &str) {
     let lines: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
     assert_eq!(lines.len(), 1, "expected one line, got: {stderr}");
     assert!(lines[0].starts_with("leakprobe: error: "), "{stderr}");
-    assert!(
-        lines[0].contains(expected),
-        "expected {expected:?} in {stderr}"
-    );
+    assert!(lines[0].contains(expected), "expected {expected:?} in {stderr}");
 }
 
 fn record_pid(pid: u32) -> Output {
-    Command::new(leakprobe_bin())
-        .args(["record", "--pid", &pid.to_string(), "--duration", "2s"])
-        .output()
-        .unwrap()
+    Command::new(leakprobe_bin()).args(["record", "--pid", &pid.to_string(), "--duration", "2s"]).output().unwrap()
 }
 
 #[test]
 fn missing_pid() {
-    let pid_max: u32 = std::fs::read_to_string("/proc/sys/kernel/pid_max")
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap();
-    let pid = (2..pid_max)
-        .rev()
-        .find(|p| !std::path::Path::new(&format!("/proc/{p}")).exists())
-        .unwrap();
+    let pid_max: u32 = std::fs::read_to_string("/proc/sys/kernel/pid_max").unwrap().trim().parse().unwrap();
+    let pid = (2..pid_max).rev().find(|p| !std::path::Path::new(&format!("/proc/{p}")).exists()).unwrap();
     assert_one_line_error(&record_pid(pid), &format!("no process with PID {pid}"));
 }
 
@@ -57,20 +44,9 @@ fn kernel_thread() {
 fn not_root() {
     let target = spawn_python("py_leak.py");
     let out = Command::new("setpriv")
-        .args([
-            "--reuid=65534",
-            "--regid=65534",
-            "--clear-groups",
-            "--inh-caps=-all",
-        ])
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--inh-caps=-all"])
         .arg(leakprobe_bin())
-        .args([
-            "record",
-            "--pid",
-            &target.pid().to_string(),
-            "--duration",
-            "2s",
-        ])
+        .args(["record", "--pid", &target.pid().to_string(), "--duration", "2s"])
         .output()
         .unwrap();
     assert_one_line_error(&out, "needs root");
@@ -78,9 +54,6 @@ fn not_root() {
 
 #[test]
 fn no_target_given() {
-    let out = Command::new(leakprobe_bin())
-        .args(["record", "--duration", "1s"])
-        .output()
-        .unwrap();
+    let out = Command::new(leakprobe_bin()).args(["record", "--duration", "1s"]).output().unwrap();
     assert_one_line_error(&out, "--pid PID");
 }

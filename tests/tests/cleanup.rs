@@ -9,40 +9,24 @@ use std::{
 
 fn start_recording(pid: u32) -> ChildGuard {
     let child = Command::new(leakprobe_bin())
-        .args([
-            "record",
-            "--pid",
-            &pid.to_string(),
-            "--interval",
-            "500ms",
-            "--format",
-            "json",
-        ])
+        .args(["record", "--pid", &pid.to_string(), "--interval", "500ms", "--format", "json"])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
     let guard = ChildGuard::new(child);
-    assert!(
-        eventually(Duration::from_secs(20), || !leakprobe_programs_loaded()
-            .is_empty()),
-        "probes never attached"
-    );
+    assert!(eventually(Duration::from_secs(20), || !leakprobe_programs_loaded().is_empty()), "probes never attached");
     guard
 }
 
 #[test]
 fn no_probe_left_after_a_normal_end() {
-    assert!(
-        leakprobe_programs_loaded().is_empty(),
-        "programs loaded before the test"
-    );
+    assert!(leakprobe_programs_loaded().is_empty(), "programs loaded before the test");
     let target = spawn_python("py_leak.py");
     let (_, report) = record_json(target.pid(), "3s", "500ms", &[]);
     assert_eq!(report["ended_because"], "duration");
     assert!(
-        eventually(Duration::from_secs(5), || leakprobe_programs_loaded()
-            .is_empty()),
+        eventually(Duration::from_secs(5), || leakprobe_programs_loaded().is_empty()),
         "{:?}",
         leakprobe_programs_loaded()
     );
@@ -55,17 +39,12 @@ fn ctrl_c_reports_what_was_collected_and_detaches() {
     std::thread::sleep(Duration::from_secs(3));
     unsafe { libc::kill(recorder.pid() as i32, libc::SIGINT) };
     let out = recorder.wait_with_output();
-    assert!(
-        out.status.success(),
-        "stderr: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(out.status.success(), "stderr: {}", String::from_utf8_lossy(&out.stderr));
     let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(report["ended_because"], "interrupted");
     assert!(report["rss"].as_array().unwrap().len() >= 3);
     assert!(
-        eventually(Duration::from_secs(5), || leakprobe_programs_loaded()
-            .is_empty()),
+        eventually(Duration::from_secs(5), || leakprobe_programs_loaded().is_empty()),
         "{:?}",
         leakprobe_programs_loaded()
     );
@@ -78,8 +57,7 @@ fn sigkill_leaves_no_probe() {
     std::thread::sleep(Duration::from_secs(1));
     drop(recorder); // SIGKILL
     assert!(
-        eventually(Duration::from_secs(10), || leakprobe_programs_loaded()
-            .is_empty()),
+        eventually(Duration::from_secs(10), || leakprobe_programs_loaded().is_empty()),
         "{:?}",
         leakprobe_programs_loaded()
     );
@@ -92,11 +70,7 @@ fn target_exit_ends_the_recording_with_everything_collected() {
     std::thread::sleep(Duration::from_secs(3));
     drop(target);
     let out = recorder.wait_with_output();
-    assert!(
-        out.status.success(),
-        "stderr: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(out.status.success(), "stderr: {}", String::from_utf8_lossy(&out.stderr));
     let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(report["ended_because"], "target-exited");
     assert!(report["rss"].as_array().unwrap().len() >= 3);
@@ -105,7 +79,5 @@ fn target_exit_ends_the_recording_with_everything_collected() {
         .unwrap()
         .iter()
         .any(|c| c["name"] == "allocations" && c["value"].as_u64().unwrap() > 0));
-    assert!(eventually(Duration::from_secs(5), || {
-        leakprobe_programs_loaded().is_empty()
-    }));
+    assert!(eventually(Duration::from_secs(5), || { leakprobe_programs_loaded().is_empty() }));
 }

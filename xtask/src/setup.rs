@@ -22,8 +22,11 @@ const PIP_PACKAGES: &[&str] = &["fastapi==0.115.*", "uvicorn==0.32.*", "cachetoo
 
 /// Other CPython builds the Python-stack tests run against when the machine has them (pyenv's
 /// shared-libpython builds here).
-const EXTRA_PYTHONS: &[(&str, &str)] =
-    &[("3.10", ".pyenv/versions/3.10.13/bin/python3"), ("3.12", ".pyenv/versions/3.12.1/bin/python3"), ("3.13", ".pyenv/versions/3.13.0/bin/python3")];
+const EXTRA_PYTHONS: &[(&str, &str)] = &[
+    ("3.10", ".pyenv/versions/3.10.13/bin/python3"),
+    ("3.12", ".pyenv/versions/3.12.1/bin/python3"),
+    ("3.13", ".pyenv/versions/3.13.0/bin/python3"),
+];
 
 pub struct Tools {
     pub bpf_linker_dir: PathBuf,
@@ -58,7 +61,8 @@ pub fn install() -> Result<Tools> {
     for (version, relative) in EXTRA_PYTHONS {
         let interpreter = home.join(relative);
         if interpreter.exists() {
-            extra_pythons.push((version.to_string(), python_venv(&cache.join(format!("venv-{version}")), &interpreter)?));
+            extra_pythons
+                .push((version.to_string(), python_venv(&cache.join(format!("venv-{version}")), &interpreter)?));
         }
     }
     Ok(Tools { bpf_linker_dir, python, extra_pythons })

@@ -5,8 +5,8 @@ use crate::{
     aggregate::Recording,
     cgroup::MemoryLimit,
     report::{
-        CounterValue, HookInfo, LimitProjection, ProcessVerdict, Report, RssPoint, SeriesPoint,
-        StackReport, TargetInfo, SCHEMA_VERSION,
+        CounterValue, HookInfo, LimitProjection, ProcessVerdict, Report, RssPoint, SeriesPoint, StackReport,
+        TargetInfo, SCHEMA_VERSION,
     },
     symbolize::Frame,
     verdict::{classify, GrowthVerdict, VerdictConfig, VerdictKind},
@@ -36,21 +36,14 @@ pub struct ResolvedStack {
 /// At most this many flagged stacks are listed (the rest are counted in a warning).
 const MAX_FLAGGED: usize = 50;
 
-pub fn build(
-    rec: &Recording,
-    mut ctx: Context,
-    mut resolve: impl FnMut(u64) -> ResolvedStack,
-) -> Report {
+pub fn build(rec: &Recording, mut ctx: Context, mut resolve: impl FnMut(u64) -> ResolvedStack) -> Report {
     let (rss_t, rss_y) = rec.rss_series();
     let rss = classify(&rss_t, &rss_y, &ctx.verdict);
     let tracked_heap = classify(&rec.times, &rec.tracked_live_bytes, &ctx.verdict);
     let verdict = process_verdict(rss, tracked_heap);
 
     let memory_limit = ctx.memory_limit.as_ref().map(|limit| {
-        let usage = limit
-            .usage_bytes
-            .or_else(|| rss_y.last().map(|&r| r as u64))
-            .unwrap_or(0);
+        let usage = limit.usage_bytes.or_else(|| rss_y.last().map(|&r| r as u64)).unwrap_or(0);
         let growth = verdict.growth_bytes_per_sec;
         let time_to_limit_seconds = (verdict.verdict == VerdictKind::Leak && growth > 0.0)
             .then(|| limit.limit_bytes.saturating_sub(usage) as f64 / growth);
@@ -69,19 +62,11 @@ pub fn build(
         .filter(|(_, s)| s.live_bytes_now() > 0)
         .map(|(&id, s)| (id, classify(&rec.times, &s.live_bytes, &ctx.verdict)))
         .collect();
-    let (mut flagged, mut others): (Vec<_>, Vec<_>) = judged
-        .drain(..)
-        .partition(|(_, v)| v.kind == VerdictKind::Leak);
-    flagged.sort_by(|a, b| {
-        b.1.growth_bytes_per_sec
-            .total_cmp(&a.1.growth_bytes_per_sec)
-    });
+    let (mut flagged, mut others): (Vec<_>, Vec<_>) = judged.drain(..).partition(|(_, v)| v.kind == VerdictKind::Leak);
+    flagged.sort_by(|a, b| b.1.growth_bytes_per_sec.total_cmp(&a.1.growth_bytes_per_sec));
     others.sort_by_key(|(id, _)| std::cmp::Reverse(rec.stacks[id].live_bytes_now()));
     if flagged.len() > MAX_FLAGGED {
-        ctx.warnings.push(format!(
-            "{} growing stacks; the report lists the {MAX_FLAGGED} fastest",
-            flagged.len()
-        ));
+        ctx.warnings.push(format!("{} growing stacks; the report lists the {MAX_FLAGGED} fastest", flagged.len()));
         flagged.truncate(MAX_FLAGGED);
     }
     others.truncate(ctx.other_stacks);
@@ -164,21 +149,10 @@ pub fn process_verdict(rss: GrowthVerdict, tracked_heap: GrowthVerdict) -> Proce
         (Inconclusive, _) => (Inconclusive, true),
         (_, Inconclusive) => (Inconclusive, false),
     };
-    let (from, which) = if on_rss {
-        (&rss, "RSS")
-    } else {
-        (&tracked_heap, "allocator-tracked heap")
-    };
+    let (from, which) = if on_rss { (&rss, "RSS") } else { (&tracked_heap, "allocator-tracked heap") };
     let (growth_bytes_per_sec, confidence) = (from.growth_bytes_per_sec, from.confidence);
     let reason = format!("{which}: {}", from.reason);
-    ProcessVerdict {
-        verdict,
-        growth_bytes_per_sec,
-        confidence,
-        reason,
-        rss,
-        tracked_heap,
-    }
+    ProcessVerdict { verdict, growth_bytes_per_sec, confidence, reason, rss, tracked_heap }
 }
 
 #[cfg(test)]
@@ -189,12 +163,7 @@ mod tests {
 
     fn ctx() -> Context {
         Context {
-            target: TargetInfo {
-                pid: 1,
-                exe: "/bin/x".into(),
-                cmdline: vec![],
-                python_version: None,
-            },
+            target: TargetInfo { pid: 1, exe: "/bin/x".into(), cmdline: vec![], python_version: None },
             started_unix_secs: 0,
             interval_seconds: 1.0,
             ended_because: "duration".into(),
@@ -230,12 +199,7 @@ mod tests {
     fn leaking_recording() -> Recording {
         let mut rec = Recording::default();
         for i in 0..30u64 {
-            let leak = StackCounters {
-                allocs: i,
-                frees: 0,
-                alloc_bytes: i * 65536,
-                free_bytes: 0,
-            };
+            let leak = StackCounters { allocs: i, frees: 0, alloc_bytes: i * 65536, free_bytes: 0 };
             let churn_live = (1 << 20) + (i % 3) * 4096;
             let churn = StackCounters {
                 allocs: 100 * i + 10,
@@ -243,10 +207,7 @@ mod tests {
                 alloc_bytes: 1 << 30,
                 free_bytes: (1 << 30) - churn_live,
             };
-            let memory = ProcessMemory {
-                rss_bytes: (30 << 20) + i * 65536,
-                ..Default::default()
-            };
+            let memory = ProcessMemory { rss_bytes: (30 << 20) + i * 65536, ..Default::default() };
             rec.push(
                 i as f64,
                 Some(memory),
@@ -265,10 +226,7 @@ mod tests {
         assert_eq!(flagged.len(), 1);
         assert_eq!(flagged[0].frames[0].function, "f1");
         assert!((flagged[0].growth_bytes_per_sec - 65536.0).abs() < 65536.0 * 0.05);
-        assert!(report
-            .stacks
-            .iter()
-            .any(|s| !s.flagged && s.frames[0].function == "f2"));
+        assert!(report.stacks.iter().any(|s| !s.flagged && s.frames[0].function == "f2"));
         assert_eq!(report.dropped_events(), 0);
         // 60 MiB of headroom at 64 KiB/s: 960 s.
         let ttl = report.memory_limit.unwrap().time_to_limit_seconds.unwrap();
@@ -279,10 +237,7 @@ mod tests {
     fn flat_process_is_no_leak_and_has_no_projection() {
         let mut rec = Recording::default();
         for i in 0..30u64 {
-            let memory = ProcessMemory {
-                rss_bytes: (30 << 20) + (i % 2) * 4096,
-                ..Default::default()
-            };
+            let memory = ProcessMemory { rss_bytes: (30 << 20) + (i % 2) * 4096, ..Default::default() };
             rec.push(i as f64, Some(memory), &[], vec![]);
         }
         let report = build(&rec, ctx(), resolve);

@@ -123,11 +123,7 @@ impl Report {
     }
 
     pub fn dropped_events(&self) -> u64 {
-        self.counters
-            .iter()
-            .filter(|c| c.is_drop)
-            .map(|c| c.value)
-            .sum()
+        self.counters.iter().filter(|c| c.is_drop).map(|c| c.value).sum()
     }
 }
 
@@ -137,11 +133,7 @@ pub fn human_bytes(bytes: f64) -> String {
     let mut value = bytes.abs();
     for unit in ["B", "KB", "MB", "GB"] {
         if value < 1024.0 {
-            return if unit == "B" {
-                format!("{sign}{value:.0} {unit}")
-            } else {
-                format!("{sign}{value:.1} {unit}")
-            };
+            return if unit == "B" { format!("{sign}{value:.0} {unit}") } else { format!("{sign}{value:.1} {unit}") };
         }
         value /= 1024.0;
     }

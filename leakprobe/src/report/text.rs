@@ -14,16 +14,8 @@ const OTHERS_SHOWN: usize = 5;
 pub fn render(report: &Report) -> String {
     let mut out = String::new();
     let t = &report.target;
-    let command = if t.cmdline.is_empty() {
-        t.exe.clone()
-    } else {
-        t.cmdline.join(" ")
-    };
-    let python = t
-        .python_version
-        .as_deref()
-        .map(|v| format!(", Python {v}"))
-        .unwrap_or_default();
+    let command = if t.cmdline.is_empty() { t.exe.clone() } else { t.cmdline.join(" ") };
+    let python = t.python_version.as_deref().map(|v| format!(", Python {v}")).unwrap_or_default();
     let _ = writeln!(
         out,
         "leakprobe: PID {} ({}{python}) — {} recorded, {} samples every {}, ended by {}",
@@ -100,12 +92,7 @@ pub fn render(report: &Report) -> String {
             write_stack(&mut out, i + 1, s);
         }
     }
-    let others: Vec<&StackReport> = report
-        .stacks
-        .iter()
-        .filter(|s| !s.flagged)
-        .take(OTHERS_SHOWN)
-        .collect();
+    let others: Vec<&StackReport> = report.stacks.iter().filter(|s| !s.flagged).take(OTHERS_SHOWN).collect();
     if !others.is_empty() {
         let _ = writeln!(out, "\nLARGEST OTHER STACKS (not growing):");
         for (i, s) in others.iter().enumerate() {
@@ -125,23 +112,9 @@ pub fn render(report: &Report) -> String {
         .counters
         .iter()
         .filter(|c| c.is_drop && c.value > 0)
-        .map(|c| {
-            format!(
-                "{} {}",
-                c.value,
-                c.name.trim_start_matches("drop_").replace('_', " ")
-            )
-        })
+        .map(|c| format!("{} {}", c.value, c.name.trim_start_matches("drop_").replace('_', " ")))
         .collect();
-    let _ = writeln!(
-        out,
-        "dropped: {}",
-        if drops.is_empty() {
-            "none".to_string()
-        } else {
-            drops.join(", ")
-        }
-    );
+    let _ = writeln!(out, "dropped: {}", if drops.is_empty() { "none".to_string() } else { drops.join(", ") });
     for w in &report.warnings {
         let _ = writeln!(out, "warning: {w}");
     }
@@ -164,11 +137,7 @@ fn write_stack(out: &mut String, rank: usize, s: &StackReport) {
         let _ = writeln!(out, "      {}", frame_line(frame));
     }
     if s.frames.len() > FRAMES_SHOWN {
-        let _ = writeln!(
-            out,
-            "      ... {} more frames",
-            s.frames.len() - FRAMES_SHOWN
-        );
+        let _ = writeln!(out, "      ... {} more frames", s.frames.len() - FRAMES_SHOWN);
     }
 }
 
@@ -178,12 +147,7 @@ fn frame_line(f: &Frame) -> String {
         (Some(file), None) => format!("  {file}"),
         _ => String::new(),
     };
-    let object = f
-        .object
-        .as_deref()
-        .and_then(|o| o.rsplit('/').next())
-        .map(|o| format!("  ({o})"))
-        .unwrap_or_default();
+    let object = f.object.as_deref().and_then(|o| o.rsplit('/').next()).map(|o| format!("  ({o})")).unwrap_or_default();
     format!("{}{location}{object}", f.function)
 }
 

@@ -1,0 +1,148 @@
+//! Finding the CPython interpreter inside a target process: which mapped file holds it, where its
+//! `_PyRuntime` is, which version it is, its layout, and its threads.
+
+use std::{collections::HashMap, fs, path::Path};
+
+use leakprobe_common::PythonConfig;
+
+use super::{
+    layout::{self, PythonLayout, ThreadId, GLIBC_PTHREAD_TID},
+    memory::{ReadMemory, RemoteMemory},
+    objects::ObjectLayout,
+};
+use crate::{elf_symbols, target::Target};
+
+/// Most threads (and interpreters) we follow in the target's lists: a bound against garbage.
+const MAX_THREADS: usize = 4096;
+
+#[derive(Debug, Clone)]
+pub struct PythonRuntime {
+    pub pid: u32,
+    /// `3.11.7` (or `3.10` when only the file name tells).
+    pub version: String,
+    pub layout: PythonLayout,
+    pub objects: ObjectLayout,
+    /// Address of `_PyRuntime` in the target.
+    pub runtime: u64,
+    /// The file that holds the interpreter (as the target sees it).
+    pub object_path: String,
+    pub mem: RemoteMemory,
+}
+
+/// Why no Python stacks: not a CPython at all (`None`), or one we cannot read (a warning).
+pub type Detection = Result<Option<PythonRuntime>, String>;
+
+/// Start of the mapping of `path` at file offset 0 in the target's maps.
+fn load_base(maps: &str, path: &str) -> Option<u64> {
+    maps.lines().find_map(|line| {
+        let mut f = line.split_whitespace();
+        let range = f.next()?;
+        let offset = f.nth(1)?;
+        let p = f.nth(2)?;
+        (p == path && u64::from_str_radix(offset, 16).ok()? == 0)
+            .then(|| u64::from_str_radix(range.split('-').next()?, 16).ok())
+            .flatten()
+    })
+}
+
+pub fn detect(target: &Target) -> Detection {
+    let maps =
+        fs::read_to_string(format!("/proc/{}/maps", target.pid)).map_err(|e| format!("cannot read maps: {e}"))?;
+    let wanted = ["_PyRuntime", "Py_Version", "_Py_NoneStruct"];
+    let mut found: Option<(HashMap<String, u64>, u64, &crate::target::HookableObject)> = None;
+    for object in &target.objects {
+        let Ok((symbols, lowest)) = elf_symbols::symbol_addresses(&object.host_path, &wanted) else { continue };
+        if symbols.contains_key("_PyRuntime") {
+            found = Some((symbols, lowest, object));
+            break;
+        }
+    }
+    let Some((symbols, lowest, object)) = found else { return Ok(None) };
+    let path = object.path.display().to_string();
+    let base = load_base(&maps, &path).ok_or_else(|| format!("{path} is not mapped at offset 0"))?;
+    let bias = base.wrapping_sub(lowest & !0xfff);
+    let mem = RemoteMemory { pid: target.pid };
+    let runtime = symbols["_PyRuntime"].wrapping_add(bias);
+
+    // PY_VERSION_HEX from Py_Version (3.11+); 3.10 only says it in its file name.
+    let hex = symbols.get("Py_Version").and_then(|v| mem.read_u32(v.wrapping_add(bias)).ok());
+    let (minor, version) = match hex {
+        Some(h) if h >> 24 == 3 => {
+            let minor = (h >> 16) & 0xff;
+            (minor, format!("3.{minor}.{}", (h >> 8) & 0xff))
+        }
+        _ => {
+            let v = crate::target::python_version_of(Path::new(&path))
+                .or_else(|| target.python_version.clone())
+                .ok_or_else(|| format!("cannot tell the CPython version of {path}"))?;
+            let minor = v.split('.').nth(1).and_then(|m| m.parse().ok()).unwrap_or(0);
+            (minor, v)
+        }
+    };
+    let mut layout = match minor {
+        10..=12 => layout::builtin(minor).ok_or_else(|| format!("no layout for CPython {version}"))?,
+        13..=14 => layout::from_debug_offsets(&mem, runtime).map_err(|e| format!("CPython {version}: {e}"))?,
+        _ => return Err(format!("CPython {version} is not supported (3.10 to 3.14 are): native stacks only")),
+    };
+    if let Some(none) = symbols.get("_Py_NoneStruct") {
+        layout.kernel.none_address = none.wrapping_add(bias);
+    }
+    let objects = ObjectLayout::for_version(minor).ok_or_else(|| format!("no object layout for CPython {version}"))?;
+    let python = PythonRuntime { pid: target.pid, version, layout, objects, runtime, object_path: path, mem };
+    // Prove the layout on the live process: its thread list must name its own threads.
+    let threads = python.thread_states();
+    if threads.is_empty() {
+        return Err(format!("CPython {}: its thread list could not be read (unexpected layout?)", python.version));
+    }
+    Ok(Some(python))
+}
+
+impl PythonRuntime {
+    pub fn kernel_config(&self) -> PythonConfig {
+        self.layout.kernel
+    }
+
+    /// (tid, thread state address) of every thread the interpreter knows, keeping only tids that
+    /// are threads of the target (anything else is garbage read from a mutating list).
+    pub fn thread_states(&self) -> Vec<(u32, u64)> {
+        let l = &self.layout;
+        let mut out = Vec::new();
+        let Ok(interp) = self.mem.read_u64(self.runtime.wrapping_add(l.runtime_interpreters_head)) else { return out };
+        if interp == 0 {
+            return out;
+        }
+        let mut tstate = self.mem.read_u64(interp.wrapping_add(l.interpreter_threads_head)).unwrap_or(0);
+        for _ in 0..MAX_THREADS {
+            if tstate == 0 {
+                break;
+            }
+            let tid = match l.thread_id {
+                ThreadId::Native(off) => self.mem.read_u64(tstate.wrapping_add(off)).ok().map(|t| t as u32),
+                ThreadId::Pthread(off) => self
+                    .mem
+                    .read_u64(tstate.wrapping_add(off))
+                    .ok()
+                    .and_then(|pthread| self.mem.read_u32(pthread.wrapping_add(GLIBC_PTHREAD_TID)).ok()),
+            };
+            if let Some(tid) = tid.filter(|&t| t != 0 && Path::new(&format!("/proc/{}/task/{t}", self.pid)).exists()) {
+                if !out.iter().any(|(t, _)| *t == tid) {
+                    out.push((tid, tstate));
+                }
+            }
+            tstate = self.mem.read_u64(tstate.wrapping_add(l.thread_next)).unwrap_or(0);
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn load_base_is_the_offset_zero_mapping() {
+        let maps = "7f00-7f10 r--p 00000000 fe:01 9 /lib/libpython3.11.so.1.0\n7f10-7f20 r-xp 00010000 fe:01 9 /lib/libpython3.11.so.1.0\n";
+        assert_eq!(load_base(maps, "/lib/libpython3.11.so.1.0"), Some(0x7f00));
+        assert_eq!(load_base(maps, "/lib/other.so"), None);
+    }
+}

@@ -1,0 +1,125 @@
+//! Python stacks on a live FastAPI app under real load: the flagged stacks name the exact line
+//! that leaks, for an async and a sync endpoint, and nothing is flagged for the bounded cache or
+//! the churning endpoint.
+
+use leakprobe_tests::*;
+use std::{net::TcpStream, process::Command, time::Duration};
+
+/// The line of the fixture that carries `marker`.
+fn line_of(file: &str, marker: &str) -> u64 {
+    let text = std::fs::read_to_string(fixture(file)).unwrap();
+    text.lines().position(|l| l.contains(marker)).map(|i| i as u64 + 1).expect("marker present")
+}
+
+/// The innermost Python frame in the app file, as (function, line).
+fn innermost_app_frame(stack: &serde_json::Value, app_file: &str) -> Option<(String, u64)> {
+    stack["frames"].as_array()?.iter().find_map(|f| {
+        let file = f["file"].as_str()?;
+        (f["kind"] == "python" && file.ends_with(app_file))
+            .then(|| (f["function"].as_str().unwrap_or("").to_string(), f["line"].as_u64().unwrap_or(0)))
+    })
+}
+
+fn serve_fastapi(python: &std::path::Path, port: u16) -> ChildGuard {
+    let app =
+        ChildGuard::new(Command::new(python).arg(fixture("fastapi_app.py")).arg(port.to_string()).spawn().unwrap());
+    assert!(
+        eventually(Duration::from_secs(30), || TcpStream::connect(("127.0.0.1", port)).is_ok()),
+        "app did not start"
+    );
+    app
+}
+
+fn load(port: u16) -> ChildGuard {
+    ChildGuard::new(
+        Command::new("wrk")
+            .args(["-t1", "-c4", "-d120s", "-s"])
+            .arg(fixture("fastapi_load.lua"))
+            .arg(format!("http://127.0.0.1:{port}"))
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("wrk runs"),
+    )
+}
+
+fn check_fastapi(python: &std::path::Path, port: u16) {
+    let app = serve_fastapi(python, port);
+    let _load = load(port);
+    let (_, report) = record_json(app.pid(), "30s", "1s", &[]);
+    let version = report["target"]["python_version"].as_str().unwrap_or("").to_string();
+    assert!(
+        report["warnings"].as_array().unwrap().iter().all(|w| !w.as_str().unwrap().contains("native stacks only")),
+        "{:#}",
+        report["warnings"]
+    );
+
+    let flagged = flagged(&report);
+    let app_frames: Vec<(String, u64)> =
+        flagged.iter().filter_map(|s| innermost_app_frame(s, "fastapi_app.py")).collect();
+    let async_line = line_of("fastapi_app.py", "# LEAK-ASYNC");
+    let sync_line = line_of("fastapi_app.py", "# LEAK-SYNC");
+    assert!(
+        app_frames.contains(&("leak_async".to_string(), async_line)),
+        "Python {version}: no flagged stack at leak_async line {async_line}; flagged app frames: {app_frames:?}"
+    );
+    assert!(
+        app_frames.contains(&("leak_sync".to_string(), sync_line)),
+        "Python {version}: no flagged stack at leak_sync line {sync_line}; flagged app frames: {app_frames:?}"
+    );
+    for (function, line) in &app_frames {
+        assert!(
+            function != "cached_profile" && function != "churn",
+            "Python {version}: flagged the non-leaking {function} (line {line})"
+        );
+    }
+    // The async endpoint's callers are there as Python frames too (the coroutine chain, not just
+    // the event loop).
+    let async_stack = flagged
+        .iter()
+        .find(|s| innermost_app_frame(s, "fastapi_app.py").is_some_and(|(f, _)| f == "leak_async"))
+        .unwrap();
+    let python_frames: Vec<&str> = async_stack["frames"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|f| f["kind"] == "python")
+        .filter_map(|f| f["function"].as_str())
+        .collect();
+    assert!(python_frames.len() >= 3, "async stack too shallow: {python_frames:?}");
+}
+
+#[test]
+fn fastapi_on_the_project_python() {
+    check_fastapi(&python(), 18711);
+}
+
+/// The other interpreters `cargo xtask test` set up (`3.12=/path,...`).
+fn extra_python(version: &str) -> Option<std::path::PathBuf> {
+    std::env::var("LEAKPROBE_EXTRA_PYTHONS").ok()?.split(',').find_map(|entry| {
+        let (v, path) = entry.split_once('=')?;
+        (v == version).then(|| path.into())
+    })
+}
+
+fn check_version(version: &str, port: u16) {
+    match extra_python(version) {
+        Some(python) => check_fastapi(&python, port),
+        // The machine has no such interpreter: say so loudly rather than pass silently.
+        None => eprintln!("SKIPPED: no CPython {version} on this machine"),
+    }
+}
+
+#[test]
+fn fastapi_on_cpython_3_10() {
+    check_version("3.10", 18712);
+}
+
+#[test]
+fn fastapi_on_cpython_3_12() {
+    check_version("3.12", 18713);
+}
+
+#[test]
+fn fastapi_on_cpython_3_13() {
+    check_version("3.13", 18714);
+}
