@@ -123,3 +123,36 @@ fn fastapi_on_cpython_3_12() {
 fn fastapi_on_cpython_3_13() {
     check_version("3.13", 18714);
 }
+
+#[test]
+fn fastapi_on_debians_static_stripped_python() {
+    check_version("debian-3.11", 18715);
+}
+
+/// An interpreter outside 3.10–3.14: a warning naming its version, native stacks, a report.
+#[test]
+fn unsupported_python_is_a_warning_not_a_failure() {
+    let home = std::env::var("HOME").unwrap_or_else(|_| "/root".into());
+    let python39 = std::path::PathBuf::from(home).join(".pyenv/versions/3.9.18/bin/python3");
+    if !python39.exists() {
+        eprintln!("SKIPPED: no CPython 3.9 on this machine");
+        return;
+    }
+    let target = spawn_ready(Command::new(&python39).arg("-u").arg(fixture("py_leak.py")));
+    let (out, report) = record_json(target.pid(), "4s", "1s", &[]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("warning: CPython 3.9") && stderr.contains("not supported"), "{stderr}");
+    assert!(report["warnings"].as_array().unwrap().iter().any(|w| w.as_str().unwrap().contains("3.9")));
+    let any_python_frame = report["stacks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|s| s["frames"].as_array().unwrap())
+        .any(|f| f["kind"] == "python");
+    assert!(!any_python_frame, "no Python frames without a supported layout");
+    assert!(report["counters"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|c| c["name"] == "allocations" && c["value"].as_u64().unwrap() > 0));
+}

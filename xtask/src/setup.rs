@@ -16,16 +16,18 @@ use crate::run;
 const BPF_LINKER_VERSION: &str = "0.13.0";
 const BPF_LINKER_LLVM_FEATURE: &str = "llvm-22";
 /// Debian packages: the load generator, and what the Python venv needs.
-const APT_PACKAGES: &[&str] = &["wrk"];
+const APT_PACKAGES: &[&str] = &["wrk", "python3.11", "python3.11-venv"];
 /// The demo app's and the end-to-end tests' Python packages.
 const PIP_PACKAGES: &[&str] = &["fastapi==0.115.*", "uvicorn==0.32.*", "cachetools==5.*"];
 
 /// Other CPython builds the Python-stack tests run against when the machine has them (pyenv's
-/// shared-libpython builds here).
+/// shared-libpython builds here; paths are relative to $HOME unless absolute).
 const EXTRA_PYTHONS: &[(&str, &str)] = &[
     ("3.10", ".pyenv/versions/3.10.13/bin/python3"),
     ("3.12", ".pyenv/versions/3.12.1/bin/python3"),
     ("3.13", ".pyenv/versions/3.13.0/bin/python3"),
+    // Debian's own build: static, non-PIE, stripped, LTO+PGO (pymalloc inlined at many call sites).
+    ("debian-3.11", "/usr/bin/python3.11"),
 ];
 
 pub struct Tools {
