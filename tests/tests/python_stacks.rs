@@ -43,7 +43,14 @@ fn load(port: u16) -> ChildGuard {
 }
 
 fn check_fastapi(python: &std::path::Path, port: u16) {
-    let app = serve_fastapi(python, port);
+    let mut command = Command::new(python);
+    command.arg(fixture("fastapi_app.py"));
+    check_fastapi_app(command, port);
+}
+
+/// `command` starts the fixture app and takes the port as its last argument.
+fn check_fastapi_app(command: Command, port: u16) {
+    let app = serve_fastapi(command, port);
     let _load = load(port);
     let (_, report) = record_json(app.pid(), "30s", "1s", &[]);
     let version = report["target"]["python_version"].as_str().unwrap_or("").to_string();
@@ -155,4 +162,22 @@ fn unsupported_python_is_a_warning_not_a_failure() {
         .unwrap()
         .iter()
         .any(|c| c["name"] == "allocations" && c["value"].as_u64().unwrap() > 0));
+}
+
+/// Debian trixie's own python3.13 in a debootstrap'd root, run under chroot: every file of the
+/// target (interpreter, libc, the app) is reached through /proc/PID/root.
+#[test]
+fn fastapi_in_another_root() {
+    let (Some(root), Some(python)) =
+        (std::env::var_os("LEAKPROBE_CHROOT"), std::env::var_os("LEAKPROBE_CHROOT_PYTHON"))
+    else {
+        eprintln!("SKIPPED: no chroot prepared (run with `cargo xtask test`)");
+        return;
+    };
+    let root = std::path::PathBuf::from(root);
+    std::fs::create_dir_all(root.join("app")).unwrap();
+    std::fs::copy(fixture("fastapi_app.py"), root.join("app/fastapi_app.py")).unwrap();
+    let mut command = Command::new("chroot");
+    command.arg(&root).arg(python).arg("/app/fastapi_app.py");
+    check_fastapi_app(command, 18716);
 }

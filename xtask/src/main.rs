@@ -3,6 +3,8 @@
 //! Everything the project needs on a fresh machine is installed here, idempotently, and cached
 //! under `~/.cache/leakprobe` so a second run costs seconds.
 
+mod chroot;
+mod cpython;
 mod demo;
 mod setup;
 
@@ -87,7 +89,9 @@ fn test(extra: &[String]) -> Result<()> {
         .args(extra)
         .env("LEAKPROBE_BIN", leakprobe_bin())
         .env("LEAKPROBE_PYTHON", &tools.python)
-        .env("LEAKPROBE_EXTRA_PYTHONS", extra_pythons(&tools)))
+        .env("LEAKPROBE_EXTRA_PYTHONS", extra_pythons(&tools))
+        .env("LEAKPROBE_CHROOT", &tools.trixie_root)
+        .env("LEAKPROBE_CHROOT_PYTHON", format!("{}/bin/python", chroot::VENV)))
 }
 
 /// `3.12=/path/python,3.13=/path/python` for the tests.

@@ -16,7 +16,7 @@ use crate::run;
 const BPF_LINKER_VERSION: &str = "0.13.0";
 const BPF_LINKER_LLVM_FEATURE: &str = "llvm-22";
 /// Debian packages: the load generator, and what the Python venv needs.
-const APT_PACKAGES: &[&str] = &["wrk", "python3.11", "python3.11-venv"];
+const APT_PACKAGES: &[&str] = &["wrk", "python3.11", "python3.11-venv", "debootstrap"];
 /// The demo app's and the end-to-end tests' Python packages.
 const PIP_PACKAGES: &[&str] = &["fastapi==0.115.*", "uvicorn==0.32.*", "cachetools==5.*"];
 
@@ -30,11 +30,16 @@ const EXTRA_PYTHONS: &[(&str, &str)] = &[
     ("debian-3.11", "/usr/bin/python3.11"),
 ];
 
+/// CPythons no package here ships, built from Debian's source packages (cached).
+const SOURCE_BUILT_PYTHONS: &[&str] = &["3.14"];
+
 pub struct Tools {
     pub bpf_linker_dir: PathBuf,
     pub python: PathBuf,
     /// (version, venv python) for each extra interpreter found.
     pub extra_pythons: Vec<(String, PathBuf)>,
+    /// A debootstrap'd Debian root with python3.13 and a venv at `chroot::VENV`.
+    pub trixie_root: PathBuf,
 }
 
 impl Tools {
@@ -67,7 +72,12 @@ pub fn install() -> Result<Tools> {
                 .push((version.to_string(), python_venv(&cache.join(format!("venv-{version}")), &interpreter)?));
         }
     }
-    Ok(Tools { bpf_linker_dir, python, extra_pythons })
+    for version in SOURCE_BUILT_PYTHONS {
+        let interpreter = crate::cpython::interpreter(&cache, version)?;
+        extra_pythons.push((version.to_string(), python_venv(&cache.join(format!("venv-{version}")), &interpreter)?));
+    }
+    let trixie_root = crate::chroot::trixie_root(&cache, PIP_PACKAGES)?;
+    Ok(Tools { bpf_linker_dir, python, extra_pythons, trixie_root })
 }
 
 fn output(cmd: &mut Command) -> Result<String> {
