@@ -61,8 +61,8 @@ impl Target {
             .unwrap_or_default();
         let root = proc_dir.join("root");
         let mut objects = Vec::new();
-        for path in executable_files(&maps) {
-            let host_path = in_root(&root, &path);
+        for (path, range) in executable_files(&maps) {
+            let host_path = reachable_path(&proc_dir, &root, &path, &range);
             let Some(functions) = allocator_functions(&host_path) else {
                 continue;
             };
@@ -83,19 +83,30 @@ impl Target {
     }
 }
 
-/// Paths of the files mapped executable, in order of first appearance, without duplicates.
-pub fn executable_files(maps: &str) -> Vec<PathBuf> {
+/// The mapped file as we can open it: `/proc/PID/map_files/<range>` is the very inode mapped,
+/// whatever mount namespace or chroot the target sees it through (and even if it was replaced on
+/// disk since); failing that, the target's path under `/proc/PID/root`, then the path itself
+/// (a chroot in our own mount namespace prints our view of the path in maps).
+fn reachable_path(proc_dir: &Path, root: &Path, path: &Path, range: &str) -> PathBuf {
+    let candidates = [proc_dir.join("map_files").join(range), in_root(root, path), path.to_path_buf()];
+    candidates.iter().find(|p| fs::metadata(p).is_ok()).cloned().unwrap_or_else(|| in_root(root, path))
+}
+
+/// Files mapped executable, with the address range of their first executable mapping, in order
+/// of first appearance, without duplicates.
+pub fn executable_files(maps: &str) -> Vec<(PathBuf, String)> {
     let mut seen = BTreeSet::new();
     let mut files = Vec::new();
     for line in maps.lines() {
         let mut fields = line.split_whitespace();
-        let perms = fields.nth(1).unwrap_or("");
+        let range = fields.next().unwrap_or("");
+        let perms = fields.next().unwrap_or("");
         let path = fields.nth(3).unwrap_or("");
         if !perms.contains('x') || !path.starts_with('/') || line.ends_with("(deleted)") {
             continue;
         }
         if seen.insert(path.to_string()) {
-            files.push(PathBuf::from(path));
+            files.push((PathBuf::from(path), range.to_string()));
         }
     }
     files
@@ -165,7 +176,10 @@ mod tests {
         let files = executable_files(MAPS);
         assert_eq!(
             files,
-            vec![PathBuf::from("/usr/bin/python3.11"), PathBuf::from("/usr/lib/x86_64-linux-gnu/libc.so.6")]
+            vec![
+                (PathBuf::from("/usr/bin/python3.11"), "55d0c7a01000-55d0c7a02000".to_string()),
+                (PathBuf::from("/usr/lib/x86_64-linux-gnu/libc.so.6"), "7f1e2d000000-7f1e2d200000".to_string())
+            ]
         );
     }
 

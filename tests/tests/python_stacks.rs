@@ -20,9 +20,8 @@ fn innermost_app_frame(stack: &serde_json::Value, app_file: &str) -> Option<(Str
     })
 }
 
-fn serve_fastapi(python: &std::path::Path, port: u16) -> ChildGuard {
-    let app =
-        ChildGuard::new(Command::new(python).arg(fixture("fastapi_app.py")).arg(port.to_string()).spawn().unwrap());
+fn serve_fastapi(mut command: Command, port: u16) -> ChildGuard {
+    let app = ChildGuard::new(command.arg(port.to_string()).spawn().unwrap());
     assert!(
         eventually(Duration::from_secs(30), || TcpStream::connect(("127.0.0.1", port)).is_ok()),
         "app did not start"
@@ -100,16 +99,8 @@ fn fastapi_on_the_project_python() {
     check_fastapi(&python(), 18711);
 }
 
-/// The other interpreters `cargo xtask test` set up (`3.12=/path,...`).
-fn extra_python(version: &str) -> Option<std::path::PathBuf> {
-    std::env::var("LEAKPROBE_EXTRA_PYTHONS").ok()?.split(',').find_map(|entry| {
-        let (v, path) = entry.split_once('=')?;
-        (v == version).then(|| path.into())
-    })
-}
-
 fn check_version(version: &str, port: u16) {
-    match extra_python(version) {
+    match versioned_path("LEAKPROBE_EXTRA_PYTHONS", version) {
         Some(python) => check_fastapi(&python, port),
         // The machine has no such interpreter: say so loudly rather than pass silently.
         None => eprintln!("SKIPPED: no CPython {version} on this machine"),
@@ -164,20 +155,36 @@ fn unsupported_python_is_a_warning_not_a_failure() {
         .any(|c| c["name"] == "allocations" && c["value"].as_u64().unwrap() > 0));
 }
 
-/// Debian trixie's own python3.13 in a debootstrap'd root, run under chroot: every file of the
-/// target (interpreter, libc, the app) is reached through /proc/PID/root.
-#[test]
-fn fastapi_in_another_root() {
-    let (Some(root), Some(python)) =
-        (std::env::var_os("LEAKPROBE_CHROOT"), std::env::var_os("LEAKPROBE_CHROOT_PYTHON"))
+/// `version=path` entry of a comma-separated list in the environment variable `var`.
+fn versioned_path(var: &str, version: &str) -> Option<std::path::PathBuf> {
+    std::env::var(var).ok()?.split(',').find_map(|entry| {
+        let (v, path) = entry.split_once('=')?;
+        (v == version).then(|| path.into())
+    })
+}
+
+/// Debian's own build of CPython `version` in a debootstrap'd root, run under chroot: every file
+/// of the target (interpreter, libc, the app) is reached through /proc/PID/root.
+fn check_in_debian_root(version: &str, port: u16) {
+    let (Some(root), Ok(python)) =
+        (versioned_path("LEAKPROBE_CHROOTS", version), std::env::var("LEAKPROBE_CHROOT_PYTHON"))
     else {
-        eprintln!("SKIPPED: no chroot prepared (run with `cargo xtask test`)");
+        eprintln!("SKIPPED: no Debian root with CPython {version} (run with `cargo xtask test`)");
         return;
     };
-    let root = std::path::PathBuf::from(root);
     std::fs::create_dir_all(root.join("app")).unwrap();
     std::fs::copy(fixture("fastapi_app.py"), root.join("app/fastapi_app.py")).unwrap();
     let mut command = Command::new("chroot");
     command.arg(&root).arg(python).arg("/app/fastapi_app.py");
-    check_fastapi_app(command, 18716);
+    check_fastapi_app(command, port);
+}
+
+#[test]
+fn fastapi_on_debian_trixie_python_3_13_in_another_root() {
+    check_in_debian_root("3.13", 18716);
+}
+
+#[test]
+fn fastapi_on_debian_sid_python_3_14_in_another_root() {
+    check_in_debian_root("3.14", 18717);
 }

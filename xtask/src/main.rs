@@ -4,7 +4,6 @@
 //! under `~/.cache/leakprobe` so a second run costs seconds.
 
 mod chroot;
-mod cpython;
 mod demo;
 mod setup;
 
@@ -89,14 +88,14 @@ fn test(extra: &[String]) -> Result<()> {
         .args(extra)
         .env("LEAKPROBE_BIN", leakprobe_bin())
         .env("LEAKPROBE_PYTHON", &tools.python)
-        .env("LEAKPROBE_EXTRA_PYTHONS", extra_pythons(&tools))
-        .env("LEAKPROBE_CHROOT", &tools.trixie_root)
+        .env("LEAKPROBE_EXTRA_PYTHONS", versioned_paths(&tools.extra_pythons))
+        .env("LEAKPROBE_CHROOTS", versioned_paths(&tools.debian_roots))
         .env("LEAKPROBE_CHROOT_PYTHON", format!("{}/bin/python", chroot::VENV)))
 }
 
-/// `3.12=/path/python,3.13=/path/python` for the tests.
-fn extra_pythons(tools: &setup::Tools) -> String {
-    tools.extra_pythons.iter().map(|(v, p)| format!("{v}={}", p.display())).collect::<Vec<_>>().join(",")
+/// `3.12=/path,3.13=/path` for the tests.
+fn versioned_paths(entries: &[(String, PathBuf)]) -> String {
+    entries.iter().map(|(v, p)| format!("{v}={}", p.display())).collect::<Vec<_>>().join(",")
 }
 
 fn demo(extra: &[String]) -> Result<()> {

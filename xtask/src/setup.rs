@@ -30,16 +30,13 @@ const EXTRA_PYTHONS: &[(&str, &str)] = &[
     ("debian-3.11", "/usr/bin/python3.11"),
 ];
 
-/// CPythons no package here ships, built from Debian's source packages (cached).
-const SOURCE_BUILT_PYTHONS: &[&str] = &["3.14"];
-
 pub struct Tools {
     pub bpf_linker_dir: PathBuf,
     pub python: PathBuf,
     /// (version, venv python) for each extra interpreter found.
     pub extra_pythons: Vec<(String, PathBuf)>,
-    /// A debootstrap'd Debian root with python3.13 and a venv at `chroot::VENV`.
-    pub trixie_root: PathBuf,
+    /// (version, root) of the debootstrap'd Debian roots, each with a venv at `chroot::VENV`.
+    pub debian_roots: Vec<(String, PathBuf)>,
 }
 
 impl Tools {
@@ -72,12 +69,11 @@ pub fn install() -> Result<Tools> {
                 .push((version.to_string(), python_venv(&cache.join(format!("venv-{version}")), &interpreter)?));
         }
     }
-    for version in SOURCE_BUILT_PYTHONS {
-        let interpreter = crate::cpython::interpreter(&cache, version)?;
-        extra_pythons.push((version.to_string(), python_venv(&cache.join(format!("venv-{version}")), &interpreter)?));
+    let mut debian_roots = Vec::new();
+    for (suite, version) in crate::chroot::ROOTS {
+        debian_roots.push((version.to_string(), crate::chroot::debian_root(&cache, suite, version, PIP_PACKAGES)?));
     }
-    let trixie_root = crate::chroot::trixie_root(&cache, PIP_PACKAGES)?;
-    Ok(Tools { bpf_linker_dir, python, extra_pythons, trixie_root })
+    Ok(Tools { bpf_linker_dir, python, extra_pythons, debian_roots })
 }
 
 fn output(cmd: &mut Command) -> Result<String> {
