@@ -220,11 +220,11 @@ async fn sample_until_done(
             _ = interrupt.recv() => break End::Interrupted,
             _ = terminate.recv() => break End::Interrupted,
         }
-        let alive = match launched.as_mut() {
-            Some(child) => matches!(child.0.try_wait(), Ok(None)),
-            None => process_memory::read(target.pid).is_some(),
-        };
-        let memory = if alive { process_memory::read(target.pid) } else { None };
+        // A process we launched is gone once reaped; any other once its memory is unreadable
+        // (exited, or a zombie).
+        let exited = launched.as_mut().is_some_and(|child| !matches!(child.0.try_wait(), Ok(None)));
+        let memory = if exited { None } else { process_memory::read(target.pid) };
+        let alive = memory.is_some();
         let t = start.elapsed().as_secs_f64();
         let snapshot = sampler::stack_counters(probes)?;
         namer.learn(probes, snapshot.iter().map(|(id, _)| *id));

@@ -192,13 +192,13 @@ pub fn erfc(x: f64) -> f64 {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     /// Deterministic xorshift64 noise, uniform in [-1, 1).
-    struct Noise(u64);
+    pub(crate) struct Noise(pub(crate) u64);
     impl Noise {
-        fn next(&mut self) -> f64 {
+        pub(crate) fn next(&mut self) -> f64 {
             self.0 ^= self.0 << 13;
             self.0 ^= self.0 >> 7;
             self.0 ^= self.0 << 17;

@@ -218,28 +218,16 @@ fn verdict(kind: VerdictKind, late: Option<&Trend>, confidence: f64, reason: Str
     }
 }
 
+/// A rate as the report prints it.
 fn rate(bytes_per_sec: f64) -> String {
-    match bytes_per_sec.abs() {
-        a if a >= 1048576.0 => format!("{:.1} MiB/s", bytes_per_sec / 1048576.0),
-        a if a >= 1024.0 => format!("{:.1} KiB/s", bytes_per_sec / 1024.0),
-        _ => format!("{bytes_per_sec:.0} B/s"),
-    }
+    format!("{}/s", crate::report::human_bytes(bytes_per_sec))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    /// Deterministic xorshift64 noise, uniform in [-1, 1).
-    struct Noise(u64);
-    impl Noise {
-        fn next(&mut self) -> f64 {
-            self.0 ^= self.0 << 13;
-            self.0 ^= self.0 >> 7;
-            self.0 ^= self.0 << 17;
-            (self.0 >> 11) as f64 / (1u64 << 52) as f64 - 1.0
-        }
-    }
+    use crate::trend::tests::Noise;
 
     const MB: f64 = 1.0e6;
     const SEEDS: [u64; 6] = [1, 7, 42, 0xBEEF, 0x1234_5678, 0x9E37_79B9_7F4A_7C15];
