@@ -3,6 +3,7 @@
 //! Everything the project needs on a fresh machine is installed here, idempotently, and cached
 //! under `~/.cache/leakprobe` so a second run costs seconds.
 
+mod bench;
 mod chroot;
 mod demo;
 mod setup;
@@ -23,6 +24,8 @@ commands:
   build    setup, then build leakprobe (release) with its kernel programs
   test     build, then run the unit tests and the end-to-end tests (as root)
   demo     build, then record the bundled leaky FastAPI app under load and print the report
+  bench    build, then measure what leakprobe and its peers cost the demo app under load
+           (--rounds N, --seconds N); writes target/bench/results.{md,json}
 ";
 
 fn main() -> ExitCode {
@@ -32,6 +35,7 @@ fn main() -> ExitCode {
         Some("build") => build().map(|_| ()),
         Some("test") => test(&args[1..]),
         Some("demo") => demo(&args[1..]),
+        Some("bench") => build().and_then(|tools| bench::run(&tools, &leakprobe_bin(), &args[1..])),
         _ => {
             eprint!("{USAGE}");
             return ExitCode::from(2);
@@ -80,7 +84,7 @@ fn leakprobe_bin() -> PathBuf {
 fn test(extra: &[String]) -> Result<()> {
     let tools = build()?;
     // Pure logic first: fast, no root needed.
-    run(cargo(&tools).args(["test", "--release", "-p", "leakprobe", "-p", "leakprobe-common"]))?;
+    run(cargo(&tools).args(["test", "--release", "-p", "leakprobe", "-p", "leakprobe-common", "-p", "xtask"]))?;
     // End to end: real kernel programs on real processes; one at a time, they share kernel state.
     run(cargo(&tools)
         .args(["test", "--release", "-p", "leakprobe-tests", "--"])

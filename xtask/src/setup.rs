@@ -18,7 +18,7 @@ const BPF_LINKER_LLVM_FEATURE: &str = "llvm-22";
 /// Debian packages: the load generator, and what the Python venv needs.
 const APT_PACKAGES: &[&str] = &["wrk", "python3.11", "python3.11-venv", "debootstrap"];
 /// The demo app's and the end-to-end tests' Python packages.
-const PIP_PACKAGES: &[&str] = &["fastapi==0.115.*", "uvicorn==0.32.*", "cachetools==5.*"];
+pub const PIP_PACKAGES: &[&str] = &["fastapi==0.115.*", "uvicorn==0.32.*", "cachetools==5.*"];
 
 /// Other CPython builds the Python-stack tests run against when the machine has them (pyenv's
 /// shared-libpython builds here; paths are relative to $HOME unless absolute).
@@ -159,17 +159,20 @@ fn apt_packages() -> Result<()> {
 
 /// A venv on `base` (pyenv's shared-libpython builds here), with the web stack.
 fn python_venv(venv: &Path, base: &Path) -> Result<PathBuf> {
+    venv_with(venv, base, PIP_PACKAGES)
+}
+
+/// A venv on `base` with `packages`, recreated when the list changes.
+pub fn venv_with(venv: &Path, base: &Path, packages: &[&str]) -> Result<PathBuf> {
     let python = venv.join("bin/python");
     let stamp = venv.join(".leakprobe-packages");
-    let wanted = PIP_PACKAGES.join("\n");
+    let wanted = packages.join("\n");
     if fs::read_to_string(&stamp).is_ok_and(|s| s == wanted) && python.exists() {
         return Ok(python);
     }
     eprintln!("xtask: creating the Python venv in {}", venv.display());
     run(Command::new(base).args(["-m", "venv", "--clear"]).arg(venv))?;
-    run(Command::new(&python)
-        .args(["-m", "pip", "install", "--quiet", "--disable-pip-version-check"])
-        .args(PIP_PACKAGES))?;
+    run(Command::new(&python).args(["-m", "pip", "install", "--quiet", "--disable-pip-version-check"]).args(packages))?;
     fs::write(&stamp, wanted)?;
     Ok(python)
 }
