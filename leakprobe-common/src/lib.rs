@@ -296,6 +296,11 @@ pub struct PythonConfig {
     pub code_mask: u64,
     /// `&_Py_NoneStruct` in the target: the code of a C entry frame on 3.13+; 0 when unused.
     pub none_address: u64,
+    /// Native frames kept when Python frames were found. An interpreter built without frame
+    /// pointers leaves garbage past the first native frame, different at every call: kept, it
+    /// would split one Python stack into thousands of stack ids.
+    pub native_frames_with_python: u32,
+    pub reserved: u32,
 }
 
 /// Names of the maps and globals, shared so a rename cannot split the two sides.
@@ -317,7 +322,7 @@ const _: () = assert!(core::mem::size_of::<PendingCall>() == 32);
 const _: () = assert!(core::mem::size_of::<LiveAllocation>() == 24);
 const _: () = assert!(core::mem::size_of::<StackCounters>() == 32);
 const _: () = assert!(core::mem::size_of::<PythonFrame>() == 16);
-const _: () = assert!(core::mem::size_of::<PythonConfig>() == 56);
+const _: () = assert!(core::mem::size_of::<PythonConfig>() == 64);
 const _: () = assert!(core::mem::size_of::<StackTrace>() == 16 + 8 * MAX_NATIVE_FRAMES + 16 * MAX_PYTHON_FRAMES);
 
 #[cfg(feature = "user")]

@@ -28,7 +28,8 @@ fn read_u64(address: u64) -> Option<u64> {
     unsafe { bpf_probe_read_user(address as *const u64) }.ok()
 }
 
-/// Fills `trace.python` with the current thread's Python frames, innermost first.
+/// Fills `trace.python` with the current thread's Python frames, innermost first; when there are
+/// some, trims the native frames to what this interpreter's native stacks can be trusted for.
 #[inline(always)]
 pub fn capture(trace: &mut StackTrace) {
     trace.python_len = 0;
@@ -75,6 +76,9 @@ pub fn capture(trace: &mut StackTrace) {
     }
     if frame != 0 && len == MAX_PYTHON_FRAMES {
         trace.flags |= STACK_PYTHON_TRUNCATED;
+    }
+    if len > 0 && trace.native_len > config.native_frames_with_python {
+        trace.native_len = config.native_frames_with_python;
     }
     trace.python_len = len as u32;
 }

@@ -48,6 +48,7 @@ pub fn capture<C: EbpfContext>(ctx: &C, function: u32) -> u64 {
     // A full buffer means the walk may have gone deeper than we kept.
     trace.flags = if len == MAX_NATIVE_FRAMES { STACK_NATIVE_TRUNCATED } else { 0 };
     python::capture(trace);
+    let len = (trace.native_len as usize).min(MAX_NATIVE_FRAMES);
 
     let mut h = mix(0xcbf2_9ce4_8422_2325, function as u64);
     h = mix(h, len as u64);

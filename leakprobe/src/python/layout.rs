@@ -60,6 +60,9 @@ fn config(
         frame_read_size: read,
         code_mask: u64::MAX,
         none_address: 0,
+        // Set per binary by `runtime::detect`; until then, trust only the first native frame.
+        native_frames_with_python: 1,
+        reserved: 0,
     }
 }
 

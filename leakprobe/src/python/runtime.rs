@@ -48,7 +48,7 @@ fn load_base(maps: &str, path: &str) -> Option<u64> {
 pub fn detect(target: &Target) -> Detection {
     let maps =
         fs::read_to_string(format!("/proc/{}/maps", target.pid)).map_err(|e| format!("cannot read maps: {e}"))?;
-    let wanted = ["_PyRuntime", "Py_Version", "_Py_NoneStruct"];
+    let wanted = ["_PyRuntime", "Py_Version", "_Py_NoneStruct", "_PyEval_EvalFrameDefault"];
     let mut found: Option<(HashMap<String, u64>, u64, &crate::target::HookableObject)> = None;
     for object in &target.objects {
         let Ok((symbols, lowest)) = elf_symbols::symbol_addresses(&object.host_path, &wanted) else { continue };
@@ -87,6 +87,11 @@ pub fn detect(target: &Target) -> Detection {
     if let Some(none) = symbols.get("_Py_NoneStruct") {
         layout.kernel.none_address = none.wrapping_add(bias);
     }
+    // With frame pointers the whole native walk is sound; without, only its first frame is.
+    let eval_loop = symbols.get("_PyEval_EvalFrameDefault").map(|v| v.wrapping_add(bias));
+    if eval_loop.is_some_and(|address| has_frame_pointer(&mem, address)) {
+        layout.kernel.native_frames_with_python = leakprobe_common::MAX_NATIVE_FRAMES as u32;
+    }
     let objects = ObjectLayout::for_version(minor).ok_or_else(|| format!("no object layout for CPython {version}"))?;
     let python = PythonRuntime { pid: target.pid, version, layout, objects, runtime, object_path: path, mem };
     // Prove the layout on the live process: its thread list must name its own threads.
@@ -95,6 +100,17 @@ pub fn detect(target: &Target) -> Detection {
         return Err(format!("CPython {}: its thread list could not be read (unexpected layout?)", python.version));
     }
     Ok(Some(python))
+}
+
+/// Whether the function at `address` sets up a frame pointer (`push %rbp; mov %rsp,%rbp`, after
+/// an optional `endbr64`), as code built with `-fno-omit-frame-pointer` does.
+fn has_frame_pointer(mem: &impl ReadMemory, address: u64) -> bool {
+    let mut code = [0u8; 8];
+    if mem.read(address, &mut code).is_err() {
+        return false;
+    }
+    let body = if code[..4] == [0xf3, 0x0f, 0x1e, 0xfa] { &code[4..] } else { &code[..4] };
+    body == [0x55, 0x48, 0x89, 0xe5]
 }
 
 impl PythonRuntime {
@@ -138,6 +154,18 @@ impl PythonRuntime {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::python::memory::SliceMemory;
+
+    #[test]
+    fn frame_pointer_prologues() {
+        let with = [0x55, 0x48, 0x89, 0xe5, 0x41, 0x57, 0x41, 0x56];
+        let with_endbr = [0xf3, 0x0f, 0x1e, 0xfa, 0x55, 0x48, 0x89, 0xe5];
+        let without = [0x41, 0x57, 0x41, 0x56, 0x41, 0x55, 0x41, 0x54];
+        assert!(has_frame_pointer(&SliceMemory { base: 0, bytes: &with }, 0));
+        assert!(has_frame_pointer(&SliceMemory { base: 0, bytes: &with_endbr }, 0));
+        assert!(!has_frame_pointer(&SliceMemory { base: 0, bytes: &without }, 0));
+        assert!(!has_frame_pointer(&SliceMemory { base: 0, bytes: &without }, 4));
+    }
 
     #[test]
     fn load_base_is_the_offset_zero_mapping() {
