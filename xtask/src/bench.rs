@@ -7,7 +7,6 @@
 
 use std::{
     fs,
-    net::TcpStream,
     path::Path,
     process::{Child, Command, Stdio},
     time::{Duration, Instant},
@@ -16,7 +15,10 @@ use std::{
 use anyhow::{bail, Context, Result};
 use serde_json::json;
 
-use crate::{root, setup};
+use crate::{
+    demo::{wait_for_port, Background},
+    root, setup,
+};
 
 const PORT: u16 = 8799;
 
@@ -74,16 +76,6 @@ fn parse_options(args: &[String]) -> Result<Options> {
     Ok(options)
 }
 
-/// Kills and reaps a process when dropped.
-struct Background(Child);
-
-impl Drop for Background {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 pub fn run(tools: &setup::Tools, leakprobe: &Path, args: &[String]) -> Result<()> {
     let options = parse_options(args)?;
     let cache = setup::cache_dir();
@@ -115,17 +107,6 @@ pub fn run(tools: &setup::Tools, leakprobe: &Path, args: &[String]) -> Result<()
     Ok(())
 }
 
-fn wait_for_port(timeout: Duration) -> Result<()> {
-    let deadline = Instant::now() + timeout;
-    while Instant::now() < deadline {
-        if TcpStream::connect(("127.0.0.1", PORT)).is_ok() {
-            return Ok(());
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    bail!("the app did not listen on port {PORT}")
-}
-
 fn start_app(mode: Mode, python: &Path, out_dir: &Path) -> Result<Background> {
     let app = root().join("demo/app.py");
     let mut cmd = Command::new(python);
@@ -142,7 +123,7 @@ fn start_app(mode: Mode, python: &Path, out_dir: &Path) -> Result<Background> {
     }
     let child = cmd.arg(PORT.to_string()).stdout(Stdio::null()).spawn().context("cannot start the app")?;
     let app = Background(child);
-    wait_for_port(Duration::from_secs(30))?;
+    wait_for_port(PORT, Duration::from_secs(30))?;
     Ok(app)
 }
 

@@ -14,7 +14,7 @@ use crate::{root, setup::Tools};
 const PORT: u16 = 8765;
 
 /// Kills and reaps a background process when dropped.
-struct Background(Child);
+pub struct Background(pub Child);
 
 impl Drop for Background {
     fn drop(&mut self) {
@@ -23,7 +23,8 @@ impl Drop for Background {
     }
 }
 
-fn wait_for_port(port: u16, timeout: Duration) -> Result<()> {
+/// Waits until something listens on 127.0.0.1:`port`.
+pub fn wait_for_port(port: u16, timeout: Duration) -> Result<()> {
     let deadline = Instant::now() + timeout;
     while Instant::now() < deadline {
         if TcpStream::connect(("127.0.0.1", port)).is_ok() {
@@ -31,7 +32,7 @@ fn wait_for_port(port: u16, timeout: Duration) -> Result<()> {
         }
         std::thread::sleep(Duration::from_millis(100));
     }
-    bail!("the demo app did not listen on 127.0.0.1:{port} within {timeout:?}")
+    bail!("the app did not listen on 127.0.0.1:{port} within {timeout:?}")
 }
 
 /// Runs the demo; `record_args` replace the default recording options.
