@@ -47,6 +47,8 @@ pub fn run(tools: &Tools, leakprobe: &Path, record_args: &[String]) -> Result<()
     );
     wait_for_port(PORT, Duration::from_secs(30))?;
     let defaults = ["--duration".to_string(), "40s".into(), "--interval".into(), "2s".into()];
+    // `cargo xtask demo -- --duration 2m` and `cargo xtask demo --duration 2m` mean the same.
+    let record_args = record_args.strip_prefix(&["--".to_string()]).unwrap_or(record_args);
     let record_args: &[String] = if record_args.is_empty() { &defaults } else { record_args };
     // Load for longer than the recording; wrk stops itself even if we are killed.
     let load = Background(
