@@ -32,7 +32,7 @@ impl Default for TableSizes {
 }
 
 /// The syscall tracepoints and the programs behind them.
-const SYSCALL_TRACEPOINTS: &[(&str, &str)] = &[
+pub const SYSCALL_TRACEPOINTS: &[(&str, &str)] = &[
     ("mmap_enter", "sys_enter_mmap"),
     ("mmap_exit", "sys_exit_mmap"),
     ("munmap_enter", "sys_enter_munmap"),

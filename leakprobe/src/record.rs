@@ -134,8 +134,7 @@ pub async fn record(opts: RecordOptions) -> Result<Report> {
         warnings.push("no CPython allocator found in the target: only libc and syscall allocations are tracked".into());
     }
     let mut symbolizer = NativeSymbolizer::new(pid)?;
-    let symbolizer_cached = symbolizer.cache();
-    if let Err(e) = symbolizer_cached {
+    if let Err(e) = symbolizer.cache() {
         warnings.push(format!(
             "could not cache the target's symbols up front ({e:#}): frames may be unresolved if it exits"
         ));
@@ -147,10 +146,11 @@ pub async fn record(opts: RecordOptions) -> Result<Report> {
     if opts.progress {
         let objects: Vec<String> = target.objects.iter().map(|o| o.path.display().to_string()).collect();
         eprintln!(
-            "leakprobe: recording PID {pid} ({}): {} allocator hooks in {}, 7 syscall tracepoints; {}Ctrl-C to stop",
+            "leakprobe: recording PID {pid} ({}): {} allocator hooks in {}, {} syscall tracepoints; {}Ctrl-C to stop",
             target.exe,
             probes.hooks.len(),
             objects.join(", "),
+            loader::SYSCALL_TRACEPOINTS.len(),
             opts.duration.map(|d| format!("for {}, ", humantime::format_duration(d))).unwrap_or_default()
         );
     }
@@ -183,8 +183,7 @@ pub async fn record(opts: RecordOptions) -> Result<Report> {
         other_stacks: opts.other_stacks,
         verdict: VerdictConfig::default(),
     };
-    let hooks = probes.hooks.clone();
-    let hooked_object = |f: AllocFunction| hooks.iter().find(|h| h.function == f).map(|h| h.object.clone());
+    let hooked_object = |f: AllocFunction| probes.hooks.iter().find(|h| h.function == f).map(|h| h.object.clone());
     let report = build::build(&recording, ctx, |id| namer.resolve(&probes, hooked_object, id));
     // Probes are detached here, after the stacks were read out of the kernel.
     drop(probes);

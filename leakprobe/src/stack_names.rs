@@ -47,14 +47,22 @@ impl StackNamer {
 
     /// Resolves the Python frames of stacks not seen before.
     pub fn learn(&mut self, probes: &Probes, stack_ids: impl Iterator<Item = u64>) {
-        let Some(python) = self.python.as_mut() else { return };
-        for id in stack_ids {
-            if self.python_frames.contains_key(&id) {
-                continue;
-            }
-            let frames = sampler::stack_trace(probes, id).map(|t| python.frames(python_part(&t))).unwrap_or_default();
-            self.python_frames.insert(id, frames);
+        if self.python.is_none() {
+            return;
         }
+        for id in stack_ids {
+            if !self.python_frames.contains_key(&id) {
+                if let Some(trace) = sampler::stack_trace(probes, id) {
+                    self.python_frames_of(id, &trace);
+                }
+            }
+        }
+    }
+
+    /// The Python frames of stack `id` (its `trace`), resolved on first sight and kept.
+    fn python_frames_of(&mut self, id: u64, trace: &StackTrace) -> Vec<Frame> {
+        let Some(python) = self.python.as_mut() else { return Vec::new() };
+        self.python_frames.entry(id).or_insert_with(|| python.frames(python_part(trace))).clone()
     }
 
     pub fn resolve(
@@ -80,10 +88,7 @@ impl StackNamer {
             },
             address: 0,
         };
-        if !self.python_frames.contains_key(&id) {
-            self.learn(probes, std::iter::once(id));
-        }
-        let mut python = self.python_frames.get(&id).cloned().unwrap_or_default();
+        let mut python = self.python_frames_of(id, &trace);
         if trace.flags & STACK_PYTHON_TRUNCATED != 0 {
             python.push(Frame {
                 function: "<truncated>".into(),
@@ -103,10 +108,6 @@ impl StackNamer {
         let mut frames = vec![allocator_frame];
         frames.extend(merge(native, python, self.view));
         ResolvedStack { allocator, frames, native_truncated: trace.flags & STACK_NATIVE_TRUNCATED != 0 }
-    }
-
-    pub fn python_version(&self) -> Option<&str> {
-        self.python.as_ref().map(PythonResolver::version)
     }
 }
 

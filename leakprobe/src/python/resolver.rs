@@ -87,8 +87,4 @@ impl PythonResolver {
     pub fn frames(&mut self, frames: &[PythonFrame]) -> Vec<Frame> {
         frames.iter().filter(|f| f.code_object != 0).map(|f| self.frame(f)).collect()
     }
-
-    pub fn version(&self) -> &str {
-        &self.python.version
-    }
 }
