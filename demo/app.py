@@ -7,6 +7,7 @@ that are not leaks. leakprobe's demo records it under load.
 - GET /api/health: allocates and frees per request (churn: not a leak).
 """
 import sys
+import threading
 
 import uvicorn
 from cachetools import LRUCache
@@ -16,6 +17,7 @@ app = FastAPI()
 
 _ORDER_HISTORY = {}  # grows by one entry per request, forever
 _PRODUCTS = LRUCache(maxsize=256)
+_PRODUCTS_LOCK = threading.Lock()  # cachetools caches are not thread-safe; sync endpoints run in threads
 
 
 def render_order(order_id: int) -> dict:
@@ -31,9 +33,10 @@ def get_order(order_id: int):
 
 @app.get("/api/products/{key}")
 def get_product(key: int):
-    if key not in _PRODUCTS:
-        _PRODUCTS[key] = {"key": key, "blob": "p" * 2048}
-    return {"key": key, "size": len(_PRODUCTS[key]["blob"])}
+    with _PRODUCTS_LOCK:
+        if key not in _PRODUCTS:
+            _PRODUCTS[key] = {"key": key, "blob": "p" * 2048}
+        return {"key": key, "size": len(_PRODUCTS[key]["blob"])}
 
 
 @app.get("/api/health")

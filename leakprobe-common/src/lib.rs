@@ -228,10 +228,12 @@ pub enum Counter {
     DropPendingFull,
     /// An allocation at an address we thought live: the old one's free was missed.
     DropMissedFree,
+    /// Uprobe and uretprobe hits in the target: what the budget charges for.
+    ProbeHits,
 }
 
 impl Counter {
-    pub const COUNT: u32 = Counter::DropMissedFree as u32 + 1;
+    pub const COUNT: u32 = Counter::ProbeHits as u32 + 1;
 
     pub fn from_u32(v: u32) -> Option<Self> {
         if v < Self::COUNT {
@@ -256,6 +258,7 @@ impl Counter {
             DropMissedReturn => "drop_missed_return",
             DropPendingFull => "drop_pending_full",
             DropMissedFree => "drop_missed_free",
+            ProbeHits => "probe_hits",
         }
     }
 

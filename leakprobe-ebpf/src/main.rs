@@ -40,7 +40,7 @@ fn arg(ctx: &ProbeContext, n: usize) -> u64 {
 /// `malloc(size)`, `valloc`, `pvalloc`, `PyObject_Malloc`, `PyMem_Malloc`, `PyMem_RawMalloc`.
 #[uprobe]
 pub fn alloc_size(ctx: ProbeContext) -> u32 {
-    if record::is_target() {
+    if record::hooked() {
         record::enter(cookie(&ctx), arg(&ctx, 0), 0);
     }
     0
@@ -49,7 +49,7 @@ pub fn alloc_size(ctx: ProbeContext) -> u32 {
 /// `calloc(n, size)` and CPython's `*_Calloc`.
 #[uprobe]
 pub fn alloc_count_size(ctx: ProbeContext) -> u32 {
-    if record::is_target() {
+    if record::hooked() {
         record::enter(cookie(&ctx), arg(&ctx, 0).wrapping_mul(arg(&ctx, 1)), 0);
     }
     0
@@ -58,7 +58,7 @@ pub fn alloc_count_size(ctx: ProbeContext) -> u32 {
 /// `realloc(ptr, size)` and CPython's `*_Realloc`.
 #[uprobe]
 pub fn alloc_ptr_size(ctx: ProbeContext) -> u32 {
-    if record::is_target() {
+    if record::hooked() {
         record::enter(cookie(&ctx), arg(&ctx, 1), arg(&ctx, 0));
     }
     0
@@ -67,7 +67,7 @@ pub fn alloc_ptr_size(ctx: ProbeContext) -> u32 {
 /// `reallocarray(ptr, n, size)`.
 #[uprobe]
 pub fn alloc_ptr_count_size(ctx: ProbeContext) -> u32 {
-    if record::is_target() {
+    if record::hooked() {
         record::enter(cookie(&ctx), arg(&ctx, 1).wrapping_mul(arg(&ctx, 2)), arg(&ctx, 0));
     }
     0
@@ -76,7 +76,7 @@ pub fn alloc_ptr_count_size(ctx: ProbeContext) -> u32 {
 /// `aligned_alloc(align, size)`, `memalign(align, size)`.
 #[uprobe]
 pub fn alloc_align_size(ctx: ProbeContext) -> u32 {
-    if record::is_target() {
+    if record::hooked() {
         record::enter(cookie(&ctx), arg(&ctx, 1), 0);
     }
     0
@@ -85,7 +85,7 @@ pub fn alloc_align_size(ctx: ProbeContext) -> u32 {
 /// `posix_memalign(void **out, align, size)`: the address comes back through `out`.
 #[uprobe]
 pub fn alloc_posix_memalign(ctx: ProbeContext) -> u32 {
-    if record::is_target() {
+    if record::hooked() {
         record::enter(cookie(&ctx), arg(&ctx, 2), arg(&ctx, 0));
     }
     0
@@ -94,7 +94,7 @@ pub fn alloc_posix_memalign(ctx: ProbeContext) -> u32 {
 /// Return of every allocating function: pairs with the entry recorded on this thread.
 #[uretprobe]
 pub fn alloc_return(ctx: RetProbeContext) -> u32 {
-    if !record::is_target() {
+    if !record::hooked() {
         return 0;
     }
     let Some(call) = record::exit() else { return 0 };
@@ -125,7 +125,7 @@ pub fn alloc_return(ctx: RetProbeContext) -> u32 {
 /// `free(ptr)` and CPython's `*_Free`. No return hook: the block is gone at entry.
 #[uprobe]
 pub fn free_ptr(ctx: ProbeContext) -> u32 {
-    if record::is_target() {
+    if record::hooked() {
         record::free(arg(&ctx, 0));
     }
     0

@@ -29,6 +29,17 @@ pub fn is_target() -> bool {
     tgid == unsafe { core::ptr::read_volatile(&raw const TARGET_TGID) }
 }
 
+/// Whether a uprobe hit belongs to the target; counts the hit, which is what the overhead budget
+/// charges for.
+#[inline(always)]
+pub fn hooked() -> bool {
+    let target = is_target();
+    if target {
+        count(Counter::ProbeHits);
+    }
+    target
+}
+
 /// Entry of a hooked call that has a return hook. Only the outermost call of a thread is kept;
 /// calls nested inside it (PyObject_Malloc -> malloc -> mmap) only bump its depth, because the
 /// outermost call is the one the program asked for.

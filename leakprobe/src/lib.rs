@@ -6,13 +6,17 @@
 //! `symbolize` names the frames, and `report` renders it all.
 
 pub mod aggregate;
+pub mod budget;
 pub mod cgroup;
 pub mod elf_symbols;
+pub mod liveness;
 pub mod loader;
+pub mod probe_cost;
 pub mod process_memory;
 pub mod python;
 pub mod record;
 pub mod report;
+pub mod sampled_heap;
 pub mod sampler;
 pub mod stack_names;
 pub mod symbolize;
@@ -20,3 +24,4 @@ pub mod target;
 pub mod tracefs;
 pub mod trend;
 pub mod verdict;
+pub mod windows;

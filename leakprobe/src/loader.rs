@@ -7,14 +7,14 @@ use std::num::NonZeroU32;
 use anyhow::{anyhow, bail, Context, Result};
 use aya::{
     programs::{
-        uprobe::{UProbeAttachLocation, UProbeAttachPoint, UProbeScope},
+        uprobe::{UProbeAttachLocation, UProbeAttachPoint, UProbeLinkId, UProbeScope},
         TracePoint, UProbe,
     },
     Ebpf, EbpfLoader,
 };
-use leakprobe_common::{names, AllocFunction, CallShape, PythonConfig};
+use leakprobe_common::{names, AllocFunction, CallShape, PendingCall, PythonConfig};
 
-use crate::{python::runtime::PythonRuntime, target::Target, tracefs};
+use crate::{probe_cost, python::runtime::PythonRuntime, target::Target, tracefs};
 
 static KERNEL_PROGRAMS: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/leakprobe"));
 
@@ -54,6 +54,21 @@ pub struct Probes {
     pub hooks: Vec<Hook>,
     /// Whether we mounted tracefs ourselves.
     pub mounted_tracefs: bool,
+    pid: NonZeroU32,
+    plan: Vec<Attachment>,
+    links: Vec<(&'static str, UProbeLinkId)>,
+    /// Threads closing detached links (see `detach_uprobes`).
+    detaching: Vec<std::thread::JoinHandle<()>>,
+}
+
+/// One uprobe to attach: which program, where, with which cookie.
+struct Attachment {
+    program: &'static str,
+    offset: u64,
+    path: std::path::PathBuf,
+    cookie: u64,
+    /// For errors: "malloc in /usr/lib/libc.so.6".
+    what: String,
 }
 
 fn entry_program(shape: CallShape) -> Option<&'static str> {
@@ -67,6 +82,19 @@ fn entry_program(shape: CallShape) -> Option<&'static str> {
         CallShape::Free => "free_ptr",
         CallShape::Syscall => return None,
     })
+}
+
+/// The functions sampling windows hook, hottest first: CPython's object allocator, whose blocks
+/// hold objects that `liveness` can later judge by reading them. Frees are not hooked (liveness
+/// replaces them), and each extra link would cost ~130 ms of serialized unregistering at the end
+/// of every window (see `detach_uprobes`).
+const WINDOW_FUNCTIONS: &[AllocFunction] =
+    &[AllocFunction::PyObjectMalloc, AllocFunction::PyObjectRealloc, AllocFunction::PyObjectCalloc];
+
+/// Position in `WINDOW_FUNCTIONS` (hotter first); every other function after them.
+fn heat_rank(cookie: u64) -> usize {
+    let function = AllocFunction::from_u32(cookie as u32);
+    WINDOW_FUNCTIONS.iter().position(|f| Some(*f) == function).unwrap_or(WINDOW_FUNCTIONS.len())
 }
 
 fn uprobe<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut UProbe> {
@@ -101,40 +129,40 @@ pub fn attach(target: &Target, sizes: TableSizes, python: Option<&PythonRuntime>
         write_thread_states(&mut ebpf, &python.thread_states())?;
     }
 
-    for name in [
-        "alloc_size",
-        "alloc_count_size",
-        "alloc_ptr_size",
-        "alloc_ptr_count_size",
-        "alloc_align_size",
-        "alloc_posix_memalign",
-        "free_ptr",
-        "alloc_return",
-    ] {
+    for name in probe_cost::UPROBE_PROGRAMS {
         uprobe(&mut ebpf, name)?.load().with_context(|| format!("the kernel rejected {name}"))?;
     }
     let mut hooks = Vec::new();
+    let mut plan = Vec::new();
     for object in &target.objects {
         for &(function, offset) in &object.functions {
             let Some(entry) = entry_program(function.shape()) else {
                 continue;
             };
-            let point = || UProbeAttachPoint {
-                location: UProbeAttachLocation::AbsoluteOffset(offset),
-                cookie: Some(function as u64),
+            let place = format!("{} in {}", function.symbol(), object.path.display());
+            let attachment = |program, what: &str| Attachment {
+                program,
+                offset,
+                path: object.host_path.clone(),
+                cookie: function as u64,
+                what: format!("{what}{place}"),
             };
-            let scope = UProbeScope::OneProcess(pid);
-            uprobe(&mut ebpf, entry)?
-                .attach(point(), &object.host_path, scope)
-                .with_context(|| format!("cannot attach to {} in {}", function.symbol(), object.path.display()))?;
+            plan.push(attachment(entry, ""));
             if function.shape() != CallShape::Free {
-                uprobe(&mut ebpf, "alloc_return")?.attach(point(), &object.host_path, scope).with_context(|| {
-                    format!("cannot attach to the return of {} in {}", function.symbol(), object.path.display())
-                })?;
+                plan.push(attachment("alloc_return", "the return of "));
             }
             hooks.push(Hook { function, object: object.path.display().to_string() });
         }
     }
+    // Return probes before entry probes: an entry seen without its return would leave its thread
+    // "inside a call" and every later call on it would look nested (unrecorded). Hottest first
+    // within each: the kernel unregisters uprobes one at a time (see `detach_uprobes`).
+    plan.sort_by_key(|a| (a.program != "alloc_return", heat_rank(a.cookie)));
+    let mut probes =
+        Probes { ebpf, hooks, mounted_tracefs: false, pid, plan, links: Vec::new(), detaching: Vec::new() };
+    // The uprobes are attached by the recording: for good, or in sampling windows (each hit costs
+    // the target a kernel trap).
+    let ebpf = &mut probes.ebpf;
 
     let mounted_tracefs = tracefs::ensure_mounted()?;
     for &(program, tracepoint) in SYSCALL_TRACEPOINTS {
@@ -146,10 +174,101 @@ pub fn attach(target: &Target, sizes: TableSizes, python: Option<&PythonRuntime>
         tp.attach("syscalls", tracepoint)
             .with_context(|| format!("cannot attach to tracepoint syscalls:{tracepoint}"))?;
     }
-    Ok(Probes { ebpf, hooks, mounted_tracefs })
+    probes.mounted_tracefs = mounted_tracefs;
+    Ok(probes)
 }
 
 impl Probes {
+    /// Attaches every allocator uprobe (no-op when attached). Each hit costs the target a kernel
+    /// trap, so the recording attaches them only inside its sampling windows.
+    pub fn attach_uprobes(&mut self) -> Result<()> {
+        if !self.links.is_empty() || self.plan.is_empty() {
+            return Ok(());
+        }
+        // Calls open when the last window closed never returned to us: their entries would make
+        // this window's calls on those threads look nested (and go unrecorded).
+        self.forget_pending_calls()?;
+        let scope = UProbeScope::OneProcess(self.pid);
+        let mut failure = None;
+        for a in &self.plan {
+            let point =
+                UProbeAttachPoint { location: UProbeAttachLocation::AbsoluteOffset(a.offset), cookie: Some(a.cookie) };
+            match uprobe(&mut self.ebpf, a.program)?.attach(point, &a.path, scope) {
+                Ok(link) => self.links.push((a.program, link)),
+                Err(e) => {
+                    failure = Some(anyhow!(e).context(format!("cannot attach to {}", a.what)));
+                    break;
+                }
+            }
+        }
+        match failure {
+            None => Ok(()),
+            Some(e) => {
+                // All or nothing: a half-attached set would bias the recording.
+                let _ = self.detach_uprobes();
+                Err(e)
+            }
+        }
+    }
+
+    fn forget_pending_calls(&mut self) -> Result<()> {
+        let mut pending: aya::maps::HashMap<_, u32, PendingCall> = aya::maps::HashMap::try_from(
+            self.ebpf.map_mut(names::PENDING).ok_or_else(|| anyhow!("map {} missing", names::PENDING))?,
+        )?;
+        let threads: Vec<u32> = pending.keys().filter_map(|k| k.ok()).collect();
+        for tid in threads {
+            let _ = pending.remove(&tid);
+        }
+        Ok(())
+    }
+
+    /// Detaches every allocator uprobe; the syscall tracepoints stay. The kernel removes a
+    /// uprobe's breakpoints at once but then waits for a grace period (~160 ms here) before the
+    /// close returns, so the links are closed on threads of their own, all at once: the probes
+    /// stop firing now and the waits overlap instead of adding up (5.6 s for 35 links, in series).
+    pub fn detach_uprobes(&mut self) -> Result<()> {
+        // Entries go first (hottest first), returns last, so that every call whose entry was
+        // seen still has its return seen.
+        let mut attached = std::mem::take(&mut self.links);
+        let returns_at = attached.iter().position(|(program, _)| *program != "alloc_return").unwrap_or(0);
+        attached.rotate_left(returns_at);
+        let mut links = Vec::new();
+        for (program, link) in attached {
+            links.push(uprobe(&mut self.ebpf, program)?.take_link(link)?);
+        }
+        let closing = std::thread::Builder::new()
+            .name("lp-detach".into())
+            .spawn(move || {
+                for link in links {
+                    drop(link);
+                }
+            })
+            .context("cannot start a thread to detach the probes")?;
+        self.detaching.push(closing);
+        Ok(())
+    }
+
+    /// From now on, attaches only the functions worth hooking in short windows (see
+    /// `WINDOW_FUNCTIONS`), or none at all.
+    pub fn narrow_to_window_functions(&mut self, any: bool) {
+        self.plan.retain(|a| any && heat_rank(a.cookie) < WINDOW_FUNCTIONS.len());
+    }
+
+    /// Whether detached uprobes are still being unregistered (they may still trap).
+    pub fn detaching(&self) -> bool {
+        self.detaching.iter().any(|closing| !closing.is_finished())
+    }
+
+    /// Whether every detached uprobe is fully unregistered.
+    pub fn detach_settled(&mut self) -> bool {
+        self.detaching.retain(|closing| !closing.is_finished());
+        self.detaching.is_empty()
+    }
+
+    pub fn uprobes_attached(&self) -> bool {
+        !self.links.is_empty()
+    }
+
     /// Replaces the kernel's thread id -> `PyThreadState` map with `threads`.
     pub fn set_thread_states(&mut self, threads: &[(u32, u64)]) -> Result<()> {
         write_thread_states(&mut self.ebpf, threads)

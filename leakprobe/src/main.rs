@@ -63,6 +63,14 @@ struct RecordArgs {
     /// Show every native frame, with the Python frames in place of the interpreter's eval loop.
     #[arg(long)]
     native: bool,
+    /// Overhead budget: the share of the target's CPU time (percent) the allocator probes may
+    /// take. leakprobe measures its cost per probe hit and attaches the probes in sampling
+    /// windows that keep inside it; 100 keeps them attached all the time (exact, slow).
+    #[arg(long, default_value_t = 5.0, value_name = "PCT")]
+    max_overhead: f64,
+    /// Length of one sampling window (allocator probes attached).
+    #[arg(long, default_value = "200ms", value_parser = humantime::parse_duration)]
+    window: Duration,
     /// No progress lines on stderr.
     #[arg(long, short)]
     quiet: bool,
@@ -100,6 +108,12 @@ async fn run_record(args: RecordArgs) -> anyhow::Result<ExitCode> {
     if args.interval < Duration::from_millis(100) {
         anyhow::bail!("--interval must be at least 100ms");
     }
+    if !(args.max_overhead > 0.0 && args.max_overhead <= 100.0) {
+        anyhow::bail!("--max-overhead must be a percentage in (0, 100], got {}", args.max_overhead);
+    }
+    if args.window < Duration::from_millis(10) {
+        anyhow::bail!("--window must be at least 10ms");
+    }
     let opts = RecordOptions {
         pid: args.pid,
         command: args.command,
@@ -115,6 +129,8 @@ async fn run_record(args: RecordArgs) -> anyhow::Result<ExitCode> {
         } else {
             StackView::Merged
         },
+        max_overhead_percent: args.max_overhead,
+        window: args.window,
     };
     let report = record::record(opts).await?;
     let rendered = match args.format {

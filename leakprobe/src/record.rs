@@ -23,11 +23,13 @@ use crate::{
         build::{self},
         HookInfo, Report, TargetInfo,
     },
+    sampled_heap::SampledHeap,
     sampler,
     stack_names::{StackNamer, StackView},
     symbolize::NativeSymbolizer,
     target::{self, Target},
     verdict::VerdictConfig,
+    windows::{self, Windows},
 };
 
 pub struct RecordOptions {
@@ -41,6 +43,10 @@ pub struct RecordOptions {
     /// Progress lines on stderr.
     pub progress: bool,
     pub view: StackView,
+    /// `--max-overhead`: the share of the target's CPU time the probes may take (100: always on).
+    pub max_overhead_percent: f64,
+    /// Length of one sampling window with the allocator uprobes attached.
+    pub window: Duration,
 }
 
 const THREAD_REFRESH: Duration = Duration::from_millis(500);
@@ -158,8 +164,30 @@ pub async fn record(opts: RecordOptions) -> Result<Report> {
     let python_version = python.as_ref().map(|p| p.version.clone()).or_else(|| target.python_version.clone());
     let mut namer = StackNamer::new(symbolizer, python.clone().map(PythonResolver::new), opts.view);
     let started_unix_secs = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
-    let (recording, end) =
-        sample_until_done(&mut probes, &target, python.as_ref(), &mut namer, launched, &opts).await?;
+    // Sampling needs objects to judge: CPython's, with `PyType_Type` to recognise them.
+    let type_type = python.as_ref().and_then(|p| p.type_type).filter(|_| target.hooks_python());
+    if opts.max_overhead_percent < 100.0 && type_type.is_none() {
+        let why = "no CPython object allocator to sample: only the memory syscalls (mmap, brk) are followed; \
+                   --max-overhead 100 hooks every allocation";
+        eprintln!("leakprobe: warning: {why}");
+        warnings.push(why.into());
+    }
+    let mut windows = Windows::start(&mut probes, pid, opts.max_overhead_percent, opts.window, type_type.is_some())?;
+    let minor = python.as_ref().and_then(|p| p.version.split('.').nth(1)?.parse().ok()).unwrap_or(0);
+    let mut sampled_heap =
+        type_type.filter(|_| !windows.is_unlimited()).map(|type_type| SampledHeap::new(type_type, minor));
+    let (recording, end) = sample_until_done(
+        &mut probes,
+        &mut windows,
+        sampled_heap.as_mut(),
+        &target,
+        python.as_ref(),
+        &mut namer,
+        launched,
+        &opts,
+    )
+    .await?;
+    let budget = windows.finish(&probes);
     if opts.progress {
         eprintln!(
             "leakprobe: recording ended ({}), {} samples; building the report",
@@ -182,6 +210,8 @@ pub async fn record(opts: RecordOptions) -> Result<Report> {
         warnings,
         other_stacks: opts.other_stacks,
         verdict: VerdictConfig::default(),
+        budget: Some(budget),
+        sampled_stacks: sampled_heap.as_ref().map(SampledHeap::object_stacks),
     };
     let hooked_object = |f: AllocFunction| probes.hooks.iter().find(|h| h.function == f).map(|h| h.object.clone());
     let report = build::build(&recording, ctx, |id| namer.resolve(&probes, hooked_object, id));
@@ -192,6 +222,8 @@ pub async fn record(opts: RecordOptions) -> Result<Report> {
 
 async fn sample_until_done(
     probes: &mut Probes,
+    windows: &mut Windows,
+    mut sampled_heap: Option<&mut SampledHeap>,
     target: &Target,
     python: Option<&PythonRuntime>,
     namer: &mut StackNamer,
@@ -207,9 +239,18 @@ async fn sample_until_done(
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     // New threads (a thread pool growing) get their Python stacks within this period.
     let mut thread_refresh = tokio::time::interval(THREAD_REFRESH);
+    let mut window_tick = tokio::time::interval(windows::TICK);
     let end = loop {
         tokio::select! {
             _ = ticker.tick() => {}
+            _ = window_tick.tick() => {
+                if windows.due() {
+                    close_window(windows, sampled_heap.as_deref_mut(), python, probes)?;
+                } else {
+                    windows.tick(probes)?;
+                }
+                continue;
+            }
             _ = thread_refresh.tick() => {
                 if let Some(python) = python {
                     probes.set_thread_states(&python.thread_states())?;
@@ -221,11 +262,15 @@ async fn sample_until_done(
         }
         // A process we launched is gone once reaped; any other once its memory is unreadable
         // (exited, or a zombie).
+        close_window(windows, sampled_heap.as_deref_mut(), python, probes)?;
         let exited = launched.as_mut().is_some_and(|child| !matches!(child.0.try_wait(), Ok(None)));
         let memory = if exited { None } else { process_memory::read(target.pid) };
         let alive = memory.is_some();
         let t = start.elapsed().as_secs_f64();
-        let snapshot = sampler::stack_counters(probes)?;
+        let snapshot = match (sampled_heap.as_deref_mut(), python) {
+            (Some(heap), Some(python)) => heap.snapshot(probes, &python.mem)?,
+            _ => sampler::stack_counters(probes)?,
+        };
         namer.learn(probes, snapshot.iter().map(|(id, _)| *id));
         recording.push(t, memory, &snapshot, sampler::counters(probes)?);
         if opts.progress {
@@ -237,6 +282,9 @@ async fn sample_until_done(
         if deadline.is_some_and(|d| Instant::now() >= d) {
             break End::Duration;
         }
+        // Windows open right after a sample, so the next one (and its stack naming) falls
+        // outside them.
+        windows.open_if_allowed(probes)?;
     };
     // An interrupted recording still ends with a last sample.
     if end == End::Interrupted {
@@ -250,6 +298,20 @@ async fn sample_until_done(
     }
     drop(launched);
     Ok((recording, end))
+}
+
+/// Closes the open window (if any), first taking a look at the new samples while the target is
+/// still slowed by the probes (see `SampledHeap::look`).
+fn close_window(
+    windows: &mut Windows,
+    heap: Option<&mut SampledHeap>,
+    python: Option<&PythonRuntime>,
+    probes: &mut Probes,
+) -> Result<()> {
+    if let (true, Some(heap), Some(python)) = (windows.is_open(), heap, python) {
+        heap.look(probes, &python.mem)?;
+    }
+    windows.pause(probes)
 }
 
 fn progress_line(rec: &Recording, t: f64) {

@@ -93,10 +93,13 @@ pub fn spawn_python(script: &str) -> ChildGuard {
 }
 
 /// `leakprobe record --pid PID --format json` for `duration`, returning the process output and
-/// the parsed report.
+/// the parsed report. Every allocation is hooked (`--max-overhead 100`) unless `extra` sets a
+/// budget: these tests check exact accounting; the sampling tests say so.
 pub fn record_json(pid: u32, duration: &str, interval: &str, extra: &[&str]) -> (Output, serde_json::Value) {
+    let full: &[&str] = if extra.contains(&"--max-overhead") { &[] } else { &["--max-overhead", "100"] };
     let out = Command::new(leakprobe_bin())
         .args(["record", "--pid", &pid.to_string(), "--duration", duration, "--interval", interval, "--format", "json"])
+        .args(full)
         .args(extra)
         .output()
         .expect("leakprobe runs");

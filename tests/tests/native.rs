@@ -38,7 +38,8 @@ fn flags_only_the_leaking_function_with_its_rate() {
 fn launch_and_follow_a_command() {
     let exe = compile_c("native_leak.c", &["-O1", "-g", "-fno-omit-frame-pointer", "-fno-inline"]);
     let out = Command::new(leakprobe_bin())
-        .args(["record", "--duration", "12s", "--interval", "1s", "--format", "json", "--fail-on-leak", "--"])
+        .args(["record", "--duration", "12s", "--interval", "1s", "--format", "json", "--fail-on-leak"])
+        .args(["--max-overhead", "100", "--"])
         .arg(&exe)
         .args(["16384", "25"])
         .output()

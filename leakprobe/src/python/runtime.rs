@@ -24,6 +24,8 @@ pub struct PythonRuntime {
     pub objects: ObjectLayout,
     /// Address of `_PyRuntime` in the target.
     pub runtime: u64,
+    /// Address of `PyType_Type` in the target, when its symbol is there.
+    pub type_type: Option<u64>,
     /// The file that holds the interpreter (as the target sees it).
     pub object_path: String,
     pub mem: RemoteMemory,
@@ -48,7 +50,7 @@ fn load_base(maps: &str, path: &str) -> Option<u64> {
 pub fn detect(target: &Target) -> Detection {
     let maps =
         fs::read_to_string(format!("/proc/{}/maps", target.pid)).map_err(|e| format!("cannot read maps: {e}"))?;
-    let wanted = ["_PyRuntime", "Py_Version", "_Py_NoneStruct", "_PyEval_EvalFrameDefault"];
+    let wanted = ["_PyRuntime", "Py_Version", "_Py_NoneStruct", "_PyEval_EvalFrameDefault", "PyType_Type"];
     let mut found: Option<(HashMap<String, u64>, u64, &crate::target::HookableObject)> = None;
     for object in &target.objects {
         let Ok((symbols, lowest)) = elf_symbols::symbol_addresses(&object.host_path, &wanted) else { continue };
@@ -93,7 +95,9 @@ pub fn detect(target: &Target) -> Detection {
         layout.kernel.native_frames_with_python = leakprobe_common::MAX_NATIVE_FRAMES as u32;
     }
     let objects = ObjectLayout::for_version(minor).ok_or_else(|| format!("no object layout for CPython {version}"))?;
-    let python = PythonRuntime { pid: target.pid, version, layout, objects, runtime, object_path: path, mem };
+    let type_type = symbols.get("PyType_Type").map(|v| v.wrapping_add(bias));
+    let python =
+        PythonRuntime { pid: target.pid, version, layout, objects, runtime, type_type, object_path: path, mem };
     // Prove the layout on the live process: its thread list must name its own threads.
     let threads = python.thread_states();
     if threads.is_empty() {

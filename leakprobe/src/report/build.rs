@@ -1,8 +1,11 @@
 //! From a finished recording to a `Report`: the process verdict, per-stack verdicts, the limit
 //! projection. Pure except for the symbolization callback, so it is unit-tested on synthetic data.
 
+use std::collections::HashSet;
+
 use crate::{
     aggregate::Recording,
+    budget::BudgetSummary,
     cgroup::MemoryLimit,
     report::{
         CounterValue, HookInfo, LimitProjection, ProcessVerdict, Report, RssPoint, SeriesPoint, StackReport,
@@ -24,7 +27,17 @@ pub struct Context {
     /// Non-flagged stacks kept in the report, largest first.
     pub other_stacks: usize,
     pub verdict: VerdictConfig,
+    /// The overhead budget and what the probes cost.
+    pub budget: Option<BudgetSummary>,
+    /// Sampling mode: the stacks whose series are sampled live objects (see `sampled_heap`). Only
+    /// they are judged as leak sites; syscall-level stacks (mmap, brk) say where the heap grows,
+    /// not who keeps it.
+    pub sampled_stacks: Option<HashSet<u64>>,
 }
+
+/// Fewest live sampled objects a sampled stack needs to be flagged: a couple of strays are not
+/// a trend.
+const MIN_SAMPLED_LIVE: u64 = 8;
 
 /// A stack's frames and how it was allocated, as the caller resolves them.
 pub struct ResolvedStack {
@@ -55,14 +68,43 @@ pub fn build(rec: &Recording, mut ctx: Context, mut resolve: impl FnMut(u64) -> 
         }
     });
 
-    // Judge every stack that still holds memory; a stack back to zero is not leaking.
-    let mut judged: Vec<(u64, GrowthVerdict)> = rec
-        .stacks
-        .iter()
-        .filter(|(_, s)| s.live_bytes_now() > 0)
-        .map(|(&id, s)| (id, classify(&rec.times, &s.live_bytes, &ctx.verdict)))
-        .collect();
+    // Judge every stack that still holds memory; a stack back to zero is not leaking. Sampled
+    // series are a small sample of the real bytes: no absolute floor, a floor on live samples.
+    let sampled_config = VerdictConfig { min_growth_bytes_per_sec: 0.0, ..ctx.verdict.clone() };
+    let judge_with = |id: &u64| -> VerdictConfig {
+        match &ctx.sampled_stacks {
+            Some(sampled) if sampled.contains(id) => sampled_config.clone(),
+            _ => ctx.verdict.clone(),
+        }
+    };
+    let judge = |id: u64, s: &crate::aggregate::StackSeries| match &ctx.sampled_stacks {
+        None => classify(&rec.times, &s.live_bytes, &ctx.verdict),
+        Some(sampled) if sampled.contains(&id) && s.live_allocations_now() >= MIN_SAMPLED_LIVE => {
+            classify(&rec.times, &s.live_bytes, &sampled_config)
+        }
+        Some(sampled) => {
+            let mut v = classify(&rec.times, &s.live_bytes, &ctx.verdict);
+            if v.kind == VerdictKind::Leak {
+                v.kind = VerdictKind::Inconclusive;
+                v.reason = if sampled.contains(&id) {
+                    format!("too few live samples (fewer than {MIN_SAMPLED_LIVE}) to call: {}", v.reason)
+                } else {
+                    format!("where the heap grows, not who keeps it (memory syscall): {}", v.reason)
+                };
+            }
+            v
+        }
+    };
+    let mut judged: Vec<(u64, GrowthVerdict)> =
+        rec.stacks.iter().filter(|(_, s)| s.live_bytes_now() > 0).map(|(&id, s)| (id, judge(id, s))).collect();
     let (mut flagged, mut others): (Vec<_>, Vec<_>) = judged.drain(..).partition(|(_, v)| v.kind == VerdictKind::Leak);
+    // Sampled slopes are in sampled bytes: each flagged stack gets its share of the process's
+    // growth instead (the sampled slope stays in the report).
+    let sampled_total: f64 = flagged.iter().map(|(_, v)| v.growth_bytes_per_sec.max(0.0)).sum();
+    let share_of_process = |v: &GrowthVerdict| {
+        (ctx.sampled_stacks.is_some() && sampled_total > 0.0)
+            .then(|| (v.growth_bytes_per_sec.max(0.0) / sampled_total, verdict.growth_bytes_per_sec.max(0.0)))
+    };
     flagged.sort_by(|a, b| b.1.growth_bytes_per_sec.total_cmp(&a.1.growth_bytes_per_sec));
     others.sort_by_key(|(id, _)| std::cmp::Reverse(rec.stacks[id].live_bytes_now()));
     if flagged.len() > MAX_FLAGGED {
@@ -78,6 +120,10 @@ pub fn build(rec: &Recording, mut ctx: Context, mut resolve: impl FnMut(u64) -> 
         .map(|((id, v), is_flagged)| {
             let series = &rec.stacks[&id];
             let resolved = resolve(id);
+            let share = if is_flagged { share_of_process(&v) } else { None };
+            let flagged_after_secs =
+                if is_flagged { first_flagged(&rec.times, &series.live_bytes, &judge_with(&id)) } else { None };
+            let scale = |rate: f64| share.map_or(rate, |(share, process)| share * process);
             StackReport {
                 id: format!("{id:016x}"),
                 allocator: resolved.allocator,
@@ -88,9 +134,12 @@ pub fn build(rec: &Recording, mut ctx: Context, mut resolve: impl FnMut(u64) -> 
                 total_allocations: series.latest.allocs,
                 total_frees: series.latest.frees,
                 series: series.live_bytes.clone(),
-                growth_bytes_per_sec: v.growth_bytes_per_sec,
-                growth_low_bytes_per_sec: v.growth_low_bytes_per_sec,
-                growth_high_bytes_per_sec: v.growth_high_bytes_per_sec,
+                growth_bytes_per_sec: scale(v.growth_bytes_per_sec),
+                growth_low_bytes_per_sec: share.map_or(v.growth_low_bytes_per_sec, |_| scale(v.growth_bytes_per_sec)),
+                growth_high_bytes_per_sec: share.map_or(v.growth_high_bytes_per_sec, |_| scale(v.growth_bytes_per_sec)),
+                sampled_growth_bytes_per_sec: ctx.sampled_stacks.as_ref().map(|_| v.growth_bytes_per_sec),
+                share_of_growth: share.map(|(share, _)| share),
+                flagged_after_secs,
                 confidence: v.confidence,
                 flagged: is_flagged,
                 reason: v.reason,
@@ -133,7 +182,16 @@ pub fn build(rec: &Recording, mut ctx: Context, mut resolve: impl FnMut(u64) -> 
             })
             .collect(),
         warnings: ctx.warnings,
+        budget: ctx.budget,
     }
+}
+
+/// When the stack would first have been flagged, had the recording stopped at that sample: the
+/// time leakprobe needs to name it.
+fn first_flagged(times: &[f64], series: &[f64], cfg: &VerdictConfig) -> Option<f64> {
+    (cfg.min_samples.max(3)..=times.len().min(series.len()))
+        .find(|&n| classify(&times[..n], &series[..n], cfg).kind == VerdictKind::Leak)
+        .map(|n| times[n - 1])
 }
 
 /// The process leaks when either what the kernel charges it (RSS) or what its allocators hold
@@ -176,6 +234,8 @@ mod tests {
             hooks: vec![],
             warnings: vec![],
             other_stacks: 5,
+            budget: None,
+            sampled_stacks: None,
             verdict: VerdictConfig::default(),
         }
     }

@@ -8,6 +8,7 @@ pub mod text;
 use serde::Serialize;
 
 use crate::{
+    budget::BudgetSummary,
     process_memory::ProcessMemory,
     symbolize::Frame,
     verdict::{GrowthVerdict, VerdictKind},
@@ -38,6 +39,8 @@ pub struct Report {
     /// Events seen and, for every way of losing one, how many were lost.
     pub counters: Vec<CounterValue>,
     pub warnings: Vec<String>,
+    /// The overhead budget and the probes' estimated cost (`None` in reports built without one).
+    pub budget: Option<BudgetSummary>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -99,6 +102,13 @@ pub struct StackReport {
     pub growth_bytes_per_sec: f64,
     pub growth_low_bytes_per_sec: f64,
     pub growth_high_bytes_per_sec: f64,
+    /// Sampling mode: the slope of the stack's sampled live bytes (what the windows saw).
+    pub sampled_growth_bytes_per_sec: Option<f64>,
+    /// Sampling mode, flagged stacks: this stack's share of the flagged stacks' sampled growth; its
+    /// `growth_bytes_per_sec` is that share of the process's growth.
+    pub share_of_growth: Option<f64>,
+    /// Flagged stacks: seconds into the recording at which it would first have been flagged.
+    pub flagged_after_secs: Option<f64>,
     pub confidence: f64,
     pub flagged: bool,
     pub reason: String,

@@ -108,6 +108,23 @@ pub fn render(report: &Report) -> String {
         .map(|c| format!("{} {}", c.value, c.name.replace('_', " ")))
         .collect();
     let _ = writeln!(out, "events: {}", events.join(", "));
+    if let Some(b) = &report.budget {
+        let mode = if b.max_overhead_percent >= 100.0 {
+            "every allocation hooked throughout (--max-overhead 100)".to_string()
+        } else {
+            format!(
+                "budget {:.1}%: {} sampling windows, {} with the allocator probes attached",
+                b.max_overhead_percent,
+                b.windows,
+                human_duration(b.attached_seconds)
+            )
+        };
+        let _ = writeln!(
+            out,
+            "overhead: probes took ~{:.1}% of the target's CPU ({} hits x {:.1} µs measured); {mode}",
+            b.estimated_overhead_percent, b.probe_hits, b.cost_per_hit_us
+        );
+    }
     let drops: Vec<String> = report
         .counters
         .iter()
@@ -122,17 +139,34 @@ pub fn render(report: &Report) -> String {
 }
 
 fn write_stack(out: &mut String, rank: usize, s: &StackReport) {
-    let _ = writeln!(
-        out,
-        "  #{rank} {}/s (95% CI {}..{}/s)  live {} in {} allocations  via {}  [{}]",
-        human_bytes(s.growth_bytes_per_sec),
-        human_bytes(s.growth_low_bytes_per_sec),
-        human_bytes(s.growth_high_bytes_per_sec),
-        human_bytes(s.live_bytes as f64),
-        s.live_allocations,
-        s.allocator,
-        s.reason
-    );
+    match s.share_of_growth {
+        // Sampling mode: the rate is a share of the process's growth; the live figures are samples.
+        Some(share) => {
+            let _ = writeln!(
+                out,
+                "  #{rank} ~{}/s ({:.0}% of the sampled growth)  {} sampled objects still live ({})  via {}  [{}]",
+                human_bytes(s.growth_bytes_per_sec),
+                share * 100.0,
+                s.live_allocations,
+                human_bytes(s.live_bytes as f64),
+                s.allocator,
+                s.reason
+            );
+        }
+        None => {
+            let _ = writeln!(
+                out,
+                "  #{rank} {}/s (95% CI {}..{}/s)  live {} in {} allocations  via {}  [{}]",
+                human_bytes(s.growth_bytes_per_sec),
+                human_bytes(s.growth_low_bytes_per_sec),
+                human_bytes(s.growth_high_bytes_per_sec),
+                human_bytes(s.live_bytes as f64),
+                s.live_allocations,
+                s.allocator,
+                s.reason
+            );
+        }
+    }
     for frame in s.frames.iter().take(FRAMES_SHOWN) {
         let _ = writeln!(out, "      {}", frame_line(frame));
     }

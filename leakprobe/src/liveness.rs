@@ -1,0 +1,454 @@
+//! Whether a sampled allocation is still alive, told by reading the target's memory instead of
+//! hooking every free (a uprobe on `PyObject_Free` costs a trap per call; a read costs nothing in
+//! the target).
+//!
+//! A sampled block from CPython's object allocator holds a Python object: at offset 0, or after a
+//! 16-byte GC header, or after the GC header and the 3.12+ pre-header (32). The first check finds
+//! it: a plausible reference count and an `ob_type` that points to a type object (whose own type
+//! is `type`, or a metaclass whose type is `type`). Later checks say it is dead when the reference
+//! count is 0 (every deallocated object had 0, and GC objects keep it after the free), is no
+//! longer a count (pymalloc and glibc write free-list pointers over the first words), or the type
+//! changed (glibc's tcache key, a free list or a new occupant), or the first bytes of its body
+//! changed: a block freed and reused by another object of the same type (the leak and the churn
+//! in one size class) holds other contents. Objects mutated in place (a dict updated, a list
+//! appended to) therefore look dead: leaks are objects created and then kept, unchanged.
+//! Blocks that hold no object (buffers) cannot be judged and are dropped from the sample.
+//! Pure apart from the `ReadMemory` it is given, so it is tested on synthetic memory.
+
+use std::collections::HashMap;
+
+use leakprobe_common::LiveAllocation;
+
+use crate::python::memory::ReadMemory;
+
+/// Where a Python object may start inside a block from the object allocator.
+const HEADER_OFFSETS: [u64; 3] = [0, 16, 32];
+/// Reference counts at or above this are pointers written over a freed block, not counts.
+const MAX_REFCOUNT: u64 = 1 << 40;
+/// Type objects remembered (per address: is it a type?).
+const MAX_TYPE_CACHE: usize = 1 << 16;
+/// Bytes of the object body (after refcount and type) that identify it.
+const BODY_BYTES: usize = 48;
+/// Skipped in the body: `str`'s hash at offset 24 in every supported version is computed lazily.
+const MUTABLE_BODY: std::ops::Range<usize> = 8..16;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Object {
+    /// Offset of the `PyObject` inside the block.
+    offset: u64,
+    ob_type: u64,
+    /// Hash of the object's first bytes after its header (see `fingerprint`).
+    fingerprint: u64,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Sampled {
+    /// Identifies the allocation (an address is reused by later ones).
+    timestamp_ns: u64,
+    stack_id: u64,
+    size: u64,
+    object: Object,
+}
+
+/// Verified live samples of one stack.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct StackLive {
+    pub allocations: u64,
+    pub bytes: u64,
+}
+
+/// The outcome of one pass over the sampled allocations.
+#[derive(Debug, Default)]
+pub struct Pass {
+    /// Per stack, the sampled allocations still alive.
+    pub live: HashMap<u64, StackLive>,
+    /// Addresses whose allocation is dead or cannot be judged: to drop from the kernel's table.
+    pub forget: Vec<u64>,
+}
+
+pub struct Liveness {
+    /// Address of `PyType_Type` in the target.
+    type_type: u64,
+    /// CPython 3.x minor version (struct sizes of `str`, the layout of `int`).
+    minor: u32,
+    /// Per address: the type object there (`None`: not a type).
+    types: HashMap<u64, Option<TypeInfo>>,
+    sampled: HashMap<u64, Sampled>,
+    /// Samples found dead, and samples that held no object.
+    pub dead: u64,
+    pub unverifiable: u64,
+}
+
+impl Liveness {
+    pub fn new(type_type: u64, minor: u32) -> Liveness {
+        Liveness { type_type, minor, types: HashMap::new(), sampled: HashMap::new(), dead: 0, unverifiable: 0 }
+    }
+
+    /// Checks every sampled allocation in `table` (the kernel's live table, already restricted to
+    /// blocks from the object allocator).
+    pub fn check(&mut self, mem: &impl ReadMemory, table: &[(u64, LiveAllocation)]) -> Pass {
+        let mut pass = Pass::default();
+        let mut seen = HashMap::with_capacity(table.len());
+        for &(address, allocation) in table {
+            let known = self.sampled.get(&address).filter(|s| s.timestamp_ns == allocation.timestamp_ns).copied();
+            let verdict = match known {
+                Some(sample) => self.still_alive(mem, address, sample.size, sample.object).then_some(sample),
+                None => match self.find_object(mem, address, allocation.size) {
+                    Some(object) => Some(Sampled {
+                        timestamp_ns: allocation.timestamp_ns,
+                        stack_id: allocation.stack_id,
+                        size: allocation.size,
+                        object,
+                    }),
+                    None => {
+                        self.unverifiable += 1;
+                        pass.forget.push(address);
+                        continue;
+                    }
+                },
+            };
+            match verdict {
+                Some(sample) => {
+                    let stack = pass.live.entry(sample.stack_id).or_default();
+                    stack.allocations += 1;
+                    stack.bytes += sample.size;
+                    seen.insert(address, sample);
+                }
+                None => {
+                    self.dead += 1;
+                    pass.forget.push(address);
+                }
+            }
+        }
+        // Samples gone from the table (freed through a path the kernel saw) are forgotten too.
+        self.sampled = seen;
+        pass
+    }
+
+    fn still_alive(&self, mem: &impl ReadMemory, address: u64, size: u64, object: Object) -> bool {
+        let mut block = [0u8; 32 + 16 + BODY_BYTES];
+        let len = object_len(size, object.offset);
+        let start = object.offset as usize;
+        if mem.read(address.wrapping_add(object.offset), &mut block[start..start + len]).is_err() {
+            return false; // unmapped: the arena was released
+        }
+        if object.offset == PRE_HEADER_OFFSET && mem.read(address, &mut block[..16]).is_err() {
+            return false;
+        }
+        let found = &block[start..start + len];
+        let (refcount, ob_type) = split(found);
+        plausible_refcount(refcount)
+            && ob_type == object.ob_type
+            && fingerprint(&found[16..]) ^ pre_header(&block, object.offset) == object.fingerprint
+    }
+
+    fn find_object(&mut self, mem: &impl ReadMemory, address: u64, size: u64) -> Option<Object> {
+        let mut block = [0u8; 32 + 16 + BODY_BYTES];
+        let len = (size as usize).min(block.len());
+        if len < 16 || mem.read(address, &mut block[..len]).is_err() {
+            return None;
+        }
+        let minor = self.minor;
+        HEADER_OFFSETS.into_iter().filter(|&offset| offset as usize + 16 <= len).find_map(|offset| {
+            let start = offset as usize;
+            let found = &block[start..start + object_len(size, offset)];
+            let (refcount, ob_type) = split(found);
+            if !plausible_refcount(refcount) {
+                return None;
+            }
+            let info = self.type_info(mem, ob_type)?;
+            // The object there must be the one this allocation was for: an object the block was
+            // freed to and reused by has its own size.
+            (info.sizes_match(found, size - offset, minor)).then(|| Object {
+                offset,
+                ob_type,
+                fingerprint: fingerprint(&found[16..]) ^ pre_header(&block, offset),
+            })
+        })
+    }
+
+    /// The type object at `address`: its type is `type`, or a metaclass whose type is.
+    fn type_info(&mut self, mem: &impl ReadMemory, address: u64) -> Option<TypeInfo> {
+        if address == 0 || address % 8 != 0 {
+            return None;
+        }
+        if let Some(known) = self.types.get(&address) {
+            return *known;
+        }
+        let type_of = |a: u64| mem.read_u64(a.wrapping_add(8)).ok();
+        let is_type = match type_of(address) {
+            Some(meta) if meta == self.type_type => true,
+            Some(meta) if meta != 0 => type_of(meta) == Some(self.type_type),
+            _ => false,
+        };
+        let info = is_type.then(|| TypeInfo::read(mem, address)).flatten();
+        if self.types.len() >= MAX_TYPE_CACHE {
+            self.types.clear();
+        }
+        self.types.insert(address, info);
+        info
+    }
+}
+
+/// What a type says about the size of its instances (`PyTypeObject`'s layout is the same in
+/// every supported version).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct TypeInfo {
+    basicsize: u64,
+    itemsize: u64,
+    flags: u64,
+}
+
+const TP_BASICSIZE: u64 = 32;
+const TP_FLAGS: u64 = 168;
+const TPFLAGS_LONG_SUBCLASS: u64 = 1 << 24;
+const TPFLAGS_UNICODE_SUBCLASS: u64 = 1 << 28;
+
+impl TypeInfo {
+    fn read(mem: &impl ReadMemory, address: u64) -> Option<TypeInfo> {
+        let basicsize = mem.read_u64(address + TP_BASICSIZE).ok()?;
+        let itemsize = mem.read_u64(address + TP_BASICSIZE + 8).ok()?;
+        let flags = mem.read_u64(address + TP_FLAGS).ok()?;
+        (basicsize >= 16 && basicsize < 1 << 20 && itemsize < 1 << 16).then_some(TypeInfo {
+            basicsize,
+            itemsize,
+            flags,
+        })
+    }
+
+    /// Whether an object of this type with header and body `object` needs exactly `size` bytes,
+    /// the way CPython sizes it: compact `str`, `int` digits, var-sized objects, fixed ones.
+    fn sizes_match(&self, object: &[u8], size: u64, minor: u32) -> bool {
+        let word = |i: usize| object.get(i..i + 8).map(|b| u64::from_le_bytes(b.try_into().unwrap_or_default()));
+        if self.flags & TPFLAGS_UNICODE_SUBCLASS != 0 && self.basicsize >= 40 {
+            let (Some(length), Some(state)) = (word(16), word(32)) else { return false };
+            let state = state as u32;
+            let (kind, compact, ascii) = ((state >> 2) & 7, (state >> 5) & 1, (state >> 6) & 1);
+            if compact == 0 || !matches!(kind, 1 | 2 | 4) {
+                return false;
+            }
+            let header = match (minor >= 12, ascii == 1) {
+                (false, true) => 48,
+                (false, false) => 72,
+                (true, true) => 40,
+                (true, false) => 56,
+            };
+            return length.checked_add(1).and_then(|n| n.checked_mul(kind as u64)).map(|n| n + header) == Some(size);
+        }
+        if self.flags & TPFLAGS_LONG_SUBCLASS != 0 && self.itemsize > 0 {
+            let Some(tag) = word(16) else { return false };
+            let digits = if minor >= 12 { tag >> 3 } else { (tag as i64).unsigned_abs() };
+            return 24 + self.itemsize * digits.max(1) == size;
+        }
+        if self.itemsize == 0 {
+            return self.basicsize == size;
+        }
+        let Some(items) = word(16).map(|n| (n as i64).unsigned_abs()) else { return false };
+        let raw = items.checked_mul(self.itemsize).and_then(|n| n.checked_add(self.basicsize));
+        raw.is_some_and(|raw| size == raw || size == raw.div_ceil(8) * 8)
+    }
+}
+
+fn split(header: &[u8]) -> (u64, u64) {
+    let word = |i: usize| u64::from_le_bytes(header[i..i + 8].try_into().unwrap_or_default());
+    (word(0), word(8))
+}
+
+/// Bytes read for an object at `offset` in a block of `size`: header and up to `BODY_BYTES` of body.
+fn object_len(size: u64, offset: u64) -> usize {
+    (size.saturating_sub(offset) as usize).clamp(16, 16 + BODY_BYTES)
+}
+
+/// Offset of an object behind the GC header and the 3.11+ pre-header (managed `__dict__` and
+/// values pointers, which identify an instance whose own body is empty).
+const PRE_HEADER_OFFSET: u64 = 32;
+
+/// Hash of the pre-header words of a block whose object is at `offset` (0 when there is none).
+fn pre_header(block: &[u8], offset: u64) -> u64 {
+    if offset == PRE_HEADER_OFFSET {
+        fingerprint(&block[..16]).rotate_left(1)
+    } else {
+        0
+    }
+}
+
+/// FNV-1a of the body, with the lazily computed `str` hash left out.
+fn fingerprint(body: &[u8]) -> u64 {
+    body.iter()
+        .enumerate()
+        .filter(|(i, _)| !MUTABLE_BODY.contains(i))
+        .fold(0xcbf2_9ce4_8422_2325, |h, (_, &b)| (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3))
+}
+
+fn plausible_refcount(refcount: u64) -> bool {
+    refcount > 0 && refcount < MAX_REFCOUNT
+}
+
+#[cfg(test)]
+mod tests {
+    use std::{cell::RefCell, io};
+
+    use super::*;
+
+    /// Sparse little-endian memory of 8-byte words; a page is mapped (zeros) once written to.
+    #[derive(Default)]
+    struct Words(RefCell<HashMap<u64, u64>>);
+
+    impl Words {
+        fn set(&self, address: u64, value: u64) {
+            self.0.borrow_mut().insert(address, value);
+        }
+    }
+
+    impl ReadMemory for Words {
+        fn read(&self, address: u64, buf: &mut [u8]) -> io::Result<()> {
+            let words = self.0.borrow();
+            for (i, chunk) in buf.chunks_mut(8).enumerate() {
+                let at = address + 8 * i as u64;
+                let word = match words.get(&at) {
+                    Some(&w) => w,
+                    None if words.keys().any(|k| k >> 12 == at >> 12) => 0,
+                    None => return Err(io::Error::new(io::ErrorKind::NotFound, "unmapped")),
+                };
+                chunk.copy_from_slice(&word.to_le_bytes()[..chunk.len()]);
+            }
+            Ok(())
+        }
+    }
+
+    const TYPE_TYPE: u64 = 0x1000;
+    const STR_TYPE: u64 = 0x2000;
+    const INT_TYPE: u64 = 0x3000;
+    const TUPLE_TYPE: u64 = 0x6000;
+    /// `state` of a compact ASCII str: kind 1, compact, ascii.
+    const ASCII: u64 = (1 << 2) | (1 << 5) | (1 << 6);
+
+    fn memory() -> Words {
+        let m = Words::default();
+        m.set(TYPE_TYPE + 8, TYPE_TYPE);
+        let types = [
+            (STR_TYPE, 80, 0, TPFLAGS_UNICODE_SUBCLASS),
+            (INT_TYPE, 24, 4, TPFLAGS_LONG_SUBCLASS),
+            (TUPLE_TYPE, 24, 8, 0),
+        ];
+        for (t, basicsize, itemsize, flags) in types {
+            m.set(t + 8, TYPE_TYPE);
+            m.set(t + TP_BASICSIZE, basicsize);
+            m.set(t + TP_BASICSIZE + 8, itemsize);
+            m.set(t + TP_FLAGS, flags);
+        }
+        m
+    }
+
+    fn block(m: &Words, address: u64, words: &[u64]) {
+        for (i, w) in words.iter().enumerate() {
+            m.set(address + 8 * i as u64, *w);
+        }
+    }
+
+    /// A 3-character ASCII str (3.11 layout: 48-byte header, then the characters and a NUL).
+    fn str3(m: &Words, address: u64, refcount: u64, hash: u64, chars: u64) {
+        block(m, address, &[refcount, STR_TYPE, 3, hash, ASCII, 0, chars, 0]);
+    }
+
+    const STR3_SIZE: u64 = 48 + 4;
+
+    fn entry(address: u64, stack_id: u64, size: u64, timestamp_ns: u64) -> (u64, LiveAllocation) {
+        (address, LiveAllocation { size, stack_id, timestamp_ns })
+    }
+
+    #[test]
+    fn live_objects_count_and_dead_ones_are_forgotten() {
+        let m = memory();
+        str3(&m, 0x10_000, 1, u64::MAX, 0x0031_3233); // plain object at 0
+        block(&m, 0x20_000, &[0x7f00_0000_1000, 0x7f00_0000_2000, 3, TUPLE_TYPE, 2, 0x10_000, 0x10_000]); // GC, at 16
+        block(&m, 0x30_000, &[0xdead_beef_0000_0000, 7, 9, 11, 13, 15]); // a buffer: no object
+        let table = [entry(0x10_000, 1, STR3_SIZE, 5), entry(0x20_000, 2, 16 + 24 + 16, 6), entry(0x30_000, 1, 64, 7)];
+        let mut liveness = Liveness::new(TYPE_TYPE, 11);
+        let pass = liveness.check(&m, &table);
+        assert_eq!(pass.live[&1], StackLive { allocations: 1, bytes: STR3_SIZE });
+        assert_eq!(pass.live[&2], StackLive { allocations: 1, bytes: 56 });
+        assert_eq!(pass.forget, vec![0x30_000]);
+        assert_eq!(liveness.unverifiable, 1);
+
+        // The str is freed by pymalloc (a free-list pointer over its count), the GC one keeps
+        // its header but its count went to 0.
+        m.set(0x10_000, 0x5555_0000_1000);
+        m.set(0x20_010, 0);
+        let pass = liveness.check(&m, &table[..2]);
+        assert!(pass.live.is_empty());
+        assert_eq!(pass.forget, vec![0x10_000, 0x20_000]);
+        assert_eq!(liveness.dead, 2);
+    }
+
+    #[test]
+    fn a_new_occupant_of_another_type_means_the_sample_died() {
+        let m = memory();
+        block(&m, 0x10_000, &[1, INT_TYPE, 1, 42]);
+        let mut liveness = Liveness::new(TYPE_TYPE, 11);
+        assert_eq!(liveness.check(&m, &[entry(0x10_000, 1, 28, 5)]).live.len(), 1);
+        block(&m, 0x10_000, &[1, TUPLE_TYPE, 0, 0]);
+        let pass = liveness.check(&m, &[entry(0x10_000, 1, 28, 5)]);
+        assert!(pass.live.is_empty());
+        // A new sample at the same address (new timestamp) is judged afresh.
+        block(&m, 0x10_000, &[1, INT_TYPE, 1, 7]);
+        let pass = liveness.check(&m, &[entry(0x10_000, 9, 28, 8)]);
+        assert_eq!(pass.live[&9].allocations, 1);
+    }
+
+    #[test]
+    fn a_same_type_occupant_with_other_contents_means_the_sample_died() {
+        let m = memory();
+        str3(&m, 0x10_000, 1, u64::MAX, 0x0031_3233);
+        let mut liveness = Liveness::new(TYPE_TYPE, 11);
+        let table = [entry(0x10_000, 1, STR3_SIZE, 5)];
+        assert_eq!(liveness.check(&m, &table).live.len(), 1);
+        // Its hash gets computed and its count moves: still the same object.
+        str3(&m, 0x10_000, 4, 0x1234_5678, 0x0031_3233);
+        assert_eq!(liveness.check(&m, &table).live.len(), 1);
+        // Freed and the block reused by another 3-character str.
+        str3(&m, 0x10_000, 1, u64::MAX, 0x0039_3939);
+        assert!(liveness.check(&m, &table).live.is_empty());
+    }
+
+    #[test]
+    fn a_block_already_reused_by_an_object_of_another_size_is_not_sampled() {
+        let m = memory();
+        // Sampled as a 3-character str, found holding a 12-character one (same size class).
+        block(&m, 0x10_000, &[1, STR_TYPE, 12, u64::MAX, ASCII, 0, 0x2d55_4b53, 0x3837_3732]);
+        let mut liveness = Liveness::new(TYPE_TYPE, 11);
+        let pass = liveness.check(&m, &[entry(0x10_000, 1, STR3_SIZE, 5)]);
+        assert!(pass.live.is_empty());
+        assert_eq!(liveness.unverifiable, 1);
+        // 3.12+ str headers are 40 bytes.
+        block(&m, 0x20_000, &[1, STR_TYPE, 3, u64::MAX, ASCII, 0x0031_3233]);
+        let mut liveness = Liveness::new(TYPE_TYPE, 12);
+        assert_eq!(liveness.check(&m, &[entry(0x20_000, 1, 44, 5)]).live.len(), 1);
+    }
+
+    #[test]
+    fn unreadable_or_garbage_memory_is_never_alive() {
+        let m = memory();
+        let mut liveness = Liveness::new(TYPE_TYPE, 11);
+        // Unmapped block, a block too small for a header, a "type" that is not a type.
+        block(&m, 0x40_000, &[1, 0x9999_0000]);
+        m.set(0x9999_0008, 0x1234);
+        let table = [entry(0x50_000, 1, 64, 1), entry(0x40_000, 1, 8, 2), entry(0x40_000, 1, 16, 3)];
+        let pass = liveness.check(&m, &table);
+        assert!(pass.live.is_empty());
+        assert_eq!(pass.forget.len(), 3);
+    }
+
+    #[test]
+    fn metaclass_instances_are_objects_too() {
+        let m = memory();
+        let meta = 0x4000; // a metaclass: its type is `type`
+        let class = 0x5000; // a class whose type is the metaclass, instances of 32 bytes
+        m.set(meta + 8, TYPE_TYPE);
+        m.set(class + 8, meta);
+        m.set(class + TP_BASICSIZE, 32);
+        block(&m, 0x10_000, &[1, class, 0, 0]);
+        let mut liveness = Liveness::new(TYPE_TYPE, 11);
+        assert_eq!(liveness.check(&m, &[entry(0x10_000, 1, 32, 1)]).live[&1].bytes, 32);
+    }
+}

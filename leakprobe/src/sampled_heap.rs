@@ -1,0 +1,104 @@
+//! The per-stack snapshot in sampling mode: allocations sampled in the windows whose objects are
+//! still alive (checked by `liveness` in the target's memory), beside the syscall-level stacks
+//! (mmap, brk), which the always-attached tracepoints follow completely.
+
+use std::collections::{HashMap, HashSet};
+
+use anyhow::{anyhow, Result};
+use aya::maps::{HashMap as BpfHashMap, MapData};
+use leakprobe_common::{names, AllocFunction, CallShape, LiveAllocation, StackCounters};
+
+use crate::{
+    liveness::{Liveness, Pass},
+    loader::Probes,
+    python::memory::ReadMemory,
+    sampler,
+};
+
+pub struct SampledHeap {
+    liveness: Liveness,
+    /// The allocator each stack came from, as the kernel stored it.
+    functions: HashMap<u64, Option<AllocFunction>>,
+    /// Object stacks reported before: reported again (at zero) once their samples are all dead.
+    reported: HashSet<u64>,
+}
+
+/// Blocks from these hold Python objects (the sampling windows hook only them).
+fn holds_objects(function: Option<AllocFunction>) -> bool {
+    matches!(
+        function,
+        Some(AllocFunction::PyObjectMalloc | AllocFunction::PyObjectCalloc | AllocFunction::PyObjectRealloc)
+    )
+}
+
+impl SampledHeap {
+    /// `type_type`: the address of `PyType_Type` in the target; `minor`: its CPython 3.x version.
+    pub fn new(type_type: u64, minor: u32) -> SampledHeap {
+        SampledHeap { liveness: Liveness::new(type_type, minor), functions: HashMap::new(), reported: HashSet::new() }
+    }
+
+    /// The stacks whose series are sampled live objects.
+    pub fn object_stacks(&self) -> HashSet<u64> {
+        self.reported.clone()
+    }
+
+    /// Samples judged dead and samples that held no object, so far.
+    pub fn dead_and_unverifiable(&self) -> (u64, u64) {
+        (self.liveness.dead, self.liveness.unverifiable)
+    }
+
+    /// Checks the samples now: the first look at a sample records which object it holds, so
+    /// it is best taken while the window is still open, before the target runs at full speed and
+    /// frees and reuses blocks (CPython's free lists reuse them without calling the allocator).
+    pub fn look(&mut self, probes: &mut Probes, mem: &impl ReadMemory) -> Result<()> {
+        let counters = sampler::stack_counters(probes)?;
+        self.check(probes, mem, &counters).map(|_| ())
+    }
+
+    /// Per-stack counters: live sampled objects for object stacks, the kernel's counters for
+    /// syscall stacks. Dead and unjudgeable samples are removed from the kernel's table.
+    pub fn snapshot(&mut self, probes: &mut Probes, mem: &impl ReadMemory) -> Result<Vec<(u64, StackCounters)>> {
+        let counters = sampler::stack_counters(probes)?;
+        let pass = self.check(probes, mem, &counters)?;
+        let mut out: Vec<(u64, StackCounters)> = counters
+            .into_iter()
+            .filter(|(id, _)| self.functions[id].is_some_and(|f| f.shape() == CallShape::Syscall))
+            .collect();
+        for (&id, live) in &pass.live {
+            self.reported.insert(id);
+            out.push((
+                id,
+                StackCounters { allocs: live.allocations, frees: 0, alloc_bytes: live.bytes, free_bytes: 0 },
+            ));
+        }
+        out.extend(
+            self.reported.iter().filter(|id| !pass.live.contains_key(id)).map(|&id| (id, StackCounters::default())),
+        );
+        Ok(out)
+    }
+
+    fn check(&mut self, probes: &mut Probes, mem: &impl ReadMemory, counters: &[(u64, StackCounters)]) -> Result<Pass> {
+        for (id, _) in counters {
+            if !self.functions.contains_key(id) {
+                let function = sampler::stack_trace(probes, *id).and_then(|t| AllocFunction::from_u32(t.function));
+                self.functions.insert(*id, function);
+            }
+        }
+        let mut table: BpfHashMap<&mut MapData, u64, LiveAllocation> = BpfHashMap::try_from(
+            probes
+                .ebpf
+                .map_mut(names::LIVE_ALLOCATIONS)
+                .ok_or_else(|| anyhow!("map {} missing", names::LIVE_ALLOCATIONS))?,
+        )?;
+        let sampled: Vec<(u64, LiveAllocation)> = table
+            .iter()
+            .filter_map(|entry| entry.ok())
+            .filter(|(_, a)| holds_objects(self.functions.get(&a.stack_id).copied().flatten()))
+            .collect();
+        let pass = self.liveness.check(mem, &sampled);
+        for address in &pass.forget {
+            let _ = table.remove(address);
+        }
+        Ok(pass)
+    }
+}

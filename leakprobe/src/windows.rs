@@ -1,0 +1,138 @@
+//! Sampling windows: attaches the allocator uprobes while the overhead budget allows it and
+//! detaches them when a window ends, charging every probe hit to the budget. The syscall
+//! tracepoints (cheap) stay attached throughout.
+
+use std::time::{Duration, Instant};
+
+use anyhow::Result;
+
+use crate::{
+    budget::{Budget, BudgetSummary},
+    loader::Probes,
+    probe_cost::{self, ProgramStats},
+    sampler,
+};
+
+/// How often the scheduler looks at the budget.
+pub const TICK: Duration = Duration::from_millis(50);
+
+pub struct Windows {
+    budget: Budget,
+    pid: u32,
+    trap_ns: f64,
+    stats: Option<ProgramStats>,
+    /// Program run time and runs when the recording started (the stats are global counters).
+    stats_start: (u64, u64),
+    opened_at: Option<Instant>,
+    charged_hits: u64,
+}
+
+impl Windows {
+    /// Measures the cost of a hit. With a budget, the uprobes stay detached until a tick opens a
+    /// window; without, they are attached for the whole recording.
+    /// `can_sample`: whether windows have anything to hook (CPython's object allocator); when not,
+    /// a budget keeps the uprobes detached throughout.
+    pub fn start(
+        probes: &mut Probes,
+        pid: u32,
+        max_overhead_percent: f64,
+        window: Duration,
+        can_sample: bool,
+    ) -> Result<Windows> {
+        let stats = ProgramStats::enable();
+        let stats_start = stats.as_ref().map_or((0, 0), |s| s.totals(&probes.ebpf));
+        let mut budget = Budget::new(max_overhead_percent, window, 0.0, cpu_time_ns(pid).unwrap_or(0));
+        let trap_ns = probe_cost::trap_ns(&mut probes.ebpf)?;
+        budget.set_cost_per_hit(trap_ns);
+        if budget.is_unlimited() {
+            probes.attach_uprobes()?;
+        } else {
+            probes.narrow_to_window_functions(can_sample);
+        }
+        let opened_at = probes.uprobes_attached().then(Instant::now);
+        Ok(Windows { budget, pid, trap_ns, stats, stats_start, opened_at, charged_hits: 0 })
+    }
+
+    pub fn is_unlimited(&self) -> bool {
+        self.budget.is_unlimited()
+    }
+
+    /// Closes the open window now, before work that would keep it open past its length (reading
+    /// and naming stacks).
+    pub fn pause(&mut self, probes: &mut Probes) -> Result<()> {
+        if self.budget.is_unlimited() {
+            return Ok(());
+        }
+        if let Some(opened) = self.opened_at.take() {
+            probes.detach_uprobes()?;
+            self.budget.window_closed(opened.elapsed().as_secs_f64());
+        }
+        self.charge(probes)
+    }
+
+    /// Whether a window is open and has run its length (the caller then closes it with `pause`).
+    pub fn due(&self) -> bool {
+        self.opened_at.is_some_and(|opened| opened.elapsed() >= self.budget.window)
+    }
+
+    pub fn is_open(&self) -> bool {
+        self.opened_at.is_some()
+    }
+
+    /// Charges the hits since the last look.
+    pub fn tick(&mut self, probes: &Probes) -> Result<()> {
+        self.charge(probes)
+    }
+
+    /// Opens a window if none is open, the budget allows it, and the last window's probes are
+    /// fully gone (attaching while the kernel still unregisters them stalls for seconds).
+    pub fn open_if_allowed(&mut self, probes: &mut Probes) -> Result<()> {
+        if self.opened_at.is_some() || self.budget.is_unlimited() || !probes.detach_settled() {
+            return Ok(());
+        }
+        self.charge(probes)?;
+        let Some(cpu) = cpu_time_ns(self.pid) else { return Ok(()) };
+        if self.budget.may_open(cpu) {
+            probes.attach_uprobes()?;
+            self.opened_at = Some(Instant::now());
+        }
+        Ok(())
+    }
+
+    fn charge(&mut self, probes: &Probes) -> Result<()> {
+        let hits = sampler::counters(probes)?.into_iter().find(|(n, _)| *n == "probe_hits").map_or(0, |(_, v)| v);
+        let new = hits.saturating_sub(self.charged_hits);
+        self.budget.charge(new);
+        // While a closed window's probes are being unregistered, an entry probe whose program is
+        // already detached still traps (uncounted) until its breakpoint goes; the return hits of
+        // those calls are counted, one per uncounted entry trap.
+        if self.opened_at.is_none() && probes.detaching() {
+            self.budget.charge_inferred(new);
+        }
+        self.charged_hits = self.charged_hits.max(hits);
+        if let Some(stats) = &self.stats {
+            let (time, runs) = stats.totals(&probes.ebpf);
+            let (time0, runs0) = self.stats_start;
+            if runs > runs0 {
+                self.budget.set_cost_per_hit(self.trap_ns + (time - time0) as f64 / (runs - runs0) as f64);
+            }
+        }
+        Ok(())
+    }
+
+    /// Ends the recording's windows and sums them up.
+    pub fn finish(&mut self, probes: &Probes) -> BudgetSummary {
+        let _ = self.charge(probes);
+        if let Some(opened) = self.opened_at.take() {
+            self.budget.window_closed(opened.elapsed().as_secs_f64());
+        }
+        self.budget.summary(cpu_time_ns(self.pid).unwrap_or(0))
+    }
+}
+
+/// The target's CPU time (all threads, user + system), which includes what its probes cost.
+pub fn cpu_time_ns(pid: u32) -> Option<u64> {
+    let stat = procfs::process::Process::new(pid as i32).ok()?.stat().ok()?;
+    let ticks = stat.utime + stat.stime;
+    Some(ticks * 1_000_000_000 / procfs::ticks_per_second())
+}
