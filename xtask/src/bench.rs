@@ -25,19 +25,40 @@ const PORT: u16 = 8799;
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 enum Mode {
     Baseline,
+    /// `leakprobe record` with its default overhead budget.
     LeakprobeRecord,
+    /// `leakprobe record --max-overhead 100`: every allocation, all the time.
+    LeakprobeFull,
     Memray,
     Tracemalloc,
     PySpy,
 }
 
 impl Mode {
-    const ALL: [Mode; 5] = [Mode::Baseline, Mode::LeakprobeRecord, Mode::Memray, Mode::Tracemalloc, Mode::PySpy];
+    const ALL: [Mode; 6] =
+        [Mode::Baseline, Mode::LeakprobeRecord, Mode::LeakprobeFull, Mode::Memray, Mode::Tracemalloc, Mode::PySpy];
+
+    /// Short name for `--modes`.
+    fn key(self) -> &'static str {
+        match self {
+            Mode::Baseline => "baseline",
+            Mode::LeakprobeRecord => "record",
+            Mode::LeakprobeFull => "record-full",
+            Mode::Memray => "memray",
+            Mode::Tracemalloc => "tracemalloc",
+            Mode::PySpy => "py-spy",
+        }
+    }
+
+    fn is_leakprobe(self) -> bool {
+        matches!(self, Mode::LeakprobeRecord | Mode::LeakprobeFull)
+    }
 
     fn name(self) -> &'static str {
         match self {
             Mode::Baseline => "baseline (nothing attached)",
-            Mode::LeakprobeRecord => "leakprobe record (every allocation)",
+            Mode::LeakprobeRecord => "leakprobe record (default budget, --max-overhead 5)",
+            Mode::LeakprobeFull => "leakprobe record --max-overhead 100 (every allocation)",
             Mode::Memray => "memray run",
             Mode::Tracemalloc => "tracemalloc, 1 frame",
             Mode::PySpy => "py-spy record (CPU, reference)",
@@ -55,22 +76,36 @@ struct Sample {
     tool_cpu_share: Option<f64>,
     tool_peak_rss_mb: Option<f64>,
     named_leak_line: Option<bool>,
+    /// When leakprobe would first have flagged the leaking line (seconds into its recording).
+    flagged_after_secs: Option<f64>,
 }
 
 struct Options {
     rounds: usize,
     seconds: u64,
+    modes: Vec<Mode>,
 }
 
 fn parse_options(args: &[String]) -> Result<Options> {
-    let mut options = Options { rounds: 2, seconds: 15 };
+    let mut options = Options { rounds: 2, seconds: 15, modes: Mode::ALL.to_vec() };
     let mut it = args.iter();
     while let Some(arg) = it.next() {
         let value = it.next().with_context(|| format!("{arg} needs a value"))?;
         match arg.as_str() {
             "--rounds" => options.rounds = value.parse()?,
             "--seconds" => options.seconds = value.parse()?,
-            _ => bail!("unknown bench option {arg} (known: --rounds N, --seconds N)"),
+            "--modes" => {
+                options.modes = value
+                    .split(',')
+                    .map(|key| {
+                        Mode::ALL.into_iter().find(|m| m.key() == key).with_context(|| format!("unknown mode {key}"))
+                    })
+                    .collect::<Result<_>>()?;
+                if !options.modes.contains(&Mode::Baseline) {
+                    options.modes.insert(0, Mode::Baseline);
+                }
+            }
+            _ => bail!("unknown bench option {arg} (known: --rounds N, --seconds N, --modes a,b,...)"),
         }
     }
     Ok(options)
@@ -88,7 +123,7 @@ pub fn run(tools: &setup::Tools, leakprobe: &Path, args: &[String]) -> Result<()
 
     let mut samples: Vec<(Mode, Sample)> = Vec::new();
     for round in 1..=options.rounds {
-        for mode in Mode::ALL {
+        for &mode in &options.modes {
             eprintln!("bench: round {round}/{}: {}", options.rounds, mode.name());
             let sample = measure(mode, &python, leakprobe, &out_dir, options.seconds)
                 .with_context(|| format!("measuring {}", mode.name()))?;
@@ -153,10 +188,11 @@ fn measure(mode: Mode, python: &Path, leakprobe: &Path, out_dir: &Path, seconds:
     wrk(2)?; // warm-up: imports, caches, first requests
     let report = out_dir.join("leakprobe.json");
     let tool = match mode {
-        Mode::LeakprobeRecord => Some(
+        Mode::LeakprobeRecord | Mode::LeakprobeFull => Some(
             Command::new(leakprobe)
                 .args(["record", "--pid", &pid, "--interval", "1s", "--format", "json", "--quiet", "--output"])
                 .arg(&report)
+                .args(if mode == Mode::LeakprobeFull { &["--max-overhead", "100"][..] } else { &[] })
                 .args(["--duration", &format!("{}s", seconds + 4)])
                 .spawn()
                 .context("cannot start leakprobe")?,
@@ -180,31 +216,40 @@ fn measure(mode: Mode, python: &Path, leakprobe: &Path, out_dir: &Path, seconds:
     let mut sample = parse_wrk(&output).with_context(|| format!("cannot read wrk's output:\n{output}"))?;
     if let Some(tool) = tool {
         let (cpu, peak_kb) = wait_rusage(tool);
-        if mode == Mode::LeakprobeRecord {
+        if mode.is_leakprobe() {
             sample.tool_cpu_share = Some(cpu / started.elapsed().as_secs_f64());
             sample.tool_peak_rss_mb = Some(peak_kb / 1024.0);
-            sample.named_leak_line = Some(names_the_leak(&report).unwrap_or(false));
+            let flagged_after = flagged_leak_after(&report).unwrap_or(None);
+            sample.named_leak_line = Some(flagged_after.is_some());
+            sample.flagged_after_secs = flagged_after;
         }
     }
     drop(app);
     Ok(sample)
 }
 
-/// Whether a flagged stack's innermost frame in demo/app.py is the leaking line.
-fn names_the_leak(report: &Path) -> Result<bool> {
+/// Whether a flagged stack's innermost frame in demo/app.py is the leaking line, and when the
+/// first such stack would have been flagged.
+fn flagged_leak_after(report: &Path) -> Result<Option<f64>> {
     let app_source = fs::read_to_string(root().join("demo/app.py"))?;
     let leak_line =
         app_source.lines().position(|l| l.contains("# the leak")).map(|i| i as u64 + 1).context("leak marker")?;
     let report: serde_json::Value = serde_json::from_str(&fs::read_to_string(report)?)?;
     let stacks = report["stacks"].as_array().cloned().unwrap_or_default();
-    Ok(stacks.iter().filter(|s| s["flagged"] == true).any(|s| {
+    let at_leak = |s: &&serde_json::Value| {
         s["frames"]
             .as_array()
             .and_then(|frames| {
                 frames.iter().find(|f| f["file"].as_str().is_some_and(|file| file.ends_with("demo/app.py")))
             })
             .is_some_and(|f| f["line"].as_u64() == Some(leak_line))
-    }))
+    };
+    Ok(stacks
+        .iter()
+        .filter(|s| s["flagged"] == true)
+        .filter(at_leak)
+        .map(|s| s["flagged_after_secs"].as_f64().unwrap_or(f64::NAN))
+        .reduce(f64::min))
 }
 
 /// Requests/sec and the 50th/99th latency percentiles from `wrk --latency`.
@@ -249,10 +294,10 @@ fn summarize(samples: &[(Mode, Sample)], options: &Options) -> (String, serde_js
     let base_rps = mean(of(Mode::Baseline).map(|s| s.requests_per_sec));
     let base_p99 = mean(of(Mode::Baseline).map(|s| s.p99_ms));
     let mut md = format!(
-        "| mode | req/s (per round) | throughput vs baseline | p50 ms | p99 ms | p99 vs baseline | tool CPU (share of a core) | tool peak RSS | named the leaking line |\n|---|---|---|---|---|---|---|---|---|\n"
+        "| mode | req/s (per round) | throughput vs baseline | p50 ms | p99 ms | p99 vs baseline | tool CPU (share of a core) | tool peak RSS | named the leaking line | flagged after |\n|---|---|---|---|---|---|---|---|---|---|\n"
     );
     let mut rows = Vec::new();
-    for mode in Mode::ALL {
+    for &mode in &options.modes {
         let runs: Vec<&Sample> = of(mode).collect();
         let rps = mean(runs.iter().map(|s| s.requests_per_sec));
         let p50 = mean(runs.iter().map(|s| s.p50_ms));
@@ -261,8 +306,9 @@ fn summarize(samples: &[(Mode, Sample)], options: &Options) -> (String, serde_js
         let cpu = runs.iter().filter_map(|s| s.tool_cpu_share).reduce(f64::max);
         let rss = runs.iter().filter_map(|s| s.tool_peak_rss_mb).reduce(f64::max);
         let named: Vec<bool> = runs.iter().filter_map(|s| s.named_leak_line).collect();
+        let flagged_after: Vec<f64> = runs.iter().filter_map(|s| s.flagged_after_secs).collect();
         md.push_str(&format!(
-            "| {} | {} | {:.1}% | {:.2} | {:.2} | {:.2}x | {} | {} | {} |\n",
+            "| {} | {} | {:.1}% | {:.2} | {:.2} | {:.2}x | {} | {} | {} | {} |\n",
             mode.name(),
             per_round.join(", "),
             100.0 * rps / base_rps,
@@ -276,6 +322,11 @@ fn summarize(samples: &[(Mode, Sample)], options: &Options) -> (String, serde_js
             } else {
                 format!("{}/{}", named.iter().filter(|n| **n).count(), named.len())
             },
+            if flagged_after.is_empty() {
+                "-".into()
+            } else {
+                flagged_after.iter().map(|t| format!("{t:.0} s")).collect::<Vec<_>>().join(", ")
+            },
         ));
         rows.push(json!({
             "mode": mode.name(),
@@ -287,6 +338,7 @@ fn summarize(samples: &[(Mode, Sample)], options: &Options) -> (String, serde_js
             "tool_cpu_share": cpu,
             "tool_peak_rss_mb": rss,
             "named_leak_line": named,
+            "flagged_after_secs": flagged_after,
         }));
     }
     md.push_str(&format!(
