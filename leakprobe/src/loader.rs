@@ -56,7 +56,8 @@ pub struct Probes {
     pub mounted_tracefs: bool,
     pid: NonZeroU32,
     plan: Vec<Attachment>,
-    links: Vec<(&'static str, UProbeLinkId)>,
+    /// Attached links: program, cookie (the function), link.
+    links: Vec<(&'static str, u64, UProbeLinkId)>,
     /// Threads closing detached links (see `detach_uprobes`).
     detaching: Vec<std::thread::JoinHandle<()>>,
 }
@@ -84,12 +85,20 @@ fn entry_program(shape: CallShape) -> Option<&'static str> {
     })
 }
 
-/// The functions sampling windows hook, hottest first: CPython's object allocator, whose blocks
-/// hold objects that `liveness` can later judge by reading them. Frees are not hooked (liveness
-/// replaces them), and each extra link would cost ~130 ms of serialized unregistering at the end
-/// of every window (see `detach_uprobes`).
-const WINDOW_FUNCTIONS: &[AllocFunction] =
-    &[AllocFunction::PyObjectMalloc, AllocFunction::PyObjectRealloc, AllocFunction::PyObjectCalloc];
+/// The functions sampling windows hook, hottest first: CPython's object allocator, and libc's
+/// for objects over 512 bytes (which `PyObject_Malloc` hands to malloc, and which LTO builds such
+/// as Debian's and the official Docker images' allocate through malloc directly, the object
+/// allocator being inlined). `liveness` judges the objects in their blocks later; blocks that hold
+/// none are dropped. Frees are not hooked, and each extra link costs ~130 ms of serialized
+/// unregistering at the end of every window (see `detach_uprobes`).
+const WINDOW_FUNCTIONS: &[AllocFunction] = &[
+    AllocFunction::PyObjectMalloc,
+    AllocFunction::Malloc,
+    AllocFunction::PyObjectRealloc,
+    AllocFunction::Realloc,
+    AllocFunction::PyObjectCalloc,
+    AllocFunction::Calloc,
+];
 
 /// Position in `WINDOW_FUNCTIONS` (hotter first); every other function after them.
 fn heat_rank(cookie: u64) -> usize {
@@ -194,7 +203,7 @@ impl Probes {
             let point =
                 UProbeAttachPoint { location: UProbeAttachLocation::AbsoluteOffset(a.offset), cookie: Some(a.cookie) };
             match uprobe(&mut self.ebpf, a.program)?.attach(point, &a.path, scope) {
-                Ok(link) => self.links.push((a.program, link)),
+                Ok(link) => self.links.push((a.program, a.cookie, link)),
                 Err(e) => {
                     failure = Some(anyhow!(e).context(format!("cannot attach to {}", a.what)));
                     break;
@@ -222,18 +231,16 @@ impl Probes {
         Ok(())
     }
 
-    /// Detaches every allocator uprobe; the syscall tracepoints stay. The kernel removes a
-    /// uprobe's breakpoints at once but then waits for a grace period (~160 ms here) before the
-    /// close returns, so the links are closed on threads of their own, all at once: the probes
-    /// stop firing now and the waits overlap instead of adding up (5.6 s for 35 links, in series).
+    /// Detaches every allocator uprobe; the syscall tracepoints stay. The kernel unregisters
+    /// uprobes one at a time, each waiting for a grace period (~130 ms here, 5.6 s for 40 links),
+    /// and a function's breakpoint keeps trapping until its last link is gone. So the links are
+    /// released on a background thread, function by function, hottest first, each function's
+    /// entry before its return (a call whose entry was seen still has its return seen).
     pub fn detach_uprobes(&mut self) -> Result<()> {
-        // Entries go first (hottest first), returns last, so that every call whose entry was
-        // seen still has its return seen.
         let mut attached = std::mem::take(&mut self.links);
-        let returns_at = attached.iter().position(|(program, _)| *program != "alloc_return").unwrap_or(0);
-        attached.rotate_left(returns_at);
+        attached.sort_by_key(|(program, cookie, _)| (heat_rank(*cookie), *program == "alloc_return"));
         let mut links = Vec::new();
-        for (program, link) in attached {
+        for (program, _, link) in attached {
             links.push(uprobe(&mut self.ebpf, program)?.take_link(link)?);
         }
         let closing = std::thread::Builder::new()

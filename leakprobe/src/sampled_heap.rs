@@ -23,12 +23,11 @@ pub struct SampledHeap {
     reported: HashSet<u64>,
 }
 
-/// Blocks from these hold Python objects (the sampling windows hook only them).
+/// Blocks from these may hold Python objects (the sampling windows hook only them); the ones
+/// that hold none are found out and dropped by `liveness`.
 fn holds_objects(function: Option<AllocFunction>) -> bool {
-    matches!(
-        function,
-        Some(AllocFunction::PyObjectMalloc | AllocFunction::PyObjectCalloc | AllocFunction::PyObjectRealloc)
-    )
+    use AllocFunction::*;
+    matches!(function, Some(PyObjectMalloc | PyObjectCalloc | PyObjectRealloc | Malloc | Calloc | Realloc))
 }
 
 impl SampledHeap {

@@ -147,6 +147,20 @@ fn fastapi_sampled_within_a_budget_on_cpython_3_12() {
     }
 }
 
+/// Debian's static LTO+PGO build (as production images are built): its object allocator is
+/// inlined, so the windows catch these objects at malloc.
+#[test]
+fn fastapi_sampled_within_a_budget_on_debians_lto_python() {
+    match versioned_path("LEAKPROBE_EXTRA_PYTHONS", "debian-3.11") {
+        Some(python) => {
+            let mut command = Command::new(python);
+            command.arg(fixture("fastapi_app.py"));
+            check_fastapi_app(command, 18723, Mode::Sampled);
+        }
+        None => eprintln!("SKIPPED: no Debian CPython 3.11 on this machine"),
+    }
+}
+
 fn check_version(version: &str, port: u16) {
     match versioned_path("LEAKPROBE_EXTRA_PYTHONS", version) {
         Some(python) => check_fastapi(&python, port),
