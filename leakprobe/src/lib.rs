@@ -24,4 +24,5 @@ pub mod target;
 pub mod tracefs;
 pub mod trend;
 pub mod verdict;
+pub mod watch;
 pub mod windows;

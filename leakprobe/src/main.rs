@@ -8,6 +8,7 @@ use leakprobe::{
     record::{self, RecordOptions},
     report,
     stack_names::StackView,
+    watch::{self, WatchOptions},
 };
 
 #[derive(Parser)]
@@ -21,6 +22,31 @@ struct Cli {
 enum Commands {
     /// Record allocations of a live process (or of a command it launches) and report leaks.
     Record(RecordArgs),
+    /// Watch a live process continuously at almost no cost: memory growth, verdict, which memory
+    /// grows and through which Python lines (memory syscalls only, no allocator probes).
+    Watch(WatchArgs),
+}
+
+#[derive(clap::Args)]
+struct WatchArgs {
+    /// PID of the process to watch.
+    #[arg(long, short)]
+    pid: u32,
+    /// How often to refresh.
+    #[arg(long, short, default_value = "5s", value_parser = humantime::parse_duration)]
+    interval: Duration,
+    /// Stop after this long (until Ctrl-C or the target's exit when not given).
+    #[arg(long, short, value_parser = humantime::parse_duration)]
+    duration: Option<Duration>,
+    /// Samples in the sliding window growth rates are measured over.
+    #[arg(long, default_value_t = 12)]
+    rate_window: usize,
+    /// One JSON object per interval on stdout, for scripts.
+    #[arg(long)]
+    json: bool,
+    /// Growth attributions shown per interval.
+    #[arg(long, default_value_t = 5)]
+    top: usize,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -93,6 +119,7 @@ fn main() -> ExitCode {
     };
     let result = match cli.command {
         Commands::Record(args) => runtime.block_on(run_record(args)),
+        Commands::Watch(args) => runtime.block_on(run_watch(args)),
     };
     match result {
         Ok(code) => code,
@@ -102,6 +129,22 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+async fn run_watch(args: WatchArgs) -> anyhow::Result<ExitCode> {
+    if args.interval < Duration::from_millis(100) {
+        anyhow::bail!("--interval must be at least 100ms");
+    }
+    watch::watch(WatchOptions {
+        pid: args.pid,
+        interval: args.interval,
+        duration: args.duration,
+        rate_window: args.rate_window,
+        json: args.json,
+        top: args.top,
+    })
+    .await?;
+    Ok(ExitCode::SUCCESS)
 }
 
 async fn run_record(args: RecordArgs) -> anyhow::Result<ExitCode> {

@@ -29,14 +29,23 @@ enum Mode {
     LeakprobeRecord,
     /// `leakprobe record --max-overhead 100`: every allocation, all the time.
     LeakprobeFull,
+    /// `leakprobe watch`: memory syscalls only, continuous.
+    LeakprobeWatch,
     Memray,
     Tracemalloc,
     PySpy,
 }
 
 impl Mode {
-    const ALL: [Mode; 6] =
-        [Mode::Baseline, Mode::LeakprobeRecord, Mode::LeakprobeFull, Mode::Memray, Mode::Tracemalloc, Mode::PySpy];
+    const ALL: [Mode; 7] = [
+        Mode::Baseline,
+        Mode::LeakprobeRecord,
+        Mode::LeakprobeWatch,
+        Mode::LeakprobeFull,
+        Mode::Memray,
+        Mode::Tracemalloc,
+        Mode::PySpy,
+    ];
 
     /// Short name for `--modes`.
     fn key(self) -> &'static str {
@@ -44,6 +53,7 @@ impl Mode {
             Mode::Baseline => "baseline",
             Mode::LeakprobeRecord => "record",
             Mode::LeakprobeFull => "record-full",
+            Mode::LeakprobeWatch => "watch",
             Mode::Memray => "memray",
             Mode::Tracemalloc => "tracemalloc",
             Mode::PySpy => "py-spy",
@@ -51,7 +61,7 @@ impl Mode {
     }
 
     fn is_leakprobe(self) -> bool {
-        matches!(self, Mode::LeakprobeRecord | Mode::LeakprobeFull)
+        matches!(self, Mode::LeakprobeRecord | Mode::LeakprobeFull | Mode::LeakprobeWatch)
     }
 
     fn name(self) -> &'static str {
@@ -59,6 +69,7 @@ impl Mode {
             Mode::Baseline => "baseline (nothing attached)",
             Mode::LeakprobeRecord => "leakprobe record (default budget, --max-overhead 5)",
             Mode::LeakprobeFull => "leakprobe record --max-overhead 100 (every allocation)",
+            Mode::LeakprobeWatch => "leakprobe watch (memory syscalls only; detects the leak, no line)",
             Mode::Memray => "memray run",
             Mode::Tracemalloc => "tracemalloc, 1 frame",
             Mode::PySpy => "py-spy record (CPU, reference)",
@@ -197,6 +208,14 @@ fn measure(mode: Mode, python: &Path, leakprobe: &Path, out_dir: &Path, seconds:
                 .spawn()
                 .context("cannot start leakprobe")?,
         ),
+        Mode::LeakprobeWatch => Some(
+            Command::new(leakprobe)
+                .args(["watch", "--pid", &pid, "--interval", "2s", "--json", "--duration"])
+                .arg(format!("{}s", seconds + 4))
+                .stdout(fs::File::create(&report)?)
+                .spawn()
+                .context("cannot start leakprobe watch")?,
+        ),
         Mode::PySpy => Some(
             Command::new(python.with_file_name("py-spy"))
                 .args(["record", "--pid", &pid, "--duration", &(seconds + 4).to_string(), "-o"])
@@ -219,13 +238,31 @@ fn measure(mode: Mode, python: &Path, leakprobe: &Path, out_dir: &Path, seconds:
         if mode.is_leakprobe() {
             sample.tool_cpu_share = Some(cpu / started.elapsed().as_secs_f64());
             sample.tool_peak_rss_mb = Some(peak_kb / 1024.0);
-            let flagged_after = flagged_leak_after(&report).unwrap_or(None);
+            let flagged_after = if mode == Mode::LeakprobeWatch {
+                watch_detected_after(&report).unwrap_or(None)
+            } else {
+                flagged_leak_after(&report).unwrap_or(None)
+            };
             sample.named_leak_line = Some(flagged_after.is_some());
             sample.flagged_after_secs = flagged_after;
         }
     }
     drop(app);
     Ok(sample)
+}
+
+/// `leakprobe watch --json` output: when its verdict first said leak (and kept saying it).
+fn watch_detected_after(snapshots: &Path) -> Result<Option<f64>> {
+    let mut detected = None;
+    for line in fs::read_to_string(snapshots)?.lines() {
+        let snapshot: serde_json::Value = serde_json::from_str(line)?;
+        match (snapshot["verdict"] == "leak", detected) {
+            (true, None) => detected = snapshot["t_secs"].as_f64(),
+            (false, _) => detected = None,
+            _ => {}
+        }
+    }
+    Ok(detected)
 }
 
 /// Whether a flagged stack's innermost frame in demo/app.py is the leaking line, and when the

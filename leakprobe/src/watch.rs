@@ -1,0 +1,309 @@
+//! `leakprobe watch`: the continuous, nearly free mode. No allocator uprobe is ever attached: only
+//! the memory-syscall tracepoints (mmap, munmap, mremap, brk — with the Python stack of whoever
+//! made the call) and the process's memory from /proc. Each interval it says how fast the process
+//! grows, whether that is a leak, which kind of memory grows (pymalloc arenas, the native heap,
+//! other mappings) and which Python lines the growth comes through: coarse (whoever allocates when
+//! the heap must grow is blamed, see docs/overhead.md), but cheap enough to leave running.
+
+use std::{
+    collections::HashMap,
+    time::{Duration, Instant},
+};
+
+use anyhow::{bail, Context as _, Result};
+use leakprobe_common::AllocFunction;
+use serde::Serialize;
+use tokio::signal::unix::{signal, SignalKind};
+
+use crate::{
+    aggregate::Recording,
+    cgroup, loader, process_memory,
+    python::{self, resolver::PythonResolver},
+    report::{human_bytes, human_duration},
+    sampler,
+    stack_names::{StackNamer, StackView},
+    symbolize::{FrameKind, NativeSymbolizer},
+    target::{self, Target},
+    trend::trend,
+    verdict::{classify, VerdictConfig, VerdictKind},
+};
+
+pub struct WatchOptions {
+    pub pid: u32,
+    pub interval: Duration,
+    pub duration: Option<Duration>,
+    /// Samples in the sliding window the growth rate is measured over.
+    pub rate_window: usize,
+    pub json: bool,
+    /// Attributions listed per interval.
+    pub top: usize,
+}
+
+/// Which memory a syscall-level stack's mappings are.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum MemoryKind {
+    /// 1 MiB (256 KiB before 3.10) anonymous mappings: pymalloc's arenas.
+    PymallocArenas,
+    /// The brk heap: glibc's main arena.
+    NativeHeap,
+    /// Every other mapping: large malloc chunks, thread heaps, files, extension modules.
+    OtherMmaps,
+}
+
+/// Classifies a stack by its syscall and the average size of its mappings.
+pub fn memory_kind(function: AllocFunction, allocations: u64, bytes: u64) -> MemoryKind {
+    match function {
+        AllocFunction::Brk => MemoryKind::NativeHeap,
+        _ if allocations > 0 && matches!(bytes / allocations, 0x10_0000 | 0x4_0000) && bytes % allocations == 0 => {
+            MemoryKind::PymallocArenas
+        }
+        _ => MemoryKind::OtherMmaps,
+    }
+}
+
+#[derive(Debug, Serialize)]
+pub struct Attribution {
+    pub growth_bytes_per_sec: f64,
+    pub live_bytes: u64,
+    pub kind: MemoryKind,
+    /// Innermost Python frame (`function file:line`), else the first native frame.
+    pub site: String,
+}
+
+/// One interval's view (`--json` prints it as one line).
+#[derive(Debug, Serialize)]
+pub struct Snapshot {
+    pub t_secs: f64,
+    pub rss_bytes: u64,
+    pub anon_bytes: u64,
+    pub file_bytes: u64,
+    pub swap_bytes: u64,
+    /// RSS growth over the sliding window (Theil–Sen).
+    pub growth_bytes_per_sec: f64,
+    pub verdict: VerdictKind,
+    pub reason: String,
+    pub time_to_limit_seconds: Option<f64>,
+    /// Live bytes per kind of memory, and their growth over the sliding window.
+    pub memory: HashMap<MemoryKind, u64>,
+    pub growth_by_kind: HashMap<MemoryKind, f64>,
+    pub top: Vec<Attribution>,
+}
+
+pub async fn watch(opts: WatchOptions) -> Result<()> {
+    target::check_privileges()?;
+    if opts.rate_window < 3 {
+        bail!("the rate window needs at least 3 samples");
+    }
+    let target = Target::inspect(opts.pid)?;
+    let python = python::runtime::detect(&target).unwrap_or_else(|why| {
+        eprintln!("leakprobe: warning: {why}; native stacks only");
+        None
+    });
+    // The loader attaches the syscall tracepoints; allocator uprobes are never attached here.
+    let mut probes = loader::attach(&target, loader::TableSizes::default(), python.as_ref())?;
+    let mut namer =
+        StackNamer::new(NativeSymbolizer::new(opts.pid)?, python.clone().map(PythonResolver::new), StackView::Merged);
+    let limit = cgroup::memory_limit(opts.pid).ok().flatten();
+    if !opts.json {
+        eprintln!(
+            "leakprobe: watching PID {} ({}) every {}; memory syscalls only, no allocator probes; Ctrl-C to stop",
+            opts.pid,
+            target.exe,
+            humantime::format_duration(opts.interval)
+        );
+    }
+    let mut interrupt = signal(SignalKind::interrupt()).context("cannot handle SIGINT")?;
+    let mut terminate = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
+    let mut ticker = tokio::time::interval(opts.interval);
+    let mut threads = tokio::time::interval(Duration::from_millis(500));
+    let start = Instant::now();
+    let mut recording = Recording::default();
+    let mut functions: HashMap<u64, Option<AllocFunction>> = HashMap::new();
+    // A stack's site never changes: named once.
+    let mut sites: HashMap<u64, String> = HashMap::new();
+    loop {
+        tokio::select! {
+            _ = ticker.tick() => {}
+            _ = threads.tick() => {
+                if let Some(python) = &python {
+                    probes.set_thread_states(&python.thread_states())?;
+                }
+                continue;
+            }
+            _ = interrupt.recv() => break,
+            _ = terminate.recv() => break,
+        }
+        let Some(memory) = process_memory::read(opts.pid) else { break };
+        let counters = sampler::stack_counters(&probes)?;
+        for (id, _) in &counters {
+            functions.entry(*id).or_insert_with(|| {
+                sampler::stack_trace(&probes, *id).and_then(|t| AllocFunction::from_u32(t.function))
+            });
+        }
+        recording.push(start.elapsed().as_secs_f64(), Some(memory), &counters, sampler::counters(&probes)?);
+        let snapshot = snapshot(&recording, &functions, &opts, limit.as_ref(), |id| {
+            sites.entry(id).or_insert_with(|| site(&namer.resolve(&probes, |_| None, id).frames)).clone()
+        });
+        if opts.json {
+            println!("{}", serde_json::to_string(&snapshot)?);
+        } else {
+            print!("{}", render(&snapshot));
+        }
+        if opts.duration.is_some_and(|d| start.elapsed() >= d) {
+            break;
+        }
+    }
+    Ok(())
+}
+
+fn snapshot(
+    rec: &Recording,
+    functions: &HashMap<u64, Option<AllocFunction>>,
+    opts: &WatchOptions,
+    limit: Option<&cgroup::MemoryLimit>,
+    mut name: impl FnMut(u64) -> String,
+) -> Snapshot {
+    let n = rec.times.len();
+    let from = n.saturating_sub(opts.rate_window);
+    let times = &rec.times[from..];
+    let slope = |series: &[f64]| trend(times, &series[from..]).map_or(0.0, |t| t.slope);
+    let (rss_t, rss_y) = rec.rss_series();
+    let verdict = classify(&rss_t, &rss_y, &VerdictConfig::default());
+    let memory = rec.memory.last().copied().flatten().unwrap_or_default();
+    let growth = slope(&rss_y);
+    let time_to_limit_seconds = limit
+        .filter(|_| verdict.kind == VerdictKind::Leak && growth > 0.0)
+        .map(|l| l.limit_bytes.saturating_sub(l.usage_bytes.unwrap_or(memory.rss_bytes)) as f64 / growth);
+
+    let mut by_kind: HashMap<MemoryKind, u64> = HashMap::new();
+    let mut growth_by_kind: HashMap<MemoryKind, f64> = HashMap::new();
+    let mut growing = Vec::new();
+    for (&id, series) in &rec.stacks {
+        let Some(function) = functions.get(&id).copied().flatten() else { continue };
+        let kind = memory_kind(function, series.latest.allocs, series.latest.alloc_bytes);
+        let rate = if series.live_bytes.len() == n { slope(&series.live_bytes) } else { 0.0 };
+        *by_kind.entry(kind).or_default() += series.live_bytes_now();
+        *growth_by_kind.entry(kind).or_default() += rate;
+        if rate > 0.0 {
+            growing.push((id, rate, series.live_bytes_now(), kind));
+        }
+    }
+    growing.sort_by(|a, b| b.1.total_cmp(&a.1));
+    let top = growing
+        .into_iter()
+        .take(opts.top)
+        .map(|(id, rate, live_bytes, kind)| Attribution {
+            growth_bytes_per_sec: rate,
+            live_bytes,
+            kind,
+            site: name(id),
+        })
+        .collect();
+    Snapshot {
+        t_secs: rec.times.last().copied().unwrap_or(0.0),
+        rss_bytes: memory.rss_bytes,
+        anon_bytes: memory.anon_bytes,
+        file_bytes: memory.file_bytes,
+        swap_bytes: memory.swap_bytes,
+        growth_bytes_per_sec: growth,
+        verdict: verdict.kind,
+        reason: verdict.reason,
+        time_to_limit_seconds,
+        memory: by_kind,
+        growth_by_kind,
+        top,
+    }
+}
+
+/// `function file:line` of the innermost Python frame, else the first native frame below the
+/// syscall.
+fn site(frames: &[crate::symbolize::Frame]) -> String {
+    let frame = frames.iter().find(|f| f.kind == FrameKind::Python).or_else(|| frames.get(1)).or(frames.first());
+    match frame {
+        Some(f) => match (&f.file, f.line) {
+            (Some(file), Some(line)) => format!("{} {file}:{line}", f.function),
+            _ => f.function.clone(),
+        },
+        None => "?".into(),
+    }
+}
+
+fn kind_name(kind: MemoryKind) -> &'static str {
+    match kind {
+        MemoryKind::PymallocArenas => "pymalloc arenas",
+        MemoryKind::NativeHeap => "native heap (brk)",
+        MemoryKind::OtherMmaps => "other mmaps",
+    }
+}
+
+fn render(s: &Snapshot) -> String {
+    let rate = |r: f64| format!("{}{}/s", if r < 0.0 { "-" } else { "+" }, human_bytes(r.abs()));
+    let limit = s.time_to_limit_seconds.map(|t| format!("; limit in ~{}", human_duration(t))).unwrap_or_default();
+    let mut out = format!(
+        "t={:>6.0}s  RSS {} (anon {}, file {}, swap {})  {}  {}{limit}\n",
+        s.t_secs,
+        human_bytes(s.rss_bytes as f64),
+        human_bytes(s.anon_bytes as f64),
+        human_bytes(s.file_bytes as f64),
+        human_bytes(s.swap_bytes as f64),
+        rate(s.growth_bytes_per_sec),
+        s.verdict.as_str().to_uppercase(),
+    );
+    let mut kinds: Vec<_> = s.memory.iter().collect();
+    kinds.sort_by_key(|(k, _)| kind_name(**k));
+    let kinds: Vec<String> = kinds
+        .iter()
+        .map(|(k, bytes)| {
+            let growth = s.growth_by_kind.get(k).copied().unwrap_or(0.0);
+            format!("{} {} ({})", kind_name(**k), human_bytes(**bytes as f64), rate(growth))
+        })
+        .collect();
+    out.push_str(&format!("         mapped by the process: {}\n", kinds.join(", ")));
+    for a in &s.top {
+        out.push_str(&format!("         {:>12}  {}  [{}]\n", rate(a.growth_bytes_per_sec), a.site, kind_name(a.kind)));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn memory_kinds_from_syscall_and_mapping_size() {
+        assert_eq!(memory_kind(AllocFunction::Brk, 3, 12_288), MemoryKind::NativeHeap);
+        assert_eq!(memory_kind(AllocFunction::Mmap, 4, 4 << 20), MemoryKind::PymallocArenas);
+        assert_eq!(memory_kind(AllocFunction::Mmap, 2, 512 << 10), MemoryKind::PymallocArenas);
+        assert_eq!(memory_kind(AllocFunction::Mmap, 3, (4 << 20) + 4096), MemoryKind::OtherMmaps);
+        assert_eq!(memory_kind(AllocFunction::Mmap, 1, 64 << 20), MemoryKind::OtherMmaps);
+        assert_eq!(memory_kind(AllocFunction::Mmap, 0, 0), MemoryKind::OtherMmaps);
+    }
+
+    #[test]
+    fn snapshot_attributes_growth_and_names_the_kind() {
+        let mut rec = Recording::default();
+        let memory = |rss: u64| Some(crate::process_memory::ProcessMemory { rss_bytes: rss, ..Default::default() });
+        let arena =
+            |n: u64| leakprobe_common::StackCounters { allocs: n, frees: 0, alloc_bytes: n << 20, free_bytes: 0 };
+        for i in 0..10u64 {
+            rec.push(i as f64, memory((100 << 20) + (i << 20)), &[(7, arena(i + 1))], vec![]);
+        }
+        let functions = HashMap::from([(7, Some(AllocFunction::Mmap))]);
+        let opts = WatchOptions {
+            pid: 1,
+            interval: Duration::from_secs(1),
+            duration: None,
+            rate_window: 5,
+            json: true,
+            top: 3,
+        };
+        let s = snapshot(&rec, &functions, &opts, None, |id| format!("stack {id}"));
+        assert_eq!(s.verdict, VerdictKind::Leak);
+        assert!((s.growth_bytes_per_sec - (1 << 20) as f64).abs() < 1.0);
+        assert_eq!(s.memory[&MemoryKind::PymallocArenas], 10 << 20);
+        assert_eq!(s.top.len(), 1);
+        assert_eq!(s.top[0].site, "stack 7");
+        assert!(render(&s).contains("pymalloc arenas"));
+    }
+}
