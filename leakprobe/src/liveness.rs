@@ -85,14 +85,22 @@ impl Liveness {
     }
 
     /// Checks every sampled allocation in `table` (the kernel's live table, already restricted to
-    /// blocks from the object allocator).
-    pub fn check(&mut self, mem: &impl ReadMemory, table: &[(u64, LiveAllocation)]) -> Pass {
+    /// blocks from the object allocator). `first_looks`: whether samples never seen before may be
+    /// identified now. Only while the probes are attached (the target slowed) is the object in a
+    /// new sample still the one allocated; a sample first seen later may already hold another
+    /// object of the same size that reused its freed block, and is dropped.
+    pub fn check(&mut self, mem: &impl ReadMemory, table: &[(u64, LiveAllocation)], first_looks: bool) -> Pass {
         let mut pass = Pass::default();
         let mut seen = HashMap::with_capacity(table.len());
         for &(address, allocation) in table {
             let known = self.sampled.get(&address).filter(|s| s.timestamp_ns == allocation.timestamp_ns).copied();
             let verdict = match known {
                 Some(sample) => self.still_alive(mem, address, sample.size, sample.object).then_some(sample),
+                None if !first_looks => {
+                    self.unverifiable += 1;
+                    pass.forget.push(address);
+                    continue;
+                }
                 None => match self.find_object(mem, address, allocation.size) {
                     Some(object) => Some(Sampled {
                         timestamp_ns: allocation.timestamp_ns,
@@ -365,7 +373,7 @@ mod tests {
         block(&m, 0x30_000, &[0xdead_beef_0000_0000, 7, 9, 11, 13, 15]); // a buffer: no object
         let table = [entry(0x10_000, 1, STR3_SIZE, 5), entry(0x20_000, 2, 16 + 24 + 16, 6), entry(0x30_000, 1, 64, 7)];
         let mut liveness = Liveness::new(TYPE_TYPE, 11);
-        let pass = liveness.check(&m, &table);
+        let pass = liveness.check(&m, &table, true);
         assert_eq!(pass.live[&1], StackLive { allocations: 1, bytes: STR3_SIZE });
         assert_eq!(pass.live[&2], StackLive { allocations: 1, bytes: 56 });
         assert_eq!(pass.forget, vec![0x30_000]);
@@ -375,7 +383,7 @@ mod tests {
         // its header but its count went to 0.
         m.set(0x10_000, 0x5555_0000_1000);
         m.set(0x20_010, 0);
-        let pass = liveness.check(&m, &table[..2]);
+        let pass = liveness.check(&m, &table[..2], true);
         assert!(pass.live.is_empty());
         assert_eq!(pass.forget, vec![0x10_000, 0x20_000]);
         assert_eq!(liveness.dead, 2);
@@ -386,13 +394,13 @@ mod tests {
         let m = memory();
         block(&m, 0x10_000, &[1, INT_TYPE, 1, 42]);
         let mut liveness = Liveness::new(TYPE_TYPE, 11);
-        assert_eq!(liveness.check(&m, &[entry(0x10_000, 1, 28, 5)]).live.len(), 1);
+        assert_eq!(liveness.check(&m, &[entry(0x10_000, 1, 28, 5)], true).live.len(), 1);
         block(&m, 0x10_000, &[1, TUPLE_TYPE, 0, 0]);
-        let pass = liveness.check(&m, &[entry(0x10_000, 1, 28, 5)]);
+        let pass = liveness.check(&m, &[entry(0x10_000, 1, 28, 5)], true);
         assert!(pass.live.is_empty());
         // A new sample at the same address (new timestamp) is judged afresh.
         block(&m, 0x10_000, &[1, INT_TYPE, 1, 7]);
-        let pass = liveness.check(&m, &[entry(0x10_000, 9, 28, 8)]);
+        let pass = liveness.check(&m, &[entry(0x10_000, 9, 28, 8)], true);
         assert_eq!(pass.live[&9].allocations, 1);
     }
 
@@ -402,13 +410,13 @@ mod tests {
         str3(&m, 0x10_000, 1, u64::MAX, 0x0031_3233);
         let mut liveness = Liveness::new(TYPE_TYPE, 11);
         let table = [entry(0x10_000, 1, STR3_SIZE, 5)];
-        assert_eq!(liveness.check(&m, &table).live.len(), 1);
+        assert_eq!(liveness.check(&m, &table, true).live.len(), 1);
         // Its hash gets computed and its count moves: still the same object.
         str3(&m, 0x10_000, 4, 0x1234_5678, 0x0031_3233);
-        assert_eq!(liveness.check(&m, &table).live.len(), 1);
+        assert_eq!(liveness.check(&m, &table, true).live.len(), 1);
         // Freed and the block reused by another 3-character str.
         str3(&m, 0x10_000, 1, u64::MAX, 0x0039_3939);
-        assert!(liveness.check(&m, &table).live.is_empty());
+        assert!(liveness.check(&m, &table, true).live.is_empty());
     }
 
     #[test]
@@ -417,13 +425,23 @@ mod tests {
         // Sampled as a 3-character str, found holding a 12-character one (same size class).
         block(&m, 0x10_000, &[1, STR_TYPE, 12, u64::MAX, ASCII, 0, 0x2d55_4b53, 0x3837_3732]);
         let mut liveness = Liveness::new(TYPE_TYPE, 11);
-        let pass = liveness.check(&m, &[entry(0x10_000, 1, STR3_SIZE, 5)]);
+        let pass = liveness.check(&m, &[entry(0x10_000, 1, STR3_SIZE, 5)], true);
         assert!(pass.live.is_empty());
         assert_eq!(liveness.unverifiable, 1);
         // 3.12+ str headers are 40 bytes.
         block(&m, 0x20_000, &[1, STR_TYPE, 3, u64::MAX, ASCII, 0x0031_3233]);
         let mut liveness = Liveness::new(TYPE_TYPE, 12);
-        assert_eq!(liveness.check(&m, &[entry(0x20_000, 1, 44, 5)]).live.len(), 1);
+        assert_eq!(liveness.check(&m, &[entry(0x20_000, 1, 44, 5)], true).live.len(), 1);
+    }
+
+    #[test]
+    fn a_sample_first_seen_after_the_window_is_not_trusted() {
+        let m = memory();
+        str3(&m, 0x10_000, 1, u64::MAX, 0x0031_3233);
+        let mut liveness = Liveness::new(TYPE_TYPE, 11);
+        let pass = liveness.check(&m, &[entry(0x10_000, 1, STR3_SIZE, 5)], false);
+        assert!(pass.live.is_empty());
+        assert_eq!(pass.forget, vec![0x10_000]);
     }
 
     #[test]
@@ -434,7 +452,7 @@ mod tests {
         block(&m, 0x40_000, &[1, 0x9999_0000]);
         m.set(0x9999_0008, 0x1234);
         let table = [entry(0x50_000, 1, 64, 1), entry(0x40_000, 1, 8, 2), entry(0x40_000, 1, 16, 3)];
-        let pass = liveness.check(&m, &table);
+        let pass = liveness.check(&m, &table, true);
         assert!(pass.live.is_empty());
         assert_eq!(pass.forget.len(), 3);
     }
@@ -449,6 +467,6 @@ mod tests {
         m.set(class + TP_BASICSIZE, 32);
         block(&m, 0x10_000, &[1, class, 0, 0]);
         let mut liveness = Liveness::new(TYPE_TYPE, 11);
-        assert_eq!(liveness.check(&m, &[entry(0x10_000, 1, 32, 1)]).live[&1].bytes, 32);
+        assert_eq!(liveness.check(&m, &[entry(0x10_000, 1, 32, 1)], true).live[&1].bytes, 32);
     }
 }

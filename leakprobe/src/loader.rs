@@ -261,6 +261,11 @@ impl Probes {
         self.plan.retain(|a| any && heat_rank(a.cookie) < WINDOW_FUNCTIONS.len());
     }
 
+    /// Whether there is any uprobe to attach.
+    pub fn can_attach(&self) -> bool {
+        !self.plan.is_empty()
+    }
+
     /// Whether detached uprobes are still being unregistered (they may still trap).
     pub fn detaching(&self) -> bool {
         self.detaching.iter().any(|closing| !closing.is_finished())

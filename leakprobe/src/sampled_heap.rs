@@ -51,14 +51,14 @@ impl SampledHeap {
     /// frees and reuses blocks (CPython's free lists reuse them without calling the allocator).
     pub fn look(&mut self, probes: &mut Probes, mem: &impl ReadMemory) -> Result<()> {
         let counters = sampler::stack_counters(probes)?;
-        self.check(probes, mem, &counters).map(|_| ())
+        self.check(probes, mem, &counters, true).map(|_| ())
     }
 
     /// Per-stack counters: live sampled objects for object stacks, the kernel's counters for
     /// syscall stacks. Dead and unjudgeable samples are removed from the kernel's table.
     pub fn snapshot(&mut self, probes: &mut Probes, mem: &impl ReadMemory) -> Result<Vec<(u64, StackCounters)>> {
         let counters = sampler::stack_counters(probes)?;
-        let pass = self.check(probes, mem, &counters)?;
+        let pass = self.check(probes, mem, &counters, false)?;
         let mut out: Vec<(u64, StackCounters)> = counters
             .into_iter()
             .filter(|(id, _)| self.functions[id].is_some_and(|f| f.shape() == CallShape::Syscall))
@@ -76,7 +76,13 @@ impl SampledHeap {
         Ok(out)
     }
 
-    fn check(&mut self, probes: &mut Probes, mem: &impl ReadMemory, counters: &[(u64, StackCounters)]) -> Result<Pass> {
+    fn check(
+        &mut self,
+        probes: &mut Probes,
+        mem: &impl ReadMemory,
+        counters: &[(u64, StackCounters)],
+        first_looks: bool,
+    ) -> Result<Pass> {
         for (id, _) in counters {
             if !self.functions.contains_key(id) {
                 let function = sampler::stack_trace(probes, *id).and_then(|t| AllocFunction::from_u32(t.function));
@@ -94,7 +100,7 @@ impl SampledHeap {
             .filter_map(|entry| entry.ok())
             .filter(|(_, a)| holds_objects(self.functions.get(&a.stack_id).copied().flatten()))
             .collect();
-        let pass = self.liveness.check(mem, &sampled);
+        let pass = self.liveness.check(mem, &sampled, first_looks);
         for address in &pass.forget {
             let _ = table.remove(address);
         }

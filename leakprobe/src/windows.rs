@@ -87,7 +87,7 @@ impl Windows {
     /// Opens a window if none is open, the budget allows it, and the last window's probes are
     /// fully gone (attaching while the kernel still unregisters them stalls for seconds).
     pub fn open_if_allowed(&mut self, probes: &mut Probes) -> Result<()> {
-        if self.opened_at.is_some() || self.budget.is_unlimited() || !probes.detach_settled() {
+        if self.opened_at.is_some() || self.budget.is_unlimited() || !probes.can_attach() || !probes.detach_settled() {
             return Ok(());
         }
         self.charge(probes)?;
