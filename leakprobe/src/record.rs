@@ -260,17 +260,14 @@ async fn sample_until_done(
             _ = interrupt.recv() => break End::Interrupted,
             _ = terminate.recv() => break End::Interrupted,
         }
+        close_window(windows, sampled_heap.as_deref_mut(), python, probes)?;
         // A process we launched is gone once reaped; any other once its memory is unreadable
         // (exited, or a zombie).
-        close_window(windows, sampled_heap.as_deref_mut(), python, probes)?;
         let exited = launched.as_mut().is_some_and(|child| !matches!(child.0.try_wait(), Ok(None)));
         let memory = if exited { None } else { process_memory::read(target.pid) };
         let alive = memory.is_some();
         let t = start.elapsed().as_secs_f64();
-        let snapshot = match (sampled_heap.as_deref_mut(), python) {
-            (Some(heap), Some(python)) => heap.snapshot(probes, &python.mem)?,
-            _ => sampler::stack_counters(probes)?,
-        };
+        let snapshot = stack_snapshot(probes, sampled_heap.as_deref_mut(), python)?;
         namer.learn(probes, snapshot.iter().map(|(id, _)| *id));
         recording.push(t, memory, &snapshot, sampler::counters(probes)?);
         if opts.progress {
@@ -288,16 +285,25 @@ async fn sample_until_done(
     };
     // An interrupted recording still ends with a last sample.
     if end == End::Interrupted {
+        close_window(windows, sampled_heap.as_deref_mut(), python, probes)?;
         let t = start.elapsed().as_secs_f64();
-        recording.push(
-            t,
-            process_memory::read(target.pid),
-            &sampler::stack_counters(probes)?,
-            sampler::counters(probes)?,
-        );
+        let snapshot = stack_snapshot(probes, sampled_heap.as_deref_mut(), python)?;
+        recording.push(t, process_memory::read(target.pid), &snapshot, sampler::counters(probes)?);
     }
     drop(launched);
     Ok((recording, end))
+}
+
+/// Per-stack counters now: the sampled live objects in sampling mode, the kernel's otherwise.
+fn stack_snapshot(
+    probes: &mut Probes,
+    heap: Option<&mut SampledHeap>,
+    python: Option<&PythonRuntime>,
+) -> Result<Vec<(u64, leakprobe_common::StackCounters)>> {
+    match (heap, python) {
+        (Some(heap), Some(python)) => heap.snapshot(probes, &python.mem),
+        _ => sampler::stack_counters(probes),
+    }
 }
 
 /// Closes the open window (if any), first taking a look at the new samples while the target is

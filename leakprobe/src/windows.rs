@@ -13,6 +13,9 @@ use crate::{
     sampler,
 };
 
+/// Cost of a hit assumed when it cannot be measured (~10 µs per uprobe on a VM: anchors.md).
+const FALLBACK_TRAP_NS: f64 = 10_000.0;
+
 /// How often the scheduler looks at the budget.
 pub const TICK: Duration = Duration::from_millis(50);
 
@@ -42,7 +45,14 @@ impl Windows {
         let stats = ProgramStats::enable();
         let stats_start = stats.as_ref().map_or((0, 0), |s| s.totals(&probes.ebpf));
         let mut budget = Budget::new(max_overhead_percent, window, 0.0, cpu_time_ns(pid).unwrap_or(0));
-        let trap_ns = probe_cost::trap_ns(&mut probes.ebpf)?;
+        let trap_ns = probe_cost::trap_ns(&mut probes.ebpf).unwrap_or_else(|e| {
+            // A stripped leakprobe has no calibration symbol: price hits as measured on a VM.
+            eprintln!(
+                "leakprobe: warning: cannot measure the cost of a probe hit ({e:#}); assuming {} µs",
+                FALLBACK_TRAP_NS / 1000.0
+            );
+            FALLBACK_TRAP_NS
+        });
         budget.set_cost_per_hit(trap_ns);
         if budget.is_unlimited() {
             probes.attach_uprobes()?;
