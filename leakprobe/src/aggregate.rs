@@ -25,6 +25,40 @@ impl StackSeries {
     }
 }
 
+/// The least each stack held across several reads of its counters within one interval: the
+/// memory it *keeps*, not what it happens to hold at the instant of the sample. A loop that
+/// builds and drops a big list every 90 ms holds anything from 0 to the whole list at an instant;
+/// read once a second, the phase drifts and its live bytes ramp up for many samples, a sawtooth
+/// whose teeth are longer than the verdict's window. Its low water stays near 0, while a leak's
+/// low water rises as its live bytes do.
+#[derive(Debug, Default)]
+pub struct LowWater {
+    lowest: HashMap<u64, u64>,
+}
+
+impl LowWater {
+    /// One read of the counters within the interval.
+    pub fn observe(&mut self, snapshot: &[(u64, StackCounters)]) {
+        for (id, c) in snapshot {
+            let live = c.alloc_bytes.saturating_sub(c.free_bytes);
+            self.lowest.entry(*id).and_modify(|l| *l = (*l).min(live)).or_insert(live);
+        }
+    }
+
+    /// The interval's last read folded in, as counters whose live bytes are the interval's low
+    /// water (the totals are the last read's). Starts the next interval.
+    pub fn finish(&mut self, last: &[(u64, StackCounters)]) -> Vec<(u64, StackCounters)> {
+        self.observe(last);
+        let lowest = std::mem::take(&mut self.lowest);
+        last.iter()
+            .map(|(id, c)| {
+                let low = lowest.get(id).copied().unwrap_or(0);
+                (*id, StackCounters { free_bytes: c.alloc_bytes.saturating_sub(low), ..*c })
+            })
+            .collect()
+    }
+}
+
 #[derive(Debug, Clone, Default)]
 pub struct Recording {
     /// Seconds since the first sample.
@@ -113,6 +147,23 @@ mod tests {
         assert_eq!(rec.rss_series(), (vec![0.0, 2.0], vec![10.0, 30.0]));
         assert_eq!(rec.counter("allocations"), 9);
         assert_eq!(rec.counter("nope"), 0);
+    }
+
+    #[test]
+    fn low_water_keeps_the_least_held_within_an_interval() {
+        let mut low = LowWater::default();
+        // Stack 1 churns (0, 150, 60 live), stack 2 leaks (100, 110, 120 live).
+        low.observe(&[(1, counters(10, 10, 1000, 1000)), (2, counters(1, 0, 100, 0))]);
+        low.observe(&[(1, counters(12, 10, 1150, 1000)), (2, counters(2, 0, 110, 0))]);
+        let out = low.finish(&[(1, counters(14, 13, 1260, 1200)), (2, counters(3, 0, 120, 0))]);
+        let mut rec = Recording::default();
+        rec.push(0.0, None, &out, vec![]);
+        assert_eq!(rec.stacks[&1].live_bytes, vec![0.0]);
+        assert_eq!(rec.stacks[&2].live_bytes, vec![100.0]);
+        assert_eq!(rec.stacks[&1].latest.allocs, 14, "totals are the last read's");
+        // The next interval starts afresh.
+        let out = low.finish(&[(2, counters(4, 0, 130, 0))]);
+        assert_eq!(out[0].1.alloc_bytes - out[0].1.free_bytes, 130);
     }
 
     #[test]

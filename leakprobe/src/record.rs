@@ -14,7 +14,7 @@ use leakprobe_common::AllocFunction;
 use tokio::signal::unix::{signal, SignalKind};
 
 use crate::{
-    aggregate::Recording,
+    aggregate::{LowWater, Recording},
     cgroup,
     loader::{self, Probes, TableSizes},
     process_memory,
@@ -50,6 +50,8 @@ pub struct RecordOptions {
 }
 
 const THREAD_REFRESH: Duration = Duration::from_millis(500);
+/// Reads of the per-stack counters per interval for the low water (see `LowWater`).
+const LOW_WATER_READS: u32 = 5;
 
 /// Why the recording ended.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -240,6 +242,11 @@ async fn sample_until_done(
     // New threads (a thread pool growing) get their Python stacks within this period.
     let mut thread_refresh = tokio::time::interval(THREAD_REFRESH);
     let mut window_tick = tokio::time::interval(windows::TICK);
+    // Without sampling windows the per-stack series are low waters over several reads per
+    // interval (see `LowWater`); the sampled heap already counts only objects that stay alive.
+    let mut low_water = sampled_heap.is_none().then(LowWater::default);
+    let mut low_water_read = tokio::time::interval((opts.interval / LOW_WATER_READS).max(Duration::from_millis(100)));
+    low_water_read.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let end = loop {
         tokio::select! {
             _ = ticker.tick() => {}
@@ -257,6 +264,12 @@ async fn sample_until_done(
                 }
                 continue;
             }
+            _ = low_water_read.tick(), if low_water.is_some() => {
+                if let Some(low) = low_water.as_mut() {
+                    low.observe(&sampler::stack_counters(probes)?);
+                }
+                continue;
+            }
             _ = interrupt.recv() => break End::Interrupted,
             _ = terminate.recv() => break End::Interrupted,
         }
@@ -267,7 +280,10 @@ async fn sample_until_done(
         let memory = if exited { None } else { process_memory::read(target.pid) };
         let alive = memory.is_some();
         let t = start.elapsed().as_secs_f64();
-        let snapshot = stack_snapshot(probes, sampled_heap.as_deref_mut(), python)?;
+        let mut snapshot = stack_snapshot(probes, sampled_heap.as_deref_mut(), python)?;
+        if let Some(low) = low_water.as_mut() {
+            snapshot = low.finish(&snapshot);
+        }
         namer.learn(probes, snapshot.iter().map(|(id, _)| *id));
         recording.push(t, memory, &snapshot, sampler::counters(probes)?);
         if opts.progress {
@@ -287,7 +303,10 @@ async fn sample_until_done(
     if end == End::Interrupted {
         close_window(windows, sampled_heap.as_deref_mut(), python, probes)?;
         let t = start.elapsed().as_secs_f64();
-        let snapshot = stack_snapshot(probes, sampled_heap.as_deref_mut(), python)?;
+        let mut snapshot = stack_snapshot(probes, sampled_heap.as_deref_mut(), python)?;
+        if let Some(low) = low_water.as_mut() {
+            snapshot = low.finish(&snapshot);
+        }
         recording.push(t, process_memory::read(target.pid), &snapshot, sampler::counters(probes)?);
     }
     drop(launched);
