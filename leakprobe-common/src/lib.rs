@@ -153,7 +153,17 @@ pub struct PendingCall {
     pub depth: u32,
 }
 
-/// One allocation that is still live, keyed by its address.
+/// The key of a live allocation: its address in its process. The process is part of the key
+/// because the agent watches many processes in one table, and forked workers share addresses.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct LiveKey {
+    pub address: u64,
+    pub tgid: u32,
+    pub reserved: u32,
+}
+
+/// One allocation that is still live, keyed by `LiveKey`.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default)]
 pub struct LiveAllocation {
@@ -196,6 +206,9 @@ pub struct StackTrace {
     pub flags: u32,
     pub native_len: u32,
     pub python_len: u32,
+    /// The process the stack was captured in (stacks of different processes never share an id).
+    pub tgid: u32,
+    pub reserved: u32,
     /// Return addresses, innermost first (the first is the allocator's caller).
     pub native: [u64; MAX_NATIVE_FRAMES],
     /// Innermost first.
@@ -230,10 +243,12 @@ pub enum Counter {
     DropMissedFree,
     /// Uprobe and uretprobe hits in the target: what the budget charges for.
     ProbeHits,
+    /// Drop: the process-event ring buffer was full (the agent rescans /proc to catch up).
+    DropProcessEvents,
 }
 
 impl Counter {
-    pub const COUNT: u32 = Counter::ProbeHits as u32 + 1;
+    pub const COUNT: u32 = Counter::DropProcessEvents as u32 + 1;
 
     pub fn from_u32(v: u32) -> Option<Self> {
         if v < Self::COUNT {
@@ -259,6 +274,7 @@ impl Counter {
             DropPendingFull => "drop_pending_full",
             DropMissedFree => "drop_missed_free",
             ProbeHits => "probe_hits",
+            DropProcessEvents => "drop_process_events",
         }
     }
 
@@ -316,6 +332,34 @@ pub mod names {
     pub const TARGET_TGID: &str = "TARGET_TGID";
     pub const PYTHON_CONFIG: &str = "PYTHON_CONFIG";
     pub const THREAD_STATES: &str = "THREAD_STATES";
+    pub const TARGETS: &str = "TARGETS";
+    pub const PROCESS_EVENTS: &str = "PROCESS_EVENTS";
+    pub const FORK_CHILD_PID_OFFSET: &str = "FORK_CHILD_PID_OFFSET";
+}
+
+/// What happened to a process, as the node-wide agent hears it from the kernel.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ProcessEventKind {
+    /// Any process on the node ran exec: maybe a new Python.
+    Exec = 0,
+    /// A watched process forked (a worker), or started a thread: `pid` is the new task.
+    Fork = 1,
+    /// A watched process ended (its last thread exited).
+    Exit = 2,
+}
+
+/// One record of the process-event ring buffer.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct ProcessEvent {
+    pub kind: u32,
+    pub pid: u32,
+    /// The process that forked (Fork), else 0.
+    pub parent: u32,
+    pub reserved: u32,
+    /// The task's command name after the event (`comm`).
+    pub comm: [u8; 16],
 }
 
 /// The id under which events whose stack could not be stored are counted.
@@ -326,7 +370,9 @@ const _: () = assert!(core::mem::size_of::<LiveAllocation>() == 24);
 const _: () = assert!(core::mem::size_of::<StackCounters>() == 32);
 const _: () = assert!(core::mem::size_of::<PythonFrame>() == 16);
 const _: () = assert!(core::mem::size_of::<PythonConfig>() == 64);
-const _: () = assert!(core::mem::size_of::<StackTrace>() == 16 + 8 * MAX_NATIVE_FRAMES + 16 * MAX_PYTHON_FRAMES);
+const _: () = assert!(core::mem::size_of::<LiveKey>() == 16);
+const _: () = assert!(core::mem::size_of::<ProcessEvent>() == 32);
+const _: () = assert!(core::mem::size_of::<StackTrace>() == 24 + 8 * MAX_NATIVE_FRAMES + 16 * MAX_PYTHON_FRAMES);
 
 #[cfg(feature = "user")]
 mod user {
@@ -334,6 +380,7 @@ mod user {
     // SAFETY: plain old data: repr(C), no padding, every bit pattern valid.
     unsafe impl aya::Pod for PendingCall {}
     unsafe impl aya::Pod for LiveAllocation {}
+    unsafe impl aya::Pod for LiveKey {}
     unsafe impl aya::Pod for StackCounters {}
     unsafe impl aya::Pod for StackTrace {}
     unsafe impl aya::Pod for PythonConfig {}

@@ -15,14 +15,14 @@ mod record;
 mod stack;
 
 use aya_ebpf::{
-    helpers::{bpf_get_current_pid_tgid, bpf_probe_read_user, generated::bpf_get_attach_cookie},
+    helpers::{bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_probe_read_user, generated::bpf_get_attach_cookie},
     macros::{tracepoint, uprobe, uretprobe},
     programs::{ProbeContext, RetProbeContext, TracePointContext},
     EbpfContext,
 };
-use leakprobe_common::{AllocFunction, CallShape};
+use leakprobe_common::{AllocFunction, CallShape, Counter, ProcessEvent, ProcessEventKind};
 
-use crate::maps::BRK_CURRENT;
+use crate::maps::{count, BRK_CURRENT, PROCESS_EVENTS, TARGETS};
 
 /// The hooked function, which userspace passes as the attach cookie.
 #[inline(always)]
@@ -240,6 +240,57 @@ pub fn brk_exit(ctx: TracePointContext) -> u32 {
         record::allocation(&ctx, before, now - before, AllocFunction::Brk as u32);
     } else if now < before {
         record::unmap(now, before - now);
+    }
+    0
+}
+
+// ---- process lifecycle, for the node-wide agent (attached only by `leakprobe agent`) ----
+
+/// Byte offset of `child_pid` in the sched_process_fork record, read by userspace from the
+/// tracepoint's format file (it moved between kernel versions).
+#[no_mangle]
+static FORK_CHILD_PID_OFFSET: u32 = 44;
+
+#[inline(always)]
+fn emit(kind: ProcessEventKind, pid: u32, parent: u32) {
+    let Some(mut slot) = PROCESS_EVENTS.reserve::<ProcessEvent>(0) else {
+        count(Counter::DropProcessEvents);
+        return;
+    };
+    let comm = bpf_get_current_comm().unwrap_or([0; 16]);
+    slot.write(ProcessEvent { kind: kind as u32, pid, parent, reserved: 0, comm });
+    slot.submit(0);
+}
+
+/// sched:sched_process_exec: every exec on the node (userspace picks out the Pythons by name).
+#[tracepoint]
+pub fn process_exec(_ctx: TracePointContext) -> u32 {
+    if record::target_tgid() == 0 {
+        emit(ProcessEventKind::Exec, (bpf_get_current_pid_tgid() >> 32) as u32, 0);
+    }
+    0
+}
+
+/// sched:sched_process_fork: a watched process made a task (a worker process, or a thread).
+#[tracepoint]
+pub fn process_fork(ctx: TracePointContext) -> u32 {
+    if record::target_tgid() == 0 && record::is_target() {
+        let offset = unsafe { core::ptr::read_volatile(&raw const FORK_CHILD_PID_OFFSET) } as usize;
+        if let Ok(child) = unsafe { ctx.read_at::<u32>(offset & 0xff) } {
+            emit(ProcessEventKind::Fork, child, (bpf_get_current_pid_tgid() >> 32) as u32);
+        }
+    }
+    0
+}
+
+/// sched:sched_process_exit of a watched process's leader thread: the process is ending
+/// (userspace confirms with /proc).
+#[tracepoint]
+pub fn process_exit(_ctx: TracePointContext) -> u32 {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let (tgid, tid) = ((pid_tgid >> 32) as u32, pid_tgid as u32);
+    if record::target_tgid() == 0 && tgid == tid && unsafe { TARGETS.get(&tgid) }.is_some() {
+        emit(ProcessEventKind::Exit, tgid, 0);
     }
     0
 }

@@ -2,17 +2,17 @@
 
 use aya_ebpf::{
     macros::map,
-    maps::{HashMap, PerCpuArray},
+    maps::{HashMap, PerCpuArray, RingBuf},
 };
-use leakprobe_common::{Counter, LiveAllocation, PendingCall, PythonConfig, StackCounters, StackTrace};
+use leakprobe_common::{Counter, LiveAllocation, LiveKey, PendingCall, PythonConfig, StackCounters, StackTrace};
 
 /// Hash maps that may grow large allocate on demand instead of up front.
 const BPF_F_NO_PREALLOC: u32 = 1;
 
-/// address -> live allocation (size, stack, time). A plain hash, never LRU: evicting the oldest
-/// entries would evict exactly the leaked ones.
+/// (address, process) -> live allocation (size, stack, time). A plain hash, never LRU: evicting
+/// the oldest entries would evict exactly the leaked ones.
 #[map]
-pub static LIVE_ALLOCATIONS: HashMap<u64, LiveAllocation> = HashMap::with_max_entries(1 << 20, BPF_F_NO_PREALLOC);
+pub static LIVE_ALLOCATIONS: HashMap<LiveKey, LiveAllocation> = HashMap::with_max_entries(1 << 20, BPF_F_NO_PREALLOC);
 
 /// stack id (hash of the frames) -> frames.
 #[map]
@@ -38,6 +38,14 @@ pub static PYTHON_CONFIG: HashMap<u32, PythonConfig> = HashMap::with_max_entries
 /// own thread list. Works with the GIL held or released and needs no libc or kernel internals.
 #[map]
 pub static THREAD_STATES: HashMap<u32, u64> = HashMap::with_max_entries(1 << 14, 0);
+
+/// tgid -> 1 for every process the node-wide agent watches (when `TARGET_TGID` is 0).
+#[map]
+pub static TARGETS: HashMap<u32, u8> = HashMap::with_max_entries(1 << 12, 0);
+
+/// exec/fork/exit of processes, for the agent (`ProcessEvent` records).
+#[map]
+pub static PROCESS_EVENTS: RingBuf = RingBuf::with_byte_size(1 << 18, 0);
 
 /// Event and drop counters, indexed by `Counter`.
 #[map]

@@ -7,10 +7,10 @@ use aya_ebpf::{
     helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns},
     EbpfContext,
 };
-use leakprobe_common::{Counter, LiveAllocation, PendingCall, StackCounters};
+use leakprobe_common::{Counter, LiveAllocation, LiveKey, PendingCall, StackCounters};
 
 use crate::{
-    maps::{count, LIVE_ALLOCATIONS, PENDING, STACK_COUNTERS},
+    maps::{count, LIVE_ALLOCATIONS, PENDING, STACK_COUNTERS, TARGETS},
     stack,
 };
 
@@ -22,11 +22,27 @@ const STALE_NS: u64 = 1_000_000_000;
 #[no_mangle]
 static TARGET_TGID: u32 = 0;
 
-/// Whether the current task belongs to the target process.
+/// The one process `record` and `watch` follow; 0 for the node-wide agent, which follows the
+/// processes in `TARGETS`.
+#[inline(always)]
+pub fn target_tgid() -> u32 {
+    unsafe { core::ptr::read_volatile(&raw const TARGET_TGID) }
+}
+
+/// Whether the current task belongs to a followed process.
 #[inline(always)]
 pub fn is_target() -> bool {
     let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
-    tgid == unsafe { core::ptr::read_volatile(&raw const TARGET_TGID) }
+    match target_tgid() {
+        0 => unsafe { TARGETS.get(&tgid) }.is_some(),
+        target => tgid == target,
+    }
+}
+
+/// The live-table key of `address` in the current process.
+#[inline(always)]
+fn key(address: u64) -> LiveKey {
+    LiveKey { address, tgid: (bpf_get_current_pid_tgid() >> 32) as u32, reserved: 0 }
 }
 
 /// Whether a uprobe hit belongs to the target; counts the hit, which is what the overhead budget
@@ -86,15 +102,16 @@ pub fn allocation<C: EbpfContext>(ctx: &C, address: u64, size: u64, function: u3
     }
     // Still live at this address: its free went through a path we do not see. Release it first
     // so its stack does not look leaked.
-    if let Some(old) = unsafe { LIVE_ALLOCATIONS.get(&address) } {
+    let key = key(address);
+    if let Some(old) = unsafe { LIVE_ALLOCATIONS.get(&key) } {
         let old = *old;
-        let _ = LIVE_ALLOCATIONS.remove(&address);
+        let _ = LIVE_ALLOCATIONS.remove(&key);
         add_to_stack(old.stack_id, 0, 1, 0, old.size);
         count(Counter::DropMissedFree);
     }
     let stack_id = stack::capture(ctx, function);
     let live = LiveAllocation { size, stack_id, timestamp_ns: unsafe { bpf_ktime_get_ns() } };
-    if LIVE_ALLOCATIONS.insert(&address, &live, 0).is_err() {
+    if LIVE_ALLOCATIONS.insert(&key, &live, 0).is_err() {
         // Untracked: counting it would make its stack look leaked forever.
         count(Counter::DropLiveTableFull);
         return;
@@ -109,10 +126,11 @@ pub fn free(address: u64) {
     if address == 0 {
         return;
     }
-    match unsafe { LIVE_ALLOCATIONS.get(&address) } {
+    let key = key(address);
+    match unsafe { LIVE_ALLOCATIONS.get(&key) } {
         Some(live) => {
             let live = *live;
-            let _ = LIVE_ALLOCATIONS.remove(&address);
+            let _ = LIVE_ALLOCATIONS.remove(&key);
             add_to_stack(live.stack_id, 0, 1, 0, live.size);
             count(Counter::Frees);
         }
@@ -124,19 +142,20 @@ pub fn free(address: u64) {
 /// its head (the tail stays live at its new start).
 #[inline(always)]
 pub fn unmap(address: u64, len: u64) {
-    let Some(live) = (unsafe { LIVE_ALLOCATIONS.get(&address) }) else {
+    let key = key(address);
+    let Some(live) = (unsafe { LIVE_ALLOCATIONS.get(&key) }) else {
         count(Counter::UntrackedFrees);
         return;
     };
     let live = *live;
-    let _ = LIVE_ALLOCATIONS.remove(&address);
+    let _ = LIVE_ALLOCATIONS.remove(&key);
     if len >= live.size {
         add_to_stack(live.stack_id, 0, 1, 0, live.size);
         count(Counter::Frees);
         return;
     }
     let tail = LiveAllocation { size: live.size - len, ..live };
-    if LIVE_ALLOCATIONS.insert(&(address + len), &tail, 0).is_err() {
+    if LIVE_ALLOCATIONS.insert(&LiveKey { address: address + len, ..key }, &tail, 0).is_err() {
         // The tail is no longer tracked: release all of it from the stack.
         add_to_stack(live.stack_id, 0, 1, 0, live.size);
         count(Counter::DropLiveTableFull);

@@ -4,7 +4,11 @@
 //! pointing at another stack. Hashing the frames we copied ourselves gives ids that are stable
 //! for the life of the recording.
 
-use aya_ebpf::{bindings::BPF_F_USER_STACK, helpers::generated::bpf_get_stack, EbpfContext};
+use aya_ebpf::{
+    bindings::BPF_F_USER_STACK,
+    helpers::{bpf_get_current_pid_tgid, generated::bpf_get_stack},
+    EbpfContext,
+};
 use leakprobe_common::{
     Counter, StackTrace, MAX_NATIVE_FRAMES, MAX_PYTHON_FRAMES, STACK_NATIVE_TRUNCATED, UNKNOWN_STACK_ID,
 };
@@ -44,6 +48,7 @@ pub fn capture<C: EbpfContext>(ctx: &C, function: u32) -> u64 {
     }
     let len = (bytes as usize / 8).min(MAX_NATIVE_FRAMES);
     trace.function = function;
+    trace.tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
     trace.native_len = len as u32;
     // A full buffer means the walk may have gone deeper than we kept.
     trace.flags = if len == MAX_NATIVE_FRAMES { STACK_NATIVE_TRUNCATED } else { 0 };
@@ -51,6 +56,7 @@ pub fn capture<C: EbpfContext>(ctx: &C, function: u32) -> u64 {
     let len = (trace.native_len as usize).min(MAX_NATIVE_FRAMES);
 
     let mut h = mix(0xcbf2_9ce4_8422_2325, function as u64);
+    h = mix(h, trace.tgid as u64);
     h = mix(h, len as u64);
     for i in 0..MAX_NATIVE_FRAMES {
         if i >= len {

@@ -115,19 +115,8 @@ fn uprobe<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut UProbe> {
 /// Loads the programs for `target` and attaches every hook. With `python`, the kernel also walks
 /// the target's Python frames at each event.
 pub fn attach(target: &Target, sizes: TableSizes, python: Option<&PythonRuntime>) -> Result<Probes> {
-    if KERNEL_PROGRAMS.is_empty() {
-        bail!(
-            "this leakprobe was built without its kernel programs (AYA_BUILD_SKIP): rebuild with `cargo xtask build`"
-        );
-    }
     let pid = NonZeroU32::new(target.pid).ok_or_else(|| anyhow!("PID 0 is not a process"))?;
-    let mut ebpf = EbpfLoader::new()
-        .override_global(names::TARGET_TGID, &target.pid, true)
-        .map_max_entries(names::LIVE_ALLOCATIONS, sizes.live_allocations)
-        .map_max_entries(names::STACKS, sizes.stacks)
-        .map_max_entries(names::STACK_COUNTERS, sizes.stacks)
-        .load(KERNEL_PROGRAMS)
-        .map_err(|e| anyhow!("cannot load the eBPF programs into the kernel: {e}"))?;
+    let mut ebpf = load(target.pid, sizes, 0)?;
 
     if let Some(python) = python {
         let mut config: aya::maps::HashMap<_, u32, PythonConfig> = aya::maps::HashMap::try_from(
@@ -173,18 +162,44 @@ pub fn attach(target: &Target, sizes: TableSizes, python: Option<&PythonRuntime>
     // the target a kernel trap).
     let ebpf = &mut probes.ebpf;
 
-    let mounted_tracefs = tracefs::ensure_mounted()?;
-    for &(program, tracepoint) in SYSCALL_TRACEPOINTS {
+    probes.mounted_tracefs = tracefs::ensure_mounted()?;
+    attach_tracepoints(ebpf, "syscalls", SYSCALL_TRACEPOINTS)?;
+    Ok(probes)
+}
+
+/// Loads the kernel programs with their maps sized: for one process (`target_tgid`), or for the
+/// processes in the `TARGETS` map (0, the agent). `fork_child_pid_offset`: see
+/// `tracefs::field_offset`; 0 keeps the built-in default.
+pub fn load(target_tgid: u32, sizes: TableSizes, fork_child_pid_offset: u32) -> Result<Ebpf> {
+    if KERNEL_PROGRAMS.is_empty() {
+        bail!(
+            "this leakprobe was built without its kernel programs (AYA_BUILD_SKIP): rebuild with `cargo xtask build`"
+        );
+    }
+    let mut loader = EbpfLoader::new();
+    loader
+        .override_global(names::TARGET_TGID, &target_tgid, true)
+        .map_max_entries(names::LIVE_ALLOCATIONS, sizes.live_allocations)
+        .map_max_entries(names::STACKS, sizes.stacks)
+        .map_max_entries(names::STACK_COUNTERS, sizes.stacks);
+    if fork_child_pid_offset != 0 {
+        loader.override_global(names::FORK_CHILD_PID_OFFSET, &fork_child_pid_offset, true);
+    }
+    loader.load(KERNEL_PROGRAMS).map_err(|e| anyhow!("cannot load the eBPF programs into the kernel: {e}"))
+}
+
+/// Loads and attaches `(program, tracepoint)` pairs of one tracepoint category.
+pub fn attach_tracepoints(ebpf: &mut Ebpf, category: &str, list: &[(&str, &str)]) -> Result<()> {
+    for &(program, tracepoint) in list {
         let tp: &mut TracePoint = ebpf
             .program_mut(program)
             .ok_or_else(|| anyhow!("kernel program {program} missing from the object"))?
             .try_into()?;
         tp.load().with_context(|| format!("the kernel rejected {program}"))?;
-        tp.attach("syscalls", tracepoint)
-            .with_context(|| format!("cannot attach to tracepoint syscalls:{tracepoint}"))?;
+        tp.attach(category, tracepoint)
+            .with_context(|| format!("cannot attach to tracepoint {category}:{tracepoint}"))?;
     }
-    probes.mounted_tracefs = mounted_tracefs;
-    Ok(probes)
+    Ok(())
 }
 
 impl Probes {
@@ -287,7 +302,7 @@ impl Probes {
     }
 }
 
-fn write_thread_states(ebpf: &mut Ebpf, threads: &[(u32, u64)]) -> Result<()> {
+pub fn write_thread_states(ebpf: &mut Ebpf, threads: &[(u32, u64)]) -> Result<()> {
     let mut map: aya::maps::HashMap<_, u32, u64> = aya::maps::HashMap::try_from(
         ebpf.map_mut(names::THREAD_STATES).ok_or_else(|| anyhow!("map {} missing", names::THREAD_STATES))?,
     )?;

@@ -6,7 +6,7 @@ use std::collections::{HashMap, HashSet};
 
 use anyhow::{anyhow, Result};
 use aya::maps::{HashMap as BpfHashMap, MapData};
-use leakprobe_common::{names, AllocFunction, CallShape, LiveAllocation, StackCounters};
+use leakprobe_common::{names, AllocFunction, CallShape, LiveAllocation, LiveKey, StackCounters};
 
 use crate::{
     liveness::{Liveness, Pass},
@@ -89,20 +89,26 @@ impl SampledHeap {
                 self.functions.insert(*id, function);
             }
         }
-        let mut table: BpfHashMap<&mut MapData, u64, LiveAllocation> = BpfHashMap::try_from(
+        let mut table: BpfHashMap<&mut MapData, LiveKey, LiveAllocation> = BpfHashMap::try_from(
             probes
                 .ebpf
                 .map_mut(names::LIVE_ALLOCATIONS)
                 .ok_or_else(|| anyhow!("map {} missing", names::LIVE_ALLOCATIONS))?,
         )?;
+        // One process per table here (`record`): the key's process is the target.
+        let mut tgid = 0;
         let sampled: Vec<(u64, LiveAllocation)> = table
             .iter()
             .filter_map(|entry| entry.ok())
             .filter(|(_, a)| holds_objects(self.functions.get(&a.stack_id).copied().flatten()))
+            .map(|(key, a)| {
+                tgid = key.tgid;
+                (key.address, a)
+            })
             .collect();
         let pass = self.liveness.check(mem, &sampled, first_looks);
-        for address in &pass.forget {
-            let _ = table.remove(address);
+        for &address in &pass.forget {
+            let _ = table.remove(&LiveKey { address, tgid, reserved: 0 });
         }
         Ok(pass)
     }

@@ -33,6 +33,10 @@ impl PythonResolver {
         PythonResolver { python, cache: HashMap::new() }
     }
 
+    pub fn runtime(&self) -> &PythonRuntime {
+        &self.python
+    }
+
     fn identity(&self, code: u64) -> Option<(u64, u64)> {
         let o = &self.python.objects;
         let mem = &self.python.mem;
