@@ -4,6 +4,7 @@ use std::{path::PathBuf, process::ExitCode, time::Duration};
 
 use clap::{Parser, Subcommand, ValueEnum};
 use leakprobe::{
+    agent::{self, escalation::EscalationPolicy, AgentOptions},
     loader::TableSizes,
     record::{self, RecordOptions},
     report,
@@ -25,6 +26,64 @@ enum Commands {
     /// Watch a live process continuously at almost no cost: memory growth, verdict, which memory
     /// grows and through which Python lines (memory syscalls only, no allocator probes).
     Watch(WatchArgs),
+    /// Watch every Python process on the node (the DaemonSet mode): Prometheus metrics on
+    /// --listen, and a bounded recording of each process whose verdict turns to leak.
+    Agent(AgentArgs),
+}
+
+#[derive(clap::Args)]
+struct AgentArgs {
+    /// Address of the /metrics and /healthz endpoint.
+    #[arg(long, default_value = "0.0.0.0:9464")]
+    listen: std::net::SocketAddr,
+    /// How often to sample every watched process.
+    #[arg(long, short, default_value = "10s", value_parser = humantime::parse_duration)]
+    interval: Duration,
+    /// Samples kept per process: the window the leak verdict looks at.
+    #[arg(long, default_value_t = 360)]
+    history: usize,
+    /// Samples the growth rate is measured over.
+    #[arg(long, default_value_t = 12)]
+    rate_window: usize,
+    /// Most processes watched at once (more are counted as dropped).
+    #[arg(long, default_value_t = 1000)]
+    max_targets: usize,
+    /// Leak sites exported per process.
+    #[arg(long, default_value_t = 3)]
+    sites_per_process: usize,
+    /// Leak sites exported in all (the fastest growing).
+    #[arg(long, default_value_t = 50)]
+    max_sites: usize,
+    /// Where the reports of escalated recordings go (JSON and a flame graph).
+    #[arg(long, default_value_os_t = agent::default_reports_dir())]
+    reports_dir: PathBuf,
+    /// Never escalate to a recording.
+    #[arg(long)]
+    no_escalation: bool,
+    /// Length of an escalated recording.
+    #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+    record_duration: Duration,
+    /// Overhead budget of an escalated recording (percent of the target's CPU).
+    #[arg(long, default_value_t = 5.0, value_name = "PCT")]
+    record_max_overhead: f64,
+    /// A process is recorded again only after this long.
+    #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
+    record_cooldown: Duration,
+    /// Most recordings started per hour, node-wide.
+    #[arg(long, default_value_t = 4)]
+    max_records_per_hour: usize,
+    /// Reports kept in --reports-dir (the oldest are deleted).
+    #[arg(long, default_value_t = 50)]
+    max_reports: usize,
+    /// Stop after this long (until SIGINT/SIGTERM when not given).
+    #[arg(long, short, value_parser = humantime::parse_duration)]
+    duration: Option<Duration>,
+    /// Size of the kernel's live-mapping table (all processes).
+    #[arg(long, default_value_t = 1 << 18)]
+    max_live_mappings: u32,
+    /// Size of the kernel's stack table (all processes).
+    #[arg(long, default_value_t = 1 << 15)]
+    max_stacks: u32,
 }
 
 #[derive(clap::Args)]
@@ -120,6 +179,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Commands::Record(args) => runtime.block_on(run_record(args)),
         Commands::Watch(args) => runtime.block_on(run_watch(args)),
+        Commands::Agent(args) => runtime.block_on(run_agent(args)),
     };
     match result {
         Ok(code) => code,
@@ -142,6 +202,39 @@ async fn run_watch(args: WatchArgs) -> anyhow::Result<ExitCode> {
         rate_window: args.rate_window,
         json: args.json,
         top: args.top,
+    })
+    .await?;
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn run_agent(args: AgentArgs) -> anyhow::Result<ExitCode> {
+    if args.interval < Duration::from_millis(100) {
+        anyhow::bail!("--interval must be at least 100ms");
+    }
+    if args.history < 6 || args.rate_window < 3 {
+        anyhow::bail!("--history needs at least 6 samples and --rate-window at least 3");
+    }
+    if !(args.record_max_overhead > 0.0 && args.record_max_overhead <= 100.0) {
+        anyhow::bail!("--record-max-overhead must be a percentage in (0, 100]");
+    }
+    agent::run(AgentOptions {
+        listen: args.listen,
+        interval: args.interval,
+        history: args.history,
+        rate_window: args.rate_window,
+        max_targets: args.max_targets,
+        sites_per_process: args.sites_per_process,
+        max_sites: args.max_sites,
+        escalation: (!args.no_escalation).then(|| EscalationPolicy {
+            reports_dir: args.reports_dir,
+            record_duration: args.record_duration,
+            max_overhead_percent: args.record_max_overhead,
+            cooldown: args.record_cooldown,
+            max_per_hour: args.max_records_per_hour,
+            max_reports: args.max_reports,
+        }),
+        duration: args.duration,
+        tables: TableSizes { live_allocations: args.max_live_mappings, stacks: args.max_stacks },
     })
     .await?;
     Ok(ExitCode::SUCCESS)

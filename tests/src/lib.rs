@@ -2,6 +2,8 @@
 //! Every side effect (a child process) is wrapped in a guard that undoes it, so a failing test
 //! leaves nothing running.
 
+pub mod node;
+
 use std::{
     io::{BufRead, BufReader},
     path::{Path, PathBuf},
@@ -132,12 +134,28 @@ pub fn leakprobe_programs_loaded() -> Vec<String> {
         "mremap_exit",
         "brk_enter",
         "brk_exit",
+        "process_exec",
+        "process_fork",
+        "process_exit",
     ];
     aya::programs::loaded_programs()
         .filter_map(|p| p.ok())
         .filter_map(|p| p.name_as_str().map(str::to_string))
         .filter(|name| OURS.iter().any(|ours| name.starts_with(ours)))
         .collect()
+}
+
+/// The body of `GET http://addr/path` (a minimal HTTP/1.0 client: the tests need nothing more).
+pub fn http_get(addr: &str, path: &str) -> std::io::Result<(u16, String)> {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(addr)?;
+    stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+    write!(stream, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n")?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response)?;
+    let status = response.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+    let body = response.split_once("\r\n\r\n").map_or(String::new(), |(_, b)| b.to_string());
+    Ok((status, body))
 }
 
 /// Waits until `f` holds, up to `timeout`.

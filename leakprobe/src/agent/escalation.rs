@@ -1,0 +1,292 @@
+//! When a watched process's verdict turns to `leak`, the agent runs a bounded `leakprobe record`
+//! on it (its own binary, as a child process, within an overhead budget) to name the leaking
+//! line, and keeps the reports (JSON and a flame graph) in a directory with a retention limit.
+//! Rate limits: one recording at a time, a cooldown per process, a cap per hour.
+
+use std::{
+    collections::HashMap,
+    fs,
+    path::{Path, PathBuf},
+    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+};
+
+use anyhow::{Context as _, Result};
+use tokio::process::{Child, Command};
+
+#[derive(Debug, Clone)]
+pub struct EscalationPolicy {
+    pub reports_dir: PathBuf,
+    pub record_duration: Duration,
+    pub max_overhead_percent: f64,
+    /// A process is recorded again only after this long.
+    pub cooldown: Duration,
+    pub max_per_hour: usize,
+    /// Reports kept (oldest deleted first).
+    pub max_reports: usize,
+}
+
+struct Running {
+    child: Child,
+    pid: u32,
+    json: PathBuf,
+    started: Instant,
+}
+
+pub struct Escalations {
+    policy: EscalationPolicy,
+    running: Option<Running>,
+    last_by_pid: HashMap<u32, Instant>,
+    started: Vec<Instant>,
+    /// (result, count): written, failed, rate_limited.
+    pub results: HashMap<&'static str, u64>,
+}
+
+/// Why a leak was not escalated now.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Refusal {
+    Busy,
+    Cooldown,
+    HourlyCap,
+}
+
+impl Escalations {
+    pub fn new(policy: EscalationPolicy) -> Escalations {
+        Escalations { policy, running: None, last_by_pid: HashMap::new(), started: Vec::new(), results: HashMap::new() }
+    }
+
+    /// Whether `pid` may be recorded now (pure decision, `now` given for tests).
+    pub fn allowed(&self, pid: u32, now: Instant) -> Result<(), Refusal> {
+        if self.running.is_some() {
+            return Err(Refusal::Busy);
+        }
+        if self.last_by_pid.get(&pid).is_some_and(|t| now.duration_since(*t) < self.policy.cooldown) {
+            return Err(Refusal::Cooldown);
+        }
+        let hour = Duration::from_secs(3600);
+        if self.started.iter().filter(|t| now.duration_since(**t) < hour).count() >= self.policy.max_per_hour {
+            return Err(Refusal::HourlyCap);
+        }
+        Ok(())
+    }
+
+    /// Starts recording `pid` if the limits allow; `name` goes into the report's file name.
+    pub fn consider(&mut self, pid: u32, name: &str) -> Result<bool> {
+        let now = Instant::now();
+        match self.allowed(pid, now) {
+            Ok(()) => {}
+            Err(Refusal::Busy) => return Ok(false),
+            Err(_) => {
+                // Counted once per cooldown, not at every tick.
+                if !self.last_by_pid.contains_key(&pid) {
+                    *self.results.entry("rate_limited").or_default() += 1;
+                    self.last_by_pid.insert(pid, now);
+                }
+                return Ok(false);
+            }
+        }
+        fs::create_dir_all(&self.policy.reports_dir)
+            .with_context(|| format!("cannot create {}", self.policy.reports_dir.display()))?;
+        let stamp = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+        let safe: String =
+            name.chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' { c } else { '_' }).take(80).collect();
+        let json = self.policy.reports_dir.join(format!("{stamp}-{safe}-{pid}.json"));
+        let exe = std::env::current_exe().context("cannot find the leakprobe binary")?;
+        let child = Command::new(exe)
+            .args(["record", "--quiet", "--format", "json", "--pid", &pid.to_string()])
+            .arg("--duration")
+            .arg(humantime::format_duration(self.policy.record_duration).to_string())
+            .arg("--max-overhead")
+            .arg(self.policy.max_overhead_percent.to_string())
+            .arg("--output")
+            .arg(&json)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .context("cannot start leakprobe record")?;
+        self.running = Some(Running { child, pid, json, started: now });
+        self.last_by_pid.insert(pid, now);
+        self.started.push(now);
+        self.started.retain(|t| now.duration_since(*t) < Duration::from_secs(3600));
+        Ok(true)
+    }
+
+    /// Collects a finished recording: renders its flame graph, applies retention. Returns the
+    /// report's path when one was written.
+    pub fn poll(&mut self) -> Option<PathBuf> {
+        let running = self.running.as_mut()?;
+        let status = match running.child.try_wait() {
+            Ok(None) => {
+                // A recording that overruns its duration by far is stuck: stop it.
+                if running.started.elapsed() > self.policy.record_duration * 3 + Duration::from_secs(60) {
+                    let _ = running.child.start_kill();
+                }
+                return None;
+            }
+            Ok(Some(status)) => status,
+            Err(_) => {
+                self.running = None;
+                *self.results.entry("failed").or_default() += 1;
+                return None;
+            }
+        };
+        let running = self.running.take()?;
+        if !status.success() || !running.json.exists() {
+            eprintln!("leakprobe agent: recording PID {} failed ({status})", running.pid);
+            *self.results.entry("failed").or_default() += 1;
+            return None;
+        }
+        if let Err(e) = write_flame_graph(&running.json) {
+            eprintln!("leakprobe agent: no flame graph for {}: {e:#}", running.json.display());
+        }
+        *self.results.entry("written").or_default() += 1;
+        apply_retention(&self.policy.reports_dir, self.policy.max_reports);
+        Some(running.json)
+    }
+
+    pub fn forget(&mut self, pid: u32) {
+        self.last_by_pid.remove(&pid);
+    }
+
+    pub fn is_running(&self) -> bool {
+        self.running.is_some()
+    }
+}
+
+/// Folded stacks (outermost first, `;`-separated, weight = live bytes) of a JSON report's
+/// growing stacks, or of all its stacks when none grows.
+pub fn folded_stacks(report: &serde_json::Value) -> Vec<String> {
+    let stacks = report["stacks"].as_array().cloned().unwrap_or_default();
+    let growing: Vec<&serde_json::Value> = stacks.iter().filter(|s| s["flagged"] == true).collect();
+    let chosen: Vec<&serde_json::Value> = if growing.is_empty() { stacks.iter().collect() } else { growing };
+    chosen
+        .into_iter()
+        .filter_map(|s| {
+            let weight = s["live_bytes"].as_u64().filter(|w| *w > 0)?;
+            let frames: Vec<String> = s["frames"]
+                .as_array()?
+                .iter()
+                .rev()
+                .map(|f| {
+                    let function = f["function"].as_str().unwrap_or("?");
+                    match (f["file"].as_str(), f["line"].as_u64()) {
+                        (Some(file), Some(line)) if f["kind"] == "python" => {
+                            format!("{function} ({}:{line})", file.rsplit('/').next().unwrap_or(file))
+                        }
+                        _ => function.to_string(),
+                    }
+                    .replace(';', ",")
+                })
+                .collect();
+            Some(format!("{} {weight}", frames.join(";")))
+        })
+        .collect()
+}
+
+/// Writes `<report>.svg`, a flame graph of the report's live memory, next to the JSON report.
+pub fn write_flame_graph(json: &Path) -> Result<PathBuf> {
+    let report: serde_json::Value = serde_json::from_slice(&fs::read(json)?)?;
+    let lines = folded_stacks(&report);
+    let svg = json.with_extension("svg");
+    let mut options = inferno::flamegraph::Options::default();
+    options.title = format!("leakprobe: live memory of growing stacks, PID {}", report["target"]["pid"]);
+    options.count_name = "bytes".into();
+    let out = fs::File::create(&svg)?;
+    inferno::flamegraph::from_lines(&mut options, lines.iter().map(String::as_str), out)
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    Ok(svg)
+}
+
+/// Keeps the newest `max_reports` JSON reports (and their flame graphs), deleting the rest.
+pub fn apply_retention(dir: &Path, max_reports: usize) {
+    let Ok(entries) = fs::read_dir(dir) else { return };
+    let mut reports: Vec<(SystemTime, PathBuf)> = entries
+        .filter_map(|e| e.ok())
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == "json"))
+        .filter_map(|p| Some((fs::metadata(&p).ok()?.modified().ok()?, p)))
+        .collect();
+    reports.sort();
+    let excess = reports.len().saturating_sub(max_reports);
+    for (_, path) in reports.into_iter().take(excess) {
+        let _ = fs::remove_file(path.with_extension("svg"));
+        let _ = fs::remove_file(&path);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn policy(dir: &Path) -> EscalationPolicy {
+        EscalationPolicy {
+            reports_dir: dir.to_path_buf(),
+            record_duration: Duration::from_secs(60),
+            max_overhead_percent: 5.0,
+            cooldown: Duration::from_secs(3600),
+            max_per_hour: 2,
+            max_reports: 2,
+        }
+    }
+
+    #[test]
+    fn rate_limits_cooldown_and_hourly_cap() {
+        let mut e = Escalations::new(policy(Path::new("/nonexistent")));
+        let now = Instant::now();
+        assert_eq!(e.allowed(1, now), Ok(()));
+        e.last_by_pid.insert(1, now);
+        e.started.push(now);
+        assert_eq!(e.allowed(1, now + Duration::from_secs(60)), Err(Refusal::Cooldown));
+        assert_eq!(e.allowed(2, now), Ok(()));
+        e.started.push(now);
+        assert_eq!(e.allowed(2, now + Duration::from_secs(60)), Err(Refusal::HourlyCap));
+        assert_eq!(e.allowed(2, now + Duration::from_secs(3601)), Ok(()));
+    }
+
+    #[test]
+    fn folded_stacks_are_outermost_first_and_weighted_by_live_bytes() {
+        let report = serde_json::json!({"stacks": [
+            {"flagged": true, "live_bytes": 4096, "frames": [
+                {"function": "malloc", "kind": "native"},
+                {"function": "leak", "kind": "python", "file": "/srv/app.py", "line": 12},
+                {"function": "<module>", "kind": "python", "file": "/srv/app.py", "line": 30}]},
+            {"flagged": false, "live_bytes": 100, "frames": [{"function": "f", "kind": "native"}]}
+        ]});
+        assert_eq!(folded_stacks(&report), vec!["<module> (app.py:30);leak (app.py:12);malloc 4096"]);
+    }
+
+    #[test]
+    fn retention_keeps_the_newest_reports_with_their_graphs() {
+        let dir = std::env::temp_dir().join(format!("leakprobe-retention-{}", std::process::id()));
+        fs::create_dir_all(&dir).unwrap();
+        for (i, name) in ["a", "b", "c"].iter().enumerate() {
+            let json = dir.join(format!("{name}.json"));
+            fs::write(&json, "{}").unwrap();
+            fs::write(json.with_extension("svg"), "<svg/>").unwrap();
+            let t = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000 + i as u64);
+            fs::File::options().write(true).open(&json).unwrap().set_modified(t).unwrap();
+        }
+        apply_retention(&dir, 2);
+        let mut left: Vec<String> =
+            fs::read_dir(&dir).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+        left.sort();
+        assert_eq!(left, vec!["b.json", "b.svg", "c.json", "c.svg"]);
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_flame_graph_is_rendered_from_a_report() {
+        let dir = std::env::temp_dir().join(format!("leakprobe-flame-{}", std::process::id()));
+        fs::create_dir_all(&dir).unwrap();
+        let json = dir.join("r.json");
+        let report = serde_json::json!({"target": {"pid": 7}, "stacks": [
+            {"flagged": true, "live_bytes": 4096, "frames": [
+                {"function": "malloc", "kind": "native"},
+                {"function": "leak", "kind": "python", "file": "/srv/app.py", "line": 12}]}]});
+        fs::write(&json, report.to_string()).unwrap();
+        let svg = fs::read_to_string(write_flame_graph(&json).unwrap()).unwrap();
+        assert!(svg.contains("<svg") && svg.contains("leak (app.py:12)"), "{svg}");
+        fs::remove_dir_all(&dir).unwrap();
+    }
+}

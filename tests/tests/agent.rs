@@ -1,0 +1,268 @@
+//! `leakprobe agent` on this machine: it finds the Python processes by itself, exports their
+//! memory and verdicts as Prometheus metrics, flags only the leaker, escalates it to a bounded
+//! recording that names the line, follows processes that start and end, and leaves nothing in
+//! the kernel when it stops.
+
+use std::{
+    io::{BufRead, BufReader},
+    process::{Command, Stdio},
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use leakprobe_tests::*;
+
+/// A running agent: its stderr lines as they come, its address, SIGTERM on drop.
+pub struct Agent {
+    child: std::process::Child,
+    pub lines: Arc<Mutex<Vec<String>>>,
+    pub addr: String,
+}
+
+impl Agent {
+    pub fn start(extra: &[&str]) -> Agent {
+        let mut child = Command::new(leakprobe_bin())
+            .args(["agent", "--listen", "127.0.0.1:0", "--interval", "1s", "--rate-window", "8"])
+            .args(extra)
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("leakprobe agent starts");
+        let lines = Arc::new(Mutex::new(Vec::new()));
+        let stderr = child.stderr.take().unwrap();
+        let sink = lines.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                sink.lock().unwrap().push(line);
+            }
+        });
+        let mut agent = Agent { child, lines, addr: String::new() };
+        let found = eventually(Duration::from_secs(30), || {
+            agent.addr = agent.said("serving /metrics").and_then(|l| l.rsplit(' ').next().map(String::from)).unwrap_or_default();
+            !agent.addr.is_empty()
+        });
+        assert!(found, "the agent never said where it serves; stderr:\n{}", agent.stderr());
+        agent
+    }
+
+    /// The first stderr line containing `text`.
+    pub fn said(&self, text: &str) -> Option<String> {
+        self.lines.lock().unwrap().iter().find(|l| l.contains(text)).cloned()
+    }
+
+    pub fn stderr(&self) -> String {
+        self.lines.lock().unwrap().join("\n")
+    }
+
+    pub fn metrics(&self) -> String {
+        let (status, body) = http_get(&self.addr, "/metrics").expect("GET /metrics");
+        assert_eq!(status, 200, "{body}");
+        body
+    }
+
+    /// The value of the sample whose name and labels contain all of `parts`.
+    pub fn sample(&self, metrics: &str, parts: &[&str]) -> Option<f64> {
+        metrics
+            .lines()
+            .filter(|l| !l.starts_with('#'))
+            .find(|l| parts.iter().all(|p| l.contains(p)))
+            .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+    }
+
+    /// SIGTERM, and the exit status.
+    pub fn stop(mut self) -> std::process::ExitStatus {
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let mut status = None;
+        eventually(Duration::from_secs(20), || {
+            status = self.child.try_wait().ok().flatten();
+            status.is_some()
+        });
+        status.unwrap_or_else(|| {
+            let _ = self.child.kill();
+            self.child.wait().unwrap()
+        })
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn agent_flags_only_the_leaker_names_its_line_and_follows_process_churn() {
+    let leak = spawn_python("py_leak.py");
+    let steady = spawn_python("py_steady.py");
+    let reports = scratch().join(format!("agent-reports-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&reports);
+    let agent = Agent::start(&[
+        "--reports-dir",
+        reports.to_str().unwrap(),
+        "--record-duration",
+        "10s",
+        "--record-max-overhead",
+        "100",
+    ]);
+    assert!(
+        eventually(Duration::from_secs(20), || agent.said(&format!("watching PID {}", leak.pid())).is_some()
+            && agent.said(&format!("watching PID {}", steady.pid())).is_some()),
+        "the agent did not find both Python processes:\n{}",
+        agent.stderr()
+    );
+
+    // A short-lived, churning Python process started after the agent: found from its exec
+    // event, then let go when it ends.
+    let short = spawn_ready(Command::new(python()).args([
+        "-c",
+        "import time\nprint('ready', flush=True)\nend = time.time() + 4\nwhile time.time() < end:\n    x = [str(i) * 50 for i in range(20000)]\n    del x\n",
+    ]));
+    let short_pid = short.pid();
+    assert!(
+        eventually(Duration::from_secs(10), || agent.said(&format!("watching PID {short_pid}")).is_some()),
+        "the agent missed a new Python process:\n{}",
+        agent.stderr()
+    );
+
+    let leak_labels = r#"command="python py_leak.py""#;
+    let steady_labels = r#"command="python py_steady.py""#;
+    let mut metrics = String::new();
+    let leak_flagged = eventually(Duration::from_secs(60), || {
+        metrics = agent.metrics();
+        agent.sample(&metrics, &["leakprobe_process_verdict{", leak_labels, r#"verdict="leak""#]) == Some(1.0)
+    });
+    assert!(leak_flagged, "the leaker was never flagged:\n{metrics}\nstderr:\n{}", agent.stderr());
+    assert_eq!(
+        agent.sample(&metrics, &["leakprobe_process_verdict{", steady_labels, r#"verdict="leak""#]),
+        Some(0.0),
+        "{metrics}"
+    );
+    let growth = agent.sample(&metrics, &["leakprobe_process_growth_bytes_per_second{", leak_labels]).unwrap();
+    assert!(growth > 50_000.0 && growth < 500_000.0, "growth {growth} B/s");
+    assert!(agent.sample(&metrics, &["leakprobe_process_rss_bytes{", steady_labels]).unwrap() > 1e6);
+    // The site the leaker's heap grows through, and the agent's own health.
+    assert!(
+        metrics.lines().any(|l| l.starts_with("leakprobe_leak_site_growth_bytes_per_second{")
+            && l.contains(leak_labels)
+            && l.contains("py_leak.py")),
+        "{metrics}"
+    );
+    assert!(agent.sample(&metrics, &["leakprobe_agent_targets "]).unwrap() >= 2.0);
+    assert!(agent.sample(&metrics, &["leakprobe_agent_probes_attached "]).unwrap() >= 10.0);
+    assert!(agent.sample(&metrics, &["leakprobe_agent_resident_memory_bytes "]).unwrap() > 0.0);
+    assert!(!metrics.contains("pid="), "PIDs must not be labels");
+    let (status, body) = http_get(&agent.addr, "/healthz").unwrap();
+    assert_eq!((status, body.trim()), (200, "ok"));
+
+    // The short-lived process ended and was let go.
+    assert!(
+        eventually(Duration::from_secs(15), || agent.said(&format!("PID {short_pid} ended")).is_some()),
+        "{}",
+        agent.stderr()
+    );
+    drop(short);
+
+    // The leak verdict escalated to a bounded recording, whose report names the leaking line.
+    let mut report = None;
+    eventually(Duration::from_secs(60), || {
+        report = std::fs::read_dir(&reports).ok().and_then(|entries| {
+            entries.filter_map(|e| e.ok()).map(|e| e.path()).find(|p| {
+                p.extension().is_some_and(|x| x == "json") && p.with_extension("svg").exists()
+            })
+        });
+        report.is_some()
+    });
+    let report = report.unwrap_or_else(|| panic!("no report in {}:\n{}", reports.display(), agent.stderr()));
+    let json: serde_json::Value = serde_json::from_slice(&std::fs::read(&report).unwrap()).unwrap();
+    assert_eq!(json["target"]["pid"], leak.pid(), "only the leaker is recorded");
+    let named = flagged(&json).iter().any(|s| {
+        s["frames"].as_array().unwrap().iter().any(|f| {
+            f["kind"] == "python" && f["file"].as_str().is_some_and(|p| p.ends_with("py_leak.py"))
+        })
+    });
+    assert!(named, "the report does not name py_leak.py: {:#}", json["stacks"]);
+    let svg = std::fs::read_to_string(report.with_extension("svg")).unwrap();
+    assert!(svg.contains("<svg") && svg.contains("py_leak.py"));
+
+    let status = agent.stop();
+    assert!(status.success(), "agent exit: {status:?}");
+    assert!(leakprobe_programs_loaded().is_empty(), "{:?}", leakprobe_programs_loaded());
+    let _ = std::fs::remove_dir_all(&reports);
+}
+
+/// The first Debian root with a CPython (`cargo xtask test` debootstraps them), and the Python in
+/// it.
+fn debian_root() -> Option<(std::path::PathBuf, String)> {
+    let roots = std::env::var("LEAKPROBE_CHROOTS").ok()?;
+    let root = roots.split(',').find_map(|entry| entry.split_once('=').map(|(_, p)| std::path::PathBuf::from(p)))?;
+    Some((root, std::env::var("LEAKPROBE_CHROOT_PYTHON").ok()?))
+}
+
+/// A node in miniature: Python processes in their own cgroups (kubelet's cgroupfs and systemd
+/// layouts) and mount namespaces, one of them in another root; one leaks, one is steady, one
+/// lives a few seconds. The agent labels each with its pod and container, flags only the leaker
+/// (with the time to its container's limit), and lets the short-lived one go.
+#[test]
+fn agent_on_a_simulated_node_labels_pods_and_flags_only_the_leaker() {
+    use leakprobe_tests::node::{unique_container_id, unique_pod_uid, CgroupStyle, FakePod};
+    let python_cmd = |script: &str| {
+        let mut cmd = Command::new(python());
+        cmd.arg("-u").arg(fixture(script));
+        cmd
+    };
+    let (leak_pod, leak_id) = (unique_pod_uid(), unique_container_id());
+    let leak =
+        FakePod::start_ready(CgroupStyle::V1Cgroupfs, &leak_pod, &leak_id, Some(4 << 30), python_cmd("py_leak.py"));
+    // The steady one runs Debian's own CPython from a debootstrap'd root when there is one.
+    let steady_cmd = match debian_root() {
+        Some((root, python)) => {
+            std::fs::create_dir_all(root.join("app")).unwrap();
+            std::fs::copy(fixture("py_steady.py"), root.join("app/py_steady.py")).unwrap();
+            let mut cmd = Command::new("chroot");
+            cmd.arg(&root).args([python.as_str(), "-u", "/app/py_steady.py"]);
+            cmd
+        }
+        None => python_cmd("py_steady.py"),
+    };
+    let (steady_pod, steady_id) = (unique_pod_uid(), unique_container_id());
+    let steady = FakePod::start_ready(CgroupStyle::V2Systemd, &steady_pod, &steady_id, None, steady_cmd);
+
+    let agent = Agent::start(&["--no-escalation"]);
+    let mut short_cmd = Command::new(python());
+    short_cmd.args(["-c", "import time\nprint('ready', flush=True)\ntime.sleep(4)\n"]);
+    let (short_pod, short_id) = (unique_pod_uid(), unique_container_id());
+    let short = FakePod::start_ready(CgroupStyle::V1Cgroupfs, &short_pod, &short_id, None, short_cmd);
+    let short_pid = short.pid();
+
+    let leak_labels = format!(r#"pod="{leak_pod}",container="{}""#, &leak_id[..12]);
+    let steady_labels = format!(r#"pod="{steady_pod}",container="{}""#, &steady_id[..12]);
+    let mut metrics = String::new();
+    let leak_flagged = eventually(Duration::from_secs(60), || {
+        metrics = agent.metrics();
+        agent.sample(&metrics, &["leakprobe_process_verdict{", &leak_labels, r#"verdict="leak""#]) == Some(1.0)
+    });
+    assert!(leak_flagged, "the leaker was never flagged:\n{metrics}\nstderr:\n{}", agent.stderr());
+    assert_eq!(
+        agent.sample(&metrics, &["leakprobe_process_verdict{", &steady_labels, r#"verdict="leak""#]),
+        Some(0.0),
+        "the steady pod is missing or flagged:\n{metrics}"
+    );
+    let limit = agent.sample(&metrics, &["leakprobe_process_memory_limit_bytes{", &leak_labels]);
+    assert_eq!(limit, Some((4u64 << 30) as f64), "{metrics}");
+    let ttl = agent.sample(&metrics, &["leakprobe_process_time_to_limit_seconds{", &leak_labels]).unwrap();
+    assert!(ttl > 60.0, "time to limit {ttl}s");
+    assert!(agent.said(&format!("watching PID {short_pid}")).is_some(), "{}", agent.stderr());
+    assert!(
+        eventually(Duration::from_secs(15), || agent.said(&format!("PID {short_pid} ended")).is_some()),
+        "{}",
+        agent.stderr()
+    );
+    drop(short);
+    let metrics = agent.metrics();
+    assert!(!metrics.contains(&short_pod), "an ended process is still exported:\n{metrics}");
+    assert!(http_get(&agent.addr, "/healthz").unwrap().0 == 200);
+    let status = agent.stop();
+    assert!(status.success(), "agent exit: {status:?}");
+    assert!(leakprobe_programs_loaded().is_empty());
+    drop((leak, steady));
+}
