@@ -3,92 +3,9 @@
 //! recording that names the line, follows processes that start and end, and leaves nothing in
 //! the kernel when it stops.
 
-use std::{
-    io::{BufRead, BufReader},
-    process::{Command, Stdio},
-    sync::{Arc, Mutex},
-    time::Duration,
-};
+use std::{process::Command, time::Duration};
 
-use leakprobe_tests::*;
-
-/// A running agent: its stderr lines as they come, its address, SIGTERM on drop.
-pub struct Agent {
-    child: std::process::Child,
-    pub lines: Arc<Mutex<Vec<String>>>,
-    pub addr: String,
-}
-
-impl Agent {
-    pub fn start(extra: &[&str]) -> Agent {
-        let mut child = Command::new(leakprobe_bin())
-            .args(["agent", "--listen", "127.0.0.1:0", "--interval", "1s", "--rate-window", "8"])
-            .args(extra)
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("leakprobe agent starts");
-        let lines = Arc::new(Mutex::new(Vec::new()));
-        let stderr = child.stderr.take().unwrap();
-        let sink = lines.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                sink.lock().unwrap().push(line);
-            }
-        });
-        let mut agent = Agent { child, lines, addr: String::new() };
-        let found = eventually(Duration::from_secs(30), || {
-            agent.addr = agent.said("serving /metrics").and_then(|l| l.rsplit(' ').next().map(String::from)).unwrap_or_default();
-            !agent.addr.is_empty()
-        });
-        assert!(found, "the agent never said where it serves; stderr:\n{}", agent.stderr());
-        agent
-    }
-
-    /// The first stderr line containing `text`.
-    pub fn said(&self, text: &str) -> Option<String> {
-        self.lines.lock().unwrap().iter().find(|l| l.contains(text)).cloned()
-    }
-
-    pub fn stderr(&self) -> String {
-        self.lines.lock().unwrap().join("\n")
-    }
-
-    pub fn metrics(&self) -> String {
-        let (status, body) = http_get(&self.addr, "/metrics").expect("GET /metrics");
-        assert_eq!(status, 200, "{body}");
-        body
-    }
-
-    /// The value of the sample whose name and labels contain all of `parts`.
-    pub fn sample(&self, metrics: &str, parts: &[&str]) -> Option<f64> {
-        metrics
-            .lines()
-            .filter(|l| !l.starts_with('#'))
-            .find(|l| parts.iter().all(|p| l.contains(p)))
-            .and_then(|l| l.rsplit(' ').next()?.parse().ok())
-    }
-
-    /// SIGTERM, and the exit status.
-    pub fn stop(mut self) -> std::process::ExitStatus {
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
-        let mut status = None;
-        eventually(Duration::from_secs(20), || {
-            status = self.child.try_wait().ok().flatten();
-            status.is_some()
-        });
-        status.unwrap_or_else(|| {
-            let _ = self.child.kill();
-            self.child.wait().unwrap()
-        })
-    }
-}
-
-impl Drop for Agent {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
+use leakprobe_tests::{agent::Agent, *};
 
 #[test]
 fn agent_flags_only_the_leaker_names_its_line_and_follows_process_churn() {
@@ -265,4 +182,61 @@ fn agent_on_a_simulated_node_labels_pods_and_flags_only_the_leaker() {
     assert!(status.success(), "agent exit: {status:?}");
     assert!(leakprobe_programs_loaded().is_empty());
     drop((leak, steady));
+}
+
+/// The capabilities docs/deploy.md documents (and the DaemonSet adds): the agent must do all its
+/// work, escalated recordings included, with these alone.
+const DOCUMENTED_CAPABILITIES: &[&str] =
+    &["cap_bpf", "cap_perfmon", "cap_sys_ptrace", "cap_dac_read_search", "cap_sys_resource", "cap_sys_admin"];
+
+/// Every capability this kernel and libcap know, from `capsh --print`'s bounding set.
+fn all_capabilities() -> Vec<String> {
+    let out = Command::new("capsh").arg("--print").output().expect("capsh runs");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let line = text.lines().find_map(|l| l.strip_prefix("Bounding set =")).expect("capsh prints the bounding set");
+    line.split(',').map(|c| c.trim().to_string()).filter(|c| !c.is_empty()).collect()
+}
+
+#[test]
+fn agent_works_with_only_its_documented_capabilities() {
+    let dropped: Vec<String> =
+        all_capabilities().into_iter().filter(|c| !DOCUMENTED_CAPABILITIES.contains(&c.as_str())).collect();
+    assert!(!dropped.is_empty());
+    let leak = spawn_python("py_leak.py");
+    let reports = scratch().join(format!("agent-caps-reports-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&reports);
+    let drop_arg = format!("--drop={}", dropped.join(","));
+    let agent = Agent::start_under(
+        &["capsh", &drop_arg, "--", "-c", "exec \"$0\" \"$@\""],
+        &["--reports-dir", reports.to_str().unwrap(), "--record-duration", "8s", "--record-max-overhead", "100"],
+    );
+    // It really runs with (at most) the documented set: every other capability we had is gone.
+    let bounding = |pid: String| {
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+        let hex = status.lines().find_map(|l| l.strip_prefix("CapBnd:")).unwrap().trim().to_string();
+        u64::from_str_radix(&hex, 16).unwrap()
+    };
+    let (ours, theirs) = (bounding("self".into()), bounding(agent.pid().to_string()));
+    assert!(theirs & !ours == 0 && theirs.count_ones() <= DOCUMENTED_CAPABILITIES.len() as u32, "{theirs:x}");
+    assert!(ours.count_ones() > theirs.count_ones(), "nothing was dropped: {ours:x}");
+
+    let labels = r#"command="python py_leak.py""#;
+    let mut metrics = String::new();
+    let leak_flagged = eventually(Duration::from_secs(60), || {
+        metrics = agent.metrics();
+        agent.sample(&metrics, &["leakprobe_process_verdict{", labels, r#"verdict="leak""#]) == Some(1.0)
+    });
+    assert!(leak_flagged, "not flagged:\n{metrics}\n{}", agent.stderr());
+    assert!(
+        metrics.lines().any(|l| l.starts_with("leakprobe_leak_site_growth_bytes_per_second{") && l.contains("py_leak.py")),
+        "no Python site (process_vm_readv denied?):\n{metrics}"
+    );
+    // The escalated recording (uprobes, map_files) works with the same set.
+    let written = eventually(Duration::from_secs(60), || {
+        std::fs::read_dir(&reports).is_ok_and(|mut d| d.any(|e| e.is_ok_and(|e| e.path().extension().is_some_and(|x| x == "svg"))))
+    });
+    assert!(written, "no report from the escalated recording:\n{}", agent.stderr());
+    assert!(agent.stop().success());
+    drop(leak);
+    let _ = std::fs::remove_dir_all(&reports);
 }

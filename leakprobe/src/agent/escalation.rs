@@ -154,47 +154,13 @@ impl Escalations {
     }
 }
 
-/// Folded stacks (outermost first, `;`-separated, weight = live bytes) of a JSON report's
-/// growing stacks, or of all its stacks when none grows.
-pub fn folded_stacks(report: &serde_json::Value) -> Vec<String> {
-    let stacks = report["stacks"].as_array().cloned().unwrap_or_default();
-    let growing: Vec<&serde_json::Value> = stacks.iter().filter(|s| s["flagged"] == true).collect();
-    let chosen: Vec<&serde_json::Value> = if growing.is_empty() { stacks.iter().collect() } else { growing };
-    chosen
-        .into_iter()
-        .filter_map(|s| {
-            let weight = s["live_bytes"].as_u64().filter(|w| *w > 0)?;
-            let frames: Vec<String> = s["frames"]
-                .as_array()?
-                .iter()
-                .rev()
-                .map(|f| {
-                    let function = f["function"].as_str().unwrap_or("?");
-                    match (f["file"].as_str(), f["line"].as_u64()) {
-                        (Some(file), Some(line)) if f["kind"] == "python" => {
-                            format!("{function} ({}:{line})", file.rsplit('/').next().unwrap_or(file))
-                        }
-                        _ => function.to_string(),
-                    }
-                    .replace(';', ",")
-                })
-                .collect();
-            Some(format!("{} {weight}", frames.join(";")))
-        })
-        .collect()
-}
-
-/// Writes `<report>.svg`, a flame graph of the report's live memory, next to the JSON report.
+/// Writes `<report>.svg`, a flame graph of the report's live memory (`report::flamegraph`: the
+/// growing stacks, or all of them when none grows), next to the JSON report.
 pub fn write_flame_graph(json: &Path) -> Result<PathBuf> {
-    let report: serde_json::Value = serde_json::from_slice(&fs::read(json)?)?;
-    let lines = folded_stacks(&report);
+    let report = crate::report::load::from_path(json)?;
     let svg = json.with_extension("svg");
-    let mut options = inferno::flamegraph::Options::default();
-    options.title = format!("leakprobe: live memory of growing stacks, PID {}", report["target"]["pid"]);
-    options.count_name = "bytes".into();
-    let out = fs::File::create(&svg)?;
-    inferno::flamegraph::from_lines(&mut options, lines.iter().map(String::as_str), out)
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let drawn = crate::report::flamegraph::render(&report, &crate::report::flamegraph::Style::Standalone)?;
+    fs::write(&svg, drawn).with_context(|| format!("cannot write {}", svg.display()))?;
     Ok(svg)
 }
 
@@ -245,18 +211,6 @@ mod tests {
     }
 
     #[test]
-    fn folded_stacks_are_outermost_first_and_weighted_by_live_bytes() {
-        let report = serde_json::json!({"stacks": [
-            {"flagged": true, "live_bytes": 4096, "frames": [
-                {"function": "malloc", "kind": "native"},
-                {"function": "leak", "kind": "python", "file": "/srv/app.py", "line": 12},
-                {"function": "<module>", "kind": "python", "file": "/srv/app.py", "line": 30}]},
-            {"flagged": false, "live_bytes": 100, "frames": [{"function": "f", "kind": "native"}]}
-        ]});
-        assert_eq!(folded_stacks(&report), vec!["<module> (app.py:30);leak (app.py:12);malloc 4096"]);
-    }
-
-    #[test]
     fn retention_keeps_the_newest_reports_with_their_graphs() {
         let dir = std::env::temp_dir().join(format!("leakprobe-retention-{}", std::process::id()));
         fs::create_dir_all(&dir).unwrap();
@@ -280,13 +234,9 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("leakprobe-flame-{}", std::process::id()));
         fs::create_dir_all(&dir).unwrap();
         let json = dir.join("r.json");
-        let report = serde_json::json!({"target": {"pid": 7}, "stacks": [
-            {"flagged": true, "live_bytes": 4096, "frames": [
-                {"function": "malloc", "kind": "native"},
-                {"function": "leak", "kind": "python", "file": "/srv/app.py", "line": 12}]}]});
-        fs::write(&json, report.to_string()).unwrap();
+        fs::write(&json, crate::report::json::render(&crate::report::sample::leaking())).unwrap();
         let svg = fs::read_to_string(write_flame_graph(&json).unwrap()).unwrap();
-        assert!(svg.contains("<svg") && svg.contains("leak (app.py:12)"), "{svg}");
+        assert!(svg.contains("<svg") && svg.contains("leak_async (main.py:18)"), "{svg}");
         fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -11,6 +11,7 @@
 pub mod containers;
 pub mod discovery;
 pub mod escalation;
+pub mod kube;
 pub mod metrics;
 pub mod node_probes;
 pub mod process;
@@ -57,6 +58,8 @@ pub struct AgentOptions {
     /// Stop after this long (tests); until SIGINT/SIGTERM otherwise.
     pub duration: Option<Duration>,
     pub tables: TableSizes,
+    /// Names pods and containers through the Kubernetes API (in-cluster), for this node.
+    pub kubernetes_node: Option<String>,
 }
 
 /// A process being watched.
@@ -74,6 +77,8 @@ struct Pending {
 }
 
 const INSPECT_ATTEMPTS: u32 = 5;
+/// How often the node's pods are listed again (with `--kubernetes`).
+const KUBE_REFRESH: Duration = Duration::from_secs(30);
 /// Full /proc rescans, to catch what lost events missed.
 const RESCAN_EVERY: Duration = Duration::from_secs(60);
 
@@ -83,6 +88,10 @@ pub async fn run(opts: AgentOptions) -> Result<()> {
     if probes.mounted_tracefs {
         eprintln!("leakprobe agent: mounted tracefs on /sys/kernel/tracing");
     }
+    let pods = match &opts.kubernetes_node {
+        Some(node) => Some(kube::PodDirectory::start(kube::ApiConfig::in_cluster()?, node.clone(), KUBE_REFRESH)?),
+        None => None,
+    };
     let shared = Arc::new(Mutex::new(server::Shared::default()));
     let listener = tokio::net::TcpListener::bind(opts.listen)
         .await
@@ -101,6 +110,7 @@ pub async fn run(opts: AgentOptions) -> Result<()> {
         evictions: HashMap::new(),
         escalations: opts.escalation.clone().map(Escalations::new),
         start: Instant::now(),
+        pods,
     };
     for pid in discovery::scan(agent.own_pid) {
         agent.pending.insert(pid, Pending { attempts: 0 });
@@ -115,7 +125,11 @@ pub async fn run(opts: AgentOptions) -> Result<()> {
     loop {
         tokio::select! {
             _ = ticker.tick() => {
-                agent.tick(&mut probes)?;
+                // A failed tick (a kernel map unreadable for a moment) is said, not fatal: the
+                // agent must outlive its targets' and the node's hiccups.
+                if let Err(e) = agent.tick(&mut probes) {
+                    eprintln!("leakprobe agent: sampling failed: {e:#}");
+                }
                 let snapshot = agent.snapshot(&probes);
                 let mut s = shared.lock().unwrap_or_else(|e| e.into_inner());
                 s.snapshot = snapshot;
@@ -123,6 +137,8 @@ pub async fn run(opts: AgentOptions) -> Result<()> {
             }
             _ = threads.tick() => agent.refresh_threads(&mut probes),
             _ = rescan.tick() => {
+                // Rejected PIDs that are gone may come back as other processes.
+                agent.rejected.retain(|pid| std::path::Path::new(&format!("/proc/{pid}")).exists());
                 for pid in discovery::scan(agent.own_pid) {
                     agent.notice(pid);
                 }
@@ -154,7 +170,7 @@ struct Agent<'a> {
     opts: &'a AgentOptions,
     watched: HashMap<u32, Watched>,
     pending: HashMap<u32, Pending>,
-    /// Seen and not Python (forgotten at each rescan, so a reused PID is looked at again).
+    /// Seen and not Python (forgotten when they end or exec, so a reused PID is looked at again).
     rejected: HashSet<u32>,
     /// stack id -> process, for the kernel's stacks.
     stack_owner: HashMap<u64, u32>,
@@ -163,6 +179,7 @@ struct Agent<'a> {
     evictions: HashMap<&'static str, u64>,
     escalations: Option<Escalations>,
     start: Instant,
+    pods: Option<kube::PodDirectory>,
 }
 
 impl Agent<'_> {
@@ -252,13 +269,7 @@ impl Agent<'_> {
             Ok(None) => return Ok(None),
             Err(e) => anyhow::bail!(e),
         };
-        let container = containers::read(pid);
-        let labels = Labels {
-            namespace: String::new(),
-            pod: container.as_ref().and_then(|c| c.pod_uid.clone()).unwrap_or_default(),
-            container: container.as_ref().map(|c| c.short_id().to_string()).unwrap_or_default(),
-            command: discovery::command_label(pid),
-        };
+        let labels = self.labels(pid);
         Ok(Some(Watched {
             labels,
             python: Some(PythonResolver::new(python)),
@@ -266,6 +277,45 @@ impl Agent<'_> {
             verdict: VerdictKind::Inconclusive,
             last: None,
         }))
+    }
+
+    /// Pod UID and short container id from the cgroup path; namespace and names from the API
+    /// when it is on and knows them.
+    fn labels(&self, pid: u32) -> Labels {
+        let container = containers::read(pid);
+        let mut labels = Labels {
+            namespace: String::new(),
+            pod: container.as_ref().and_then(|c| c.pod_uid.clone()).unwrap_or_default(),
+            container: container.as_ref().map(|c| c.short_id().to_string()).unwrap_or_default(),
+            command: discovery::command_label(pid),
+        };
+        let named = match (&self.pods, &container) {
+            (Some(pods), Some(c)) => c.pod_uid.as_deref().and_then(|uid| pods.lookup(uid, &c.container_id)),
+            _ => None,
+        };
+        if let Some(info) = named {
+            labels.namespace = info.namespace;
+            labels.pod = info.pod;
+            if !info.container.is_empty() {
+                labels.container = info.container;
+            }
+        }
+        labels
+    }
+
+    /// Labels of processes seen before the API answered, named now.
+    fn rename(&mut self) {
+        if self.pods.is_none() {
+            return;
+        }
+        let unnamed: Vec<u32> =
+            self.watched.iter().filter(|(_, w)| w.labels.namespace.is_empty()).map(|(pid, _)| *pid).collect();
+        for pid in unnamed {
+            let labels = self.labels(pid);
+            if let Some(w) = self.watched.get_mut(&pid) {
+                w.labels = labels;
+            }
+        }
     }
 
     fn refresh_threads(&mut self, probes: &mut NodeProbes) {
@@ -310,6 +360,7 @@ impl Agent<'_> {
     fn tick(&mut self, probes: &mut NodeProbes) -> Result<()> {
         self.release_ended(probes)?;
         self.inspect_pending(probes);
+        self.rename();
         let t = self.start.elapsed().as_secs_f64();
         let mut by_process: HashMap<u32, Vec<(u64, StackCounters)>> = HashMap::new();
         for (id, counters) in probes.stack_counters()? {
