@@ -12,6 +12,7 @@ pub mod cgroup;
 pub mod elf_symbols;
 pub mod liveness;
 pub mod loader;
+pub mod logs;
 pub mod probe_cost;
 pub mod process_memory;
 pub mod python;

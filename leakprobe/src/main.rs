@@ -2,12 +2,12 @@
 
 use std::{path::PathBuf, process::ExitCode, time::Duration};
 
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{Parser, Subcommand};
 use leakprobe::{
     agent::{self, escalation::EscalationPolicy, AgentOptions},
     loader::TableSizes,
     record::{self, RecordOptions},
-    report,
+    report::{self, Format},
     stack_names::StackView,
     watch::{self, WatchOptions},
 };
@@ -29,6 +29,11 @@ enum Commands {
     /// Watch every Python process on the node (the DaemonSet mode): Prometheus metrics on
     /// --listen, and a bounded recording of each process whose verdict turns to leak.
     Agent(AgentArgs),
+    /// Render a saved JSON report (`record --output FILE.json`) again, in any format.
+    Report(ReportArgs),
+    /// Read an application's logs: memory growth (leak verdict), spikes, and OOM kills,
+    /// MemoryErrors and allocation failures, each with the memory level that led to it.
+    Logs(leakprobe::logs::LogsArgs),
 }
 
 #[derive(clap::Args)]
@@ -84,6 +89,13 @@ struct AgentArgs {
     /// Size of the kernel's stack table (all processes).
     #[arg(long, default_value_t = 1 << 15)]
     max_stacks: u32,
+    /// Name namespaces, pods and containers through the Kubernetes API (in-cluster service
+    /// account, pods of --node-name only); without it pods are labelled by UID, containers by id.
+    #[arg(long)]
+    kubernetes: bool,
+    /// This node's name, for --kubernetes.
+    #[arg(long, env = "NODE_NAME")]
+    node_name: Option<String>,
 }
 
 #[derive(clap::Args)]
@@ -108,12 +120,6 @@ struct WatchArgs {
     top: usize,
 }
 
-#[derive(Clone, Copy, ValueEnum)]
-enum Format {
-    Text,
-    Json,
-}
-
 #[derive(clap::Args)]
 struct RecordArgs {
     /// PID of the process to record.
@@ -125,8 +131,9 @@ struct RecordArgs {
     /// How often to sample the per-stack counters and the process's memory.
     #[arg(long, short, default_value = "2s", value_parser = humantime::parse_duration)]
     interval: Duration,
-    #[arg(long, short, value_enum, default_value_t = Format::Text)]
-    format: Format,
+    /// Report format [default: from --output's file name (.json, .svg, .pb.gz, .html, ...), else text]
+    #[arg(long, short, value_enum)]
+    format: Option<Format>,
     /// Write the report here instead of stdout.
     #[arg(long, short)]
     output: Option<PathBuf>,
@@ -180,6 +187,8 @@ fn main() -> ExitCode {
         Commands::Record(args) => runtime.block_on(run_record(args)),
         Commands::Watch(args) => runtime.block_on(run_watch(args)),
         Commands::Agent(args) => runtime.block_on(run_agent(args)),
+        Commands::Report(args) => run_report(args),
+        Commands::Logs(args) => leakprobe::logs::run(args),
     };
     match result {
         Ok(code) => code,
@@ -235,6 +244,11 @@ async fn run_agent(args: AgentArgs) -> anyhow::Result<ExitCode> {
         }),
         duration: args.duration,
         tables: TableSizes { live_allocations: args.max_live_mappings, stacks: args.max_stacks },
+        kubernetes_node: match (args.kubernetes, args.node_name) {
+            (false, _) => None,
+            (true, Some(node)) => Some(node),
+            (true, None) => anyhow::bail!("--kubernetes needs --node-name (or NODE_NAME) to list only this node's pods"),
+        },
     })
     .await?;
     Ok(ExitCode::SUCCESS)
@@ -250,6 +264,8 @@ async fn run_record(args: RecordArgs) -> anyhow::Result<ExitCode> {
     if args.window < Duration::from_millis(10) {
         anyhow::bail!("--window must be at least 10ms");
     }
+    let format = Format::choose(args.format, args.output.as_deref());
+    report::output::check_destination(args.output.as_deref(), format)?;
     let opts = RecordOptions {
         pid: args.pid,
         command: args.command,
@@ -269,10 +285,28 @@ async fn run_record(args: RecordArgs) -> anyhow::Result<ExitCode> {
         window: args.window,
     };
     let report = record::record(opts).await?;
-    let rendered = match args.format {
-        Format::Text => report::text::render(&report),
-        Format::Json => report::json::render(&report),
-    };
-    record::write_output(args.output.as_ref(), &rendered)?;
+    report::write(args.output.as_deref(), format, &report::render(&report, format)?)?;
+    Ok(if args.fail_on_leak && report.is_leak() { ExitCode::from(EXIT_LEAK) } else { ExitCode::SUCCESS })
+}
+
+#[derive(clap::Args)]
+struct ReportArgs {
+    /// A JSON report saved by `leakprobe record --format json` (schema version 1).
+    file: PathBuf,
+    /// Report format [default: from --output's file name (.json, .svg, .pb.gz, .html, ...), else text]
+    #[arg(long, short, value_enum)]
+    format: Option<Format>,
+    /// Write the report here instead of stdout.
+    #[arg(long, short)]
+    output: Option<PathBuf>,
+    /// Exit with status 3 when the report's verdict is leak.
+    #[arg(long)]
+    fail_on_leak: bool,
+}
+
+fn run_report(args: ReportArgs) -> anyhow::Result<ExitCode> {
+    let report = report::load::from_path(&args.file)?;
+    let format = Format::choose(args.format, args.output.as_deref());
+    report::write(args.output.as_deref(), format, &report::render(&report, format)?)?;
     Ok(if args.fail_on_leak && report.is_leak() { ExitCode::from(EXIT_LEAK) } else { ExitCode::SUCCESS })
 }

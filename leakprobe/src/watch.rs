@@ -238,7 +238,8 @@ fn kind_name(kind: MemoryKind) -> &'static str {
 }
 
 fn render(s: &Snapshot) -> String {
-    let rate = |r: f64| format!("{}{}/s", if r < 0.0 { "-" } else { "+" }, human_bytes(r.abs()));
+    // Per minute: the unit people watch a slow leak in.
+    let rate = |r: f64| format!("{}{}/min", if r < 0.0 { "-" } else { "+" }, human_bytes(r.abs() * 60.0));
     let limit = s.time_to_limit_seconds.map(|t| format!("; limit in ~{}", human_duration(t))).unwrap_or_default();
     let mut out = format!(
         "t={:>6.0}s  RSS {} (anon {}, file {}, swap {})  {}  {}{limit}\n",

@@ -2,6 +2,7 @@
 //! Every side effect (a child process) is wrapped in a guard that undoes it, so a failing test
 //! leaves nothing running.
 
+pub mod agent;
 pub mod node;
 
 use std::{

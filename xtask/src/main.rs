@@ -1,11 +1,13 @@
-//! Project tasks: `cargo xtask <setup|build|test|demo|bench>`.
+//! Project tasks: `cargo xtask <setup|build|test|demo|bench|deploy-check>`.
 //!
 //! Everything the project needs on a fresh machine is installed here, idempotently, and cached
 //! under `~/.cache/leakprobe` so a second run costs seconds.
 
 mod bench;
+mod bench_agent;
 mod chroot;
 mod demo;
+mod deploy_checks;
 mod setup;
 
 use std::{
@@ -26,6 +28,14 @@ commands:
   demo     build, then record the bundled leaky FastAPI app under load and print the report
   bench    build, then measure what leakprobe and its peers cost the demo app under load
            (--rounds N, --seconds N); writes target/bench/results.{md,json}
+  bench-agent
+           build, then run the node agent over many churning Python processes and check its CPU
+           and memory against the DaemonSet's caps (--processes 200, --seconds 60, --interval 5s);
+           writes target/bench/agent.{md,json}
+  deploy-check
+           setup, then check deploy/ offline: the alert rules and their tests (promtool), the
+           Kubernetes manifests (schemas, cross-references), the Dockerfile (also part of test);
+           --fix first rewrites deploy/kubernetes/prometheusrule.yaml from the rules file
 ";
 
 fn main() -> ExitCode {
@@ -36,6 +46,8 @@ fn main() -> ExitCode {
         Some("test") => test(&args[1..]),
         Some("demo") => demo(&args[1..]),
         Some("bench") => build().and_then(|tools| bench::run(&tools, &leakprobe_bin(), &args[1..])),
+        Some("deploy-check") => deploy_check(&args[1..]),
+        Some("bench-agent") => build().and_then(|tools| bench_agent::run(&tools, &leakprobe_bin(), &args[1..])),
         _ => {
             eprint!("{USAGE}");
             return ExitCode::from(2);
@@ -85,6 +97,7 @@ fn test(extra: &[String]) -> Result<()> {
     let tools = build()?;
     // Pure logic first: fast, no root needed.
     run(cargo(&tools).args(["test", "--release", "-p", "leakprobe", "-p", "leakprobe-common", "-p", "xtask"]))?;
+    deploy_checks::check(&tools, false)?;
     // End to end: real kernel programs on real processes; one at a time, they share kernel state.
     run(cargo(&tools)
         .args(["test", "--release", "-p", "leakprobe-tests", "--"])
@@ -94,12 +107,22 @@ fn test(extra: &[String]) -> Result<()> {
         .env("LEAKPROBE_PYTHON", &tools.python)
         .env("LEAKPROBE_EXTRA_PYTHONS", versioned_paths(&tools.extra_pythons))
         .env("LEAKPROBE_CHROOTS", versioned_paths(&tools.debian_roots))
-        .env("LEAKPROBE_CHROOT_PYTHON", format!("{}/bin/python", chroot::VENV)))
+        .env("LEAKPROBE_CHROOT_PYTHON", format!("{}/bin/python", chroot::VENV))
+        .env("LEAKPROBE_PROMETHEUS", tools.promtool.with_file_name("prometheus")))
 }
 
 /// `3.12=/path,3.13=/path` for the tests.
 fn versioned_paths(entries: &[(String, PathBuf)]) -> String {
     entries.iter().map(|(v, p)| format!("{v}={}", p.display())).collect::<Vec<_>>().join(",")
+}
+
+fn deploy_check(extra: &[String]) -> Result<()> {
+    let fix = match extra {
+        [] => false,
+        [flag] if flag == "--fix" => true,
+        _ => bail!("usage: cargo xtask deploy-check [--fix]"),
+    };
+    deploy_checks::check(&setup::install()?, fix)
 }
 
 fn demo(extra: &[String]) -> Result<()> {

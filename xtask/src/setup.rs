@@ -13,12 +13,16 @@ use crate::run;
 
 /// bpf-linker must be built against the same LLVM major as the nightly that compiles the kernel
 /// crate; the nightly ships that libLLVM, so bpf-linker links against it.
-const BPF_LINKER_VERSION: &str = "0.13.0";
-const BPF_LINKER_LLVM_FEATURE: &str = "llvm-22";
-/// Debian packages: the load generator, and what the Python venv needs.
-const APT_PACKAGES: &[&str] = &["wrk", "python3.11", "python3.11-venv", "debootstrap"];
+/// (deploy/Dockerfile builds the same; `cargo xtask deploy-check` compares.)
+pub const BPF_LINKER_VERSION: &str = "0.13.0";
+pub const BPF_LINKER_LLVM_FEATURE: &str = "llvm-22";
+/// Debian packages: the load generator, what the Python venv needs, and the real consumers of
+/// the report formats the tests run (`go tool pprof`, headless Chromium).
+const APT_PACKAGES: &[&str] = &["wrk", "python3.11", "python3.11-venv", "debootstrap", "golang-go", "chromium"];
 /// The demo app's and the end-to-end tests' Python packages.
 pub const PIP_PACKAGES: &[&str] = &["fastapi==0.115.*", "uvicorn==0.32.*", "cachetools==5.*"];
+/// The deploy checks' Python packages: Kubernetes' JSON schemas (bundled, offline) and PyYAML.
+const DEPLOY_PIP_PACKAGES: &[&str] = &["kubernetes-validate==1.37.0"];
 
 /// Other CPython builds the Python-stack tests run against when the machine has them (pyenv's
 /// shared-libpython builds here; paths are relative to $HOME unless absolute).
@@ -37,6 +41,10 @@ pub struct Tools {
     pub extra_pythons: Vec<(String, PathBuf)>,
     /// (version, root) of the debootstrap'd Debian roots, each with a venv at `chroot::VENV`.
     pub debian_roots: Vec<(String, PathBuf)>,
+    /// Prometheus's rule checker, for the deploy checks.
+    pub promtool: PathBuf,
+    /// A venv python with kubernetes-validate, for the deploy checks.
+    pub deploy_python: PathBuf,
 }
 
 impl Tools {
@@ -60,6 +68,8 @@ pub fn install() -> Result<Tools> {
     apt_packages()?;
     let base = env::var("LEAKPROBE_BASE_PYTHON").unwrap_or_else(|_| "python3".into());
     let python = python_venv(&cache.join("venv"), Path::new(&base))?;
+    let deploy_python = venv_with(&cache.join("venv-deploy"), Path::new(&base), DEPLOY_PIP_PACKAGES)?;
+    let promtool = promtool(&cache)?;
     let home = PathBuf::from(env::var("HOME").unwrap_or_else(|_| "/root".into()));
     let mut extra_pythons = Vec::new();
     for (version, relative) in EXTRA_PYTHONS {
@@ -73,7 +83,7 @@ pub fn install() -> Result<Tools> {
     for (suite, version) in crate::chroot::ROOTS {
         debian_roots.push((version.to_string(), crate::chroot::debian_root(&cache, suite, version, PIP_PACKAGES)?));
     }
-    Ok(Tools { bpf_linker_dir, python, extra_pythons, debian_roots })
+    Ok(Tools { bpf_linker_dir, python, extra_pythons, debian_roots, promtool, deploy_python })
 }
 
 fn output(cmd: &mut Command) -> Result<String> {
@@ -155,6 +165,44 @@ fn apt_packages() -> Result<()> {
         .args(["install", "-y", "-qq", "--no-install-recommends"])
         .args(&missing)
         .env("DEBIAN_FRONTEND", "noninteractive"))
+}
+
+/// promtool, from Debian's `prometheus` package extracted into the cache (its server, beside it,
+/// is what the alerting test runs). Extracted rather than installed: installing the package would
+/// also create a system user and enable and start a Prometheus server on any machine with an init
+/// system.
+fn promtool(cache: &Path) -> Result<PathBuf> {
+    let root = cache.join("prometheus");
+    let bin = root.join("usr/bin/promtool");
+    let works = Command::new(&bin).arg("--version").stdout(Stdio::null()).stderr(Stdio::null()).status();
+    if works.is_ok_and(|s| s.success()) {
+        return Ok(bin);
+    }
+    eprintln!("xtask: extracting promtool from Debian's prometheus package");
+    let partial = cache.join("prometheus.partial");
+    let _ = fs::remove_dir_all(&partial);
+    fs::create_dir_all(&partial)?;
+    // Into the current directory; as root, without the sandbox user that could not write there.
+    let download = || {
+        let mut cmd = Command::new("apt-get");
+        cmd.args(["download", "-qq", "-o", "APT::Sandbox::User=root", "prometheus"]).current_dir(&partial);
+        cmd
+    };
+    if run(&mut download()).is_err() {
+        // No package lists yet (a fresh machine) or stale ones.
+        run(Command::new("apt-get").args(["update", "-qq"]))?;
+        run(&mut download())?;
+    }
+    let deb = fs::read_dir(&partial)?
+        .filter_map(|e| e.ok())
+        .map(|e| e.path())
+        .find(|p| p.extension().is_some_and(|x| x == "deb"))
+        .context("apt-get download left no .deb")?;
+    run(Command::new("dpkg-deb").arg("-x").arg(&deb).arg(partial.join("root")))?;
+    let _ = fs::remove_dir_all(&root);
+    fs::rename(partial.join("root"), &root).context("cannot move promtool into place")?;
+    let _ = fs::remove_dir_all(&partial);
+    Ok(bin)
 }
 
 /// A venv on `base` (pyenv's shared-libpython builds here), with the web stack.

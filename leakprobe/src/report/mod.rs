@@ -1,11 +1,26 @@
 //! The report: what the person on call reads (text) and what scripts read (JSON, versioned and
-//! documented in docs/report-format.md). Built from a finished recording; rendering is pure.
+//! documented in docs/report-format.md), and what the field's tools read (folded stacks, flame
+//! graph SVG, pprof, speedscope) plus one self-contained HTML page. Built from a finished
+//! recording, or loaded back from a saved JSON report (`load`); rendering is pure.
 
 pub mod build;
+pub mod collapsed;
+pub mod flamegraph;
+pub mod html;
+mod html_tables;
 pub mod json;
+pub mod load;
+pub mod output;
+pub mod plot;
+pub mod pprof;
+#[cfg(test)]
+pub(crate) mod sample;
+pub mod speedscope;
 pub mod text;
 
-use serde::Serialize;
+pub use output::{render, write, Format};
+
+use serde::{Deserialize, Serialize};
 
 use crate::{
     budget::BudgetSummary,
@@ -17,14 +32,16 @@ use crate::{
 /// Bumped on any incompatible change of the JSON layout.
 pub const SCHEMA_VERSION: u32 = 1;
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Report {
     pub schema_version: u32,
     pub leakprobe_version: String,
     pub target: TargetInfo,
     /// Unix time of the first sample.
     pub started_unix_secs: u64,
+    #[serde(deserialize_with = "load::f64_or_nan")]
     pub duration_seconds: f64,
+    #[serde(deserialize_with = "load::f64_or_nan")]
     pub interval_seconds: f64,
     /// `duration`, `interrupted` or `target-exited`.
     pub ended_because: String,
@@ -43,7 +60,7 @@ pub struct Report {
     pub budget: Option<BudgetSummary>,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct TargetInfo {
     pub pid: u32,
     pub exe: String,
@@ -51,10 +68,12 @@ pub struct TargetInfo {
     pub python_version: Option<String>,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ProcessVerdict {
     pub verdict: VerdictKind,
+    #[serde(deserialize_with = "load::f64_or_nan")]
     pub growth_bytes_per_sec: f64,
+    #[serde(deserialize_with = "load::f64_or_nan")]
     pub confidence: f64,
     pub reason: String,
     /// The two series the verdict is drawn from.
@@ -62,7 +81,7 @@ pub struct ProcessVerdict {
     pub tracked_heap: GrowthVerdict,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct LimitProjection {
     pub limit_bytes: u64,
     pub usage_bytes: Option<u64>,
@@ -71,20 +90,23 @@ pub struct LimitProjection {
     pub time_to_limit_seconds: Option<f64>,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct RssPoint {
+    #[serde(deserialize_with = "load::f64_or_nan")]
     pub t_secs: f64,
     #[serde(flatten)]
     pub memory: ProcessMemory,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct SeriesPoint {
+    #[serde(deserialize_with = "load::f64_or_nan")]
     pub t_secs: f64,
+    #[serde(deserialize_with = "load::f64_or_nan")]
     pub bytes: f64,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct StackReport {
     /// The kernel's id of the stack (hex).
     pub id: String,
@@ -98,9 +120,13 @@ pub struct StackReport {
     pub total_allocations: u64,
     pub total_frees: u64,
     /// Live bytes at each sample (aligned with `rss`).
+    #[serde(deserialize_with = "load::vec_f64_or_nan")]
     pub series: Vec<f64>,
+    #[serde(deserialize_with = "load::f64_or_nan")]
     pub growth_bytes_per_sec: f64,
+    #[serde(deserialize_with = "load::f64_or_nan")]
     pub growth_low_bytes_per_sec: f64,
+    #[serde(deserialize_with = "load::f64_or_nan")]
     pub growth_high_bytes_per_sec: f64,
     /// Sampling mode: the slope of the stack's sampled live bytes (what the windows saw).
     pub sampled_growth_bytes_per_sec: Option<f64>,
@@ -109,18 +135,19 @@ pub struct StackReport {
     pub share_of_growth: Option<f64>,
     /// Flagged stacks: seconds into the recording at which it would first have been flagged.
     pub flagged_after_secs: Option<f64>,
+    #[serde(deserialize_with = "load::f64_or_nan")]
     pub confidence: f64,
     pub flagged: bool,
     pub reason: String,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct HookInfo {
     pub function: String,
     pub object: String,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct CounterValue {
     pub name: String,
     pub value: u64,

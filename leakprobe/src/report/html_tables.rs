@@ -1,0 +1,111 @@
+//! The tables at the end of the HTML page: the largest stacks that are not growing, and the
+//! recording's details (events, drops, overhead, hooks, warnings).
+
+use std::fmt::Write as _;
+
+use super::{
+    html::{escape, leaking_frame, location},
+    human_bytes, human_duration, Report, StackReport,
+};
+
+/// Non-growing stacks listed.
+const OTHERS_SHOWN: usize = 10;
+
+pub fn others(report: &Report) -> String {
+    let others: Vec<&StackReport> = report.stacks.iter().filter(|s| !s.flagged).take(OTHERS_SHOWN).collect();
+    if others.is_empty() {
+        return String::new();
+    }
+    let mut out = String::from(
+        r#"<h2>Largest other stacks (not growing)</h2><table class="lp-others"><tr><th class="lp-num">live</th><th class="lp-num">allocations</th><th>via</th><th>where</th><th>why not</th></tr>"#,
+    );
+    for s in others {
+        let site = leaking_frame(s).map(|f| format!("{}  {}", f.function, location(f))).unwrap_or_default();
+        let _ = write!(
+            out,
+            r#"<tr><td class="lp-num">{}</td><td class="lp-num">{}</td><td><code>{}</code></td><td class="lp-mono">{}</td><td>{}</td></tr>"#,
+            human_bytes(s.live_bytes as f64),
+            s.live_allocations,
+            escape(&s.allocator),
+            escape(&site),
+            escape(&s.reason)
+        );
+    }
+    out.push_str("</table>");
+    out
+}
+
+pub fn details(report: &Report) -> String {
+    let mut facts: Vec<(&str, String)> = vec![("Executable", report.target.exe.clone())];
+    let events: Vec<String> = report
+        .counters
+        .iter()
+        .filter(|c| !c.is_drop)
+        .map(|c| format!("{} {}", c.value, c.name.replace('_', " ")))
+        .collect();
+    facts.push(("Events", events.join(", ")));
+    let drops: Vec<String> = report
+        .counters
+        .iter()
+        .filter(|c| c.is_drop && c.value > 0)
+        .map(|c| format!("{} {}", c.value, c.name.trim_start_matches("drop_").replace('_', " ")))
+        .collect();
+    facts.push(("Dropped", if drops.is_empty() { "none".into() } else { drops.join(", ") }));
+    if let Some(b) = &report.budget {
+        let mode = if b.max_overhead_percent >= 100.0 {
+            "every allocation hooked throughout (--max-overhead 100)".to_string()
+        } else {
+            format!(
+                "budget {:.1}%: {} sampling windows, {} attached",
+                b.max_overhead_percent,
+                b.windows,
+                human_duration(b.attached_seconds)
+            )
+        };
+        facts.push((
+            "Overhead",
+            format!(
+                "probes took ~{:.1}% of the target's CPU ({} hits × {:.1} µs); {mode}",
+                b.estimated_overhead_percent, b.probe_hits, b.cost_per_hit_us
+            ),
+        ));
+    }
+    let hooks: Vec<String> = report.hooks.iter().map(|h| format!("{} ({})", h.function, h.object)).collect();
+    facts.push(("Hooks", hooks.join(", ")));
+    let mut out = String::from(r#"<dl class="lp-facts">"#);
+    for (k, v) in facts {
+        let _ = write!(out, "<dt>{}</dt><dd>{}</dd>", escape(k), escape(&v));
+    }
+    for w in &report.warnings {
+        let _ = write!(out, r#"<dt class="lp-warn">Warning</dt><dd class="lp-warn">{}</dd>"#, escape(w));
+    }
+    out.push_str("</dl>");
+    out
+}
+
+/// `2023-11-14 22:13:20 UTC` (proleptic Gregorian, from days since the epoch).
+pub fn utc(unix_secs: u64) -> String {
+    let (days, secs) = ((unix_secs / 86400) as i64, unix_secs % 86400);
+    // Howard Hinnant's civil_from_days.
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!("{year:04}-{month:02}-{day:02} {:02}:{:02}:{:02} UTC", secs / 3600, secs % 3600 / 60, secs % 60)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dates_are_utc() {
+        assert_eq!(utc(0), "1970-01-01 00:00:00 UTC");
+        assert_eq!(utc(951_782_400), "2000-02-29 00:00:00 UTC");
+    }
+}
