@@ -4,7 +4,6 @@
 
 use std::{
     os::fd::AsFd,
-    path::PathBuf,
     process::{Child, Command},
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
@@ -350,15 +349,4 @@ fn progress_line(rec: &Recording, t: f64) {
         rec.counter("allocations"),
         rec.counters.iter().filter(|(n, _)| n.starts_with("drop_")).map(|(_, v)| v).sum::<u64>()
     );
-}
-
-/// Where to write the report: a file, or stdout.
-pub fn write_output(path: Option<&PathBuf>, text: &str) -> Result<()> {
-    match path {
-        Some(p) => std::fs::write(p, text).with_context(|| format!("cannot write the report to {}", p.display())),
-        None => {
-            print!("{text}");
-            Ok(())
-        }
-    }
 }

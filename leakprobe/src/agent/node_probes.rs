@@ -36,6 +36,19 @@ fn map<'a, K: aya::Pod, V: aya::Pod>(ebpf: &'a mut Ebpf, name: &str) -> Result<B
     Ok(BpfHashMap::try_from(map)?)
 }
 
+/// Deletes `keys` from the hash map `name` (absent keys are fine).
+fn remove_keys<'k, K: aya::Pod + 'k, V: aya::Pod>(
+    ebpf: &mut Ebpf,
+    name: &str,
+    keys: impl Iterator<Item = &'k K>,
+) -> Result<()> {
+    let mut m = map::<K, V>(ebpf, name)?;
+    for key in keys {
+        let _ = m.remove(key);
+    }
+    Ok(())
+}
+
 impl NodeProbes {
     pub fn load(sizes: TableSizes) -> Result<NodeProbes> {
         let mounted_tracefs = tracefs::ensure_mounted()?;
@@ -76,42 +89,14 @@ impl NodeProbes {
         if pids.is_empty() {
             return Ok(());
         }
-        for name in [names::TARGETS] {
-            let mut m = map::<u32, u8>(&mut self.ebpf, name)?;
-            for pid in pids {
-                let _ = m.remove(pid);
-            }
-        }
-        {
-            let mut m = map::<u32, leakprobe_common::PythonConfig>(&mut self.ebpf, names::PYTHON_CONFIG)?;
-            for pid in pids {
-                let _ = m.remove(pid);
-            }
-        }
-        {
-            let mut m = map::<u32, u64>(&mut self.ebpf, "BRK_CURRENT")?;
-            for pid in pids {
-                let _ = m.remove(pid);
-            }
-        }
-        {
-            let mut traces = map::<u64, StackTrace>(&mut self.ebpf, names::STACKS)?;
-            for id in stacks {
-                let _ = traces.remove(id);
-            }
-        }
-        {
-            let mut counters = map::<u64, StackCounters>(&mut self.ebpf, names::STACK_COUNTERS)?;
-            for id in stacks {
-                let _ = counters.remove(id);
-            }
-        }
-        let mut live = map::<LiveKey, LiveAllocation>(&mut self.ebpf, names::LIVE_ALLOCATIONS)?;
+        remove_keys::<u32, u8>(&mut self.ebpf, names::TARGETS, pids.iter())?;
+        remove_keys::<u32, leakprobe_common::PythonConfig>(&mut self.ebpf, names::PYTHON_CONFIG, pids.iter())?;
+        remove_keys::<u32, u64>(&mut self.ebpf, "BRK_CURRENT", pids.iter())?;
+        remove_keys::<u64, StackTrace>(&mut self.ebpf, names::STACKS, stacks.iter())?;
+        remove_keys::<u64, StackCounters>(&mut self.ebpf, names::STACK_COUNTERS, stacks.iter())?;
+        let live = map::<LiveKey, LiveAllocation>(&mut self.ebpf, names::LIVE_ALLOCATIONS)?;
         let gone: Vec<LiveKey> = live.keys().filter_map(|k| k.ok()).filter(|k| pids.contains(&k.tgid)).collect();
-        for key in gone {
-            let _ = live.remove(&key);
-        }
-        Ok(())
+        remove_keys::<LiveKey, LiveAllocation>(&mut self.ebpf, names::LIVE_ALLOCATIONS, gone.iter())
     }
 
     pub fn set_thread_states(&mut self, threads: &[(u32, u64)]) -> Result<()> {

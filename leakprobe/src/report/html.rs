@@ -110,21 +110,8 @@ fn verdict_word(kind: VerdictKind) -> &'static str {
 fn verdict(report: &Report) -> String {
     let v = &report.verdict;
     let mut facts: Vec<(&str, String)> = Vec::new();
-    if let (Some(first), Some(last)) = (report.rss.first(), report.rss.last()) {
-        let m = &last.memory;
-        facts.push((
-            "RSS",
-            format!(
-                "{} → {} (anon {}, file {}, swap {}); trend {}/min ({})",
-                human_bytes(first.memory.rss_bytes as f64),
-                human_bytes(m.rss_bytes as f64),
-                human_bytes(m.anon_bytes as f64),
-                human_bytes(m.file_bytes as f64),
-                human_bytes(m.swap_bytes as f64),
-                human_bytes(v.rss.growth_bytes_per_sec * 60.0),
-                v.rss.kind.as_str()
-            ),
-        ));
+    if let Some(rss) = super::facts::rss_change(report) {
+        facts.push(("RSS", rss));
     }
     if let Some(last) = report.tracked_live_bytes.last() {
         facts.push((

@@ -5,7 +5,7 @@ use std::fmt::Write as _;
 
 use super::{
     html::{escape, leaking_frame, location},
-    human_bytes, human_duration, Report, StackReport,
+    human_bytes, Report, StackReport,
 };
 
 /// Non-growing stacks listed.
@@ -37,38 +37,10 @@ pub fn others(report: &Report) -> String {
 
 pub fn details(report: &Report) -> String {
     let mut facts: Vec<(&str, String)> = vec![("Executable", report.target.exe.clone())];
-    let events: Vec<String> = report
-        .counters
-        .iter()
-        .filter(|c| !c.is_drop)
-        .map(|c| format!("{} {}", c.value, c.name.replace('_', " ")))
-        .collect();
-    facts.push(("Events", events.join(", ")));
-    let drops: Vec<String> = report
-        .counters
-        .iter()
-        .filter(|c| c.is_drop && c.value > 0)
-        .map(|c| format!("{} {}", c.value, c.name.trim_start_matches("drop_").replace('_', " ")))
-        .collect();
-    facts.push(("Dropped", if drops.is_empty() { "none".into() } else { drops.join(", ") }));
+    facts.push(("Events", super::facts::events(report)));
+    facts.push(("Dropped", super::facts::drops(report)));
     if let Some(b) = &report.budget {
-        let mode = if b.max_overhead_percent >= 100.0 {
-            "every allocation hooked throughout (--max-overhead 100)".to_string()
-        } else {
-            format!(
-                "budget {:.1}%: {} sampling windows, {} attached",
-                b.max_overhead_percent,
-                b.windows,
-                human_duration(b.attached_seconds)
-            )
-        };
-        facts.push((
-            "Overhead",
-            format!(
-                "probes took ~{:.1}% of the target's CPU ({} hits × {:.1} µs); {mode}",
-                b.estimated_overhead_percent, b.probe_hits, b.cost_per_hit_us
-            ),
-        ));
+        facts.push(("Overhead", super::facts::overhead(b)));
     }
     let hooks: Vec<String> = report.hooks.iter().map(|h| format!("{} ({})", h.function, h.object)).collect();
     facts.push(("Hooks", hooks.join(", ")));

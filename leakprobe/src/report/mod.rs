@@ -5,6 +5,7 @@
 
 pub mod build;
 pub mod collapsed;
+mod facts;
 pub mod flamegraph;
 pub mod html;
 mod html_tables;

@@ -3,7 +3,7 @@
 
 use std::fmt::Write;
 
-use super::{human_bytes, human_duration, Report, StackReport};
+use super::{facts, human_bytes, human_duration, Report, StackReport};
 use crate::{symbolize::Frame, verdict::VerdictKind};
 
 /// Frames shown per stack; the JSON has them all.
@@ -41,19 +41,8 @@ pub fn render(report: &Report) -> String {
         v.confidence * 100.0
     );
     let _ = writeln!(out, "  why: {}", v.reason);
-    if let (Some(first), Some(last)) = (report.rss.first(), report.rss.last()) {
-        let m = &last.memory;
-        let _ = writeln!(
-            out,
-            "  RSS {} -> {} (anon {}, file {}, swap {}); RSS trend {}/min ({})",
-            human_bytes(first.memory.rss_bytes as f64),
-            human_bytes(m.rss_bytes as f64),
-            human_bytes(m.anon_bytes as f64),
-            human_bytes(m.file_bytes as f64),
-            human_bytes(m.swap_bytes as f64),
-            human_bytes(v.rss.growth_bytes_per_sec * 60.0),
-            v.rss.kind.as_str()
-        );
+    if let Some(rss) = facts::rss_change(report) {
+        let _ = writeln!(out, "  RSS {rss}");
     }
     if let Some(last) = report.tracked_live_bytes.last() {
         let _ = writeln!(
@@ -101,37 +90,11 @@ pub fn render(report: &Report) -> String {
     }
 
     let _ = writeln!(out);
-    let events: Vec<String> = report
-        .counters
-        .iter()
-        .filter(|c| !c.is_drop)
-        .map(|c| format!("{} {}", c.value, c.name.replace('_', " ")))
-        .collect();
-    let _ = writeln!(out, "events: {}", events.join(", "));
+    let _ = writeln!(out, "events: {}", facts::events(report));
     if let Some(b) = &report.budget {
-        let mode = if b.max_overhead_percent >= 100.0 {
-            "every allocation hooked throughout (--max-overhead 100)".to_string()
-        } else {
-            format!(
-                "budget {:.1}%: {} sampling windows, {} with the allocator probes attached",
-                b.max_overhead_percent,
-                b.windows,
-                human_duration(b.attached_seconds)
-            )
-        };
-        let _ = writeln!(
-            out,
-            "overhead: probes took ~{:.1}% of the target's CPU ({} hits x {:.1} µs measured); {mode}",
-            b.estimated_overhead_percent, b.probe_hits, b.cost_per_hit_us
-        );
+        let _ = writeln!(out, "overhead: {}", facts::overhead(b));
     }
-    let drops: Vec<String> = report
-        .counters
-        .iter()
-        .filter(|c| c.is_drop && c.value > 0)
-        .map(|c| format!("{} {}", c.value, c.name.trim_start_matches("drop_").replace('_', " ")))
-        .collect();
-    let _ = writeln!(out, "dropped: {}", if drops.is_empty() { "none".to_string() } else { drops.join(", ") });
+    let _ = writeln!(out, "dropped: {}", facts::drops(report));
     for w in &report.warnings {
         let _ = writeln!(out, "warning: {w}");
     }
