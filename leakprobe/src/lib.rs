@@ -5,6 +5,7 @@
 //! an `aggregate::Recording`, `verdict` (on top of `trend`) decides leak / no-leak / inconclusive,
 //! `symbolize` names the frames, and `report` renders it all.
 
+pub mod advice;
 pub mod agent;
 pub mod aggregate;
 pub mod budget;

@@ -34,6 +34,9 @@ enum Commands {
     /// Read an application's logs: memory growth (leak verdict), spikes, and OOM kills,
     /// MemoryErrors and allocation failures, each with the memory level that led to it.
     Logs(leakprobe::logs::LogsArgs),
+    /// Find leak patterns in Python source (a static check for code review): unbounded caches,
+    /// global lists, listeners never removed, dropped tasks, ... with why and the fix.
+    Scan(leakprobe::advice::scan::ScanArgs),
 }
 
 #[derive(clap::Args)]
@@ -189,6 +192,7 @@ fn main() -> ExitCode {
         Commands::Agent(args) => runtime.block_on(run_agent(args)),
         Commands::Report(args) => run_report(args),
         Commands::Logs(args) => leakprobe::logs::run(args),
+        Commands::Scan(args) => leakprobe::advice::scan::run(args),
     };
     match result {
         Ok(code) => code,
