@@ -13,6 +13,7 @@ use leakprobe_common::AllocFunction;
 use tokio::signal::unix::{signal, SignalKind};
 
 use crate::{
+    advice::{self, TargetSources},
     aggregate::{LowWater, Recording},
     cgroup,
     loader::{self, Probes, TableSizes},
@@ -124,6 +125,8 @@ pub async fn record(opts: RecordOptions) -> Result<Report> {
         (None, None) => bail!("give a process to record: --pid PID, or -- COMMAND [ARGS...]"),
     };
     let target = Target::inspect(pid)?;
+    // Opened now: the report's advice reads the sources even if the target has exited by then.
+    let mut sources = TargetSources::of_process(pid);
     let mut warnings = Vec::new();
     let python = match python::runtime::detect(&target) {
         Ok(python) => python,
@@ -215,9 +218,12 @@ pub async fn record(opts: RecordOptions) -> Result<Report> {
         sampled_stacks: sampled_heap.as_ref().map(SampledHeap::object_stacks),
     };
     let hooked_object = |f: AllocFunction| probes.hooks.iter().find(|h| h.function == f).map(|h| h.object.clone());
-    let report = build::build(&recording, ctx, |id| namer.resolve(&probes, hooked_object, id));
+    let mut report = build::build(&recording, ctx, |id| namer.resolve(&probes, hooked_object, id));
     // Probes are detached here, after the stacks were read out of the kernel.
     drop(probes);
+    for stack in report.stacks.iter_mut().filter(|s| s.flagged) {
+        stack.advice = advice::advise_stack(&stack.frames, &mut sources);
+    }
     Ok(report)
 }
 

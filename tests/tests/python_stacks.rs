@@ -86,6 +86,19 @@ fn check_fastapi_app(command: Command, port: u16, mode: Mode) {
         app_frames.contains(&("leak_sync".to_string(), sync_line)),
         "Python {version}: no flagged stack at leak_sync line {sync_line}; flagged app frames: {app_frames:?}"
     );
+    // Each leak's source was read through the target's root and classified: a module-level
+    // dict filled per request is an unbounded cache, at the marked line.
+    for (function, line) in [("leak_async", async_line), ("leak_sync", sync_line)] {
+        let stack = flagged
+            .iter()
+            .find(|s| innermost_app_frame(s, "fastapi_app.py").is_some_and(|(f, l)| f == function && l == line))
+            .unwrap();
+        let advice = &stack["advice"];
+        assert_eq!(advice["pattern"], "unbounded_cache", "Python {version}, {function}: {advice:#}");
+        assert_eq!((advice["line"].as_u64(), advice["relation"].as_str()), (Some(line), Some("line")), "{advice:#}");
+        assert!(advice["file"].as_str().unwrap().ends_with("fastapi_app.py"), "{advice:#}");
+        assert!(advice["fix"].as_str().unwrap().contains("TTLCache"), "{advice:#}");
+    }
     for (function, line) in &app_frames {
         assert!(
             function != "cached_profile" && function != "churn",

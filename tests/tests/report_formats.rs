@@ -264,6 +264,12 @@ fn chromium_shows_the_html_page_with_the_verdict_and_the_leaking_line() {
         "{dom}"
     );
     assert!(dom.contains("reached in ~1h 08m at this rate"));
+    // What kind of leak it is and the fix, in the leaking stack's card.
+    assert!(
+        dom.contains("Leak pattern: Unbounded cache (unbounded_cache), confidence 80%, at /srv/demo/app.py:30"),
+        "{dom}"
+    );
+    assert!(dom.contains("<strong>Fix:</strong> Bound it: cachetools.TTLCache"), "{dom}");
     assert_eq!(dom.matches(r#"<svg class="lp-plot""#).count(), 4, "RSS, heap and one per growing stack");
     assert!(dom.contains(r#"<svg class="lp-flame""#) && dom.contains("get_order (app.py:30)"));
 }

@@ -24,24 +24,28 @@ mod lifecycle;
 pub mod patterns;
 mod runs;
 pub mod scan;
+pub mod sources;
+pub mod stack;
 mod syntax;
 #[cfg(test)]
 mod tests;
 
 use std::path::{Path, PathBuf};
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 pub use self::{
     patterns::{Pattern, PatternId, CATALOGUE},
     scan::{scan, scan_dir, ScanOptions, ScanReport},
+    sources::TargetSources,
+    stack::{advise_stack, Relation, StackAdvice},
 };
 
 /// The classification of one construct: the pattern, how sure, why, and the fix.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Advice {
     pub pattern: PatternId,
-    pub title: &'static str,
+    pub title: String,
     /// False for patterns that are not leaks (`re.compile` per call): the advice says so.
     pub leaks: bool,
     /// 0..1: how surely this construct, as written, grows without bound (for `leaks == false`,
@@ -56,10 +60,10 @@ pub struct Advice {
     /// What the classifier saw, e.g. "`CACHE` is module-level (dict, line 3)",
     /// "no eviction found in this module ...", "`get_user` is decorated @app.get: a request handler".
     pub evidence: Vec<String>,
-    pub why: &'static str,
-    pub fix: &'static str,
+    pub why: String,
+    pub fix: String,
     /// A short example of the fixed code.
-    pub fix_example: &'static str,
+    pub fix_example: String,
 }
 
 /// One result of a scan: a file and the advice for one of its constructs.
@@ -76,16 +80,16 @@ impl Advice {
         let code = source.lines().nth(c.line.saturating_sub(1) as usize).unwrap_or("").trim().to_string();
         Advice {
             pattern: c.pattern,
-            title: p.title,
+            title: p.title.into(),
             leaks: p.leaks,
             confidence: c.confidence,
             line: c.line,
             lines: c.spans.iter().map(|&(a, b)| [a, b]).collect(),
             code,
             evidence: c.evidence,
-            why: p.why,
-            fix: p.fix,
-            fix_example: p.example,
+            why: p.why.into(),
+            fix: p.fix.into(),
+            fix_example: p.example.into(),
         }
     }
 
@@ -101,9 +105,13 @@ impl Advice {
 /// with advice is the construct that keeps the memory (an `lru_cache`d method's body, the line
 /// inserting into a global dict, the line creating a task per request).
 pub fn advise(source: &str, line: u32) -> Option<Advice> {
-    classify::classify(source)
+    covering(advise_all(source), line)
+}
+
+/// Of `advice`, the one covering `line` that `advise` would pick.
+fn covering(advice: impl IntoIterator<Item = Advice>, line: u32) -> Option<Advice> {
+    advice
         .into_iter()
-        .map(|c| Advice::from_candidate(c, source))
         .filter_map(|a| a.covers(line).map(|span| (span, a)))
         .min_by(|(sa, a), (sb, b)| (sa, !a.leaks).cmp(&(sb, !b.leaks)).then(b.confidence.total_cmp(&a.confidence)))
         .map(|(_, a)| a)

@@ -5,10 +5,10 @@
 //! (the `re` module's own cache is bounded), and a dropped `asyncio` task is a problem of ownership
 //! (nobody can cancel or await it), not of a missing `await`.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// One pattern of the catalogue. Serialised as its `id` (`unbounded_cache`, ...).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum PatternId {
     UnboundedCache,

@@ -243,17 +243,24 @@ pub fn render_text(report: &ScanReport, min_confidence: f64) -> String {
     for f in &report.findings {
         let a = &f.advice;
         let _ = writeln!(out, "\n{}:{}  {}  confidence {:.2}", f.path.display(), a.line, a.pattern, a.confidence);
-        let _ = writeln!(out, "    {}", a.code);
-        wrap(&mut out, "  ", &format!("{}: {}", a.title, a.why));
-        for e in &a.evidence {
-            wrap(&mut out, "  - ", e);
-        }
-        wrap(&mut out, "  ", &format!("Fix: {}", a.fix));
-        for l in a.fix_example.lines() {
-            let _ = writeln!(out, "      {l}");
-        }
+        write_advice(&mut out, "", a);
     }
     out
+}
+
+/// The body of one piece of advice, each line after `indent`: the code, the pattern and why, the
+/// evidence, the fix and its example (shared by `scan` and the text report).
+pub fn write_advice(out: &mut String, indent: &str, a: &Advice) {
+    use std::fmt::Write;
+    let _ = writeln!(out, "{indent}    {}", a.code);
+    wrap(out, &format!("{indent}  "), &format!("{}: {}", a.title, a.why));
+    for e in &a.evidence {
+        wrap(out, &format!("{indent}  - "), e);
+    }
+    wrap(out, &format!("{indent}  "), &format!("Fix: {}", a.fix));
+    for l in a.fix_example.lines() {
+        let _ = writeln!(out, "{indent}      {l}");
+    }
 }
 
 /// Writes `text` wrapped at 100 columns, the first line after `lead`, the others indented as far.

@@ -143,6 +143,7 @@ pub fn build(rec: &Recording, mut ctx: Context, mut resolve: impl FnMut(u64) -> 
                 confidence: v.confidence,
                 flagged: is_flagged,
                 reason: v.reason,
+                advice: None,
             }
         })
         .collect();

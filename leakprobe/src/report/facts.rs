@@ -2,7 +2,10 @@
 //! memory did, the events and drops counted, what the probes cost.
 
 use super::{human_bytes, human_duration, Report};
-use crate::budget::BudgetSummary;
+use crate::{
+    advice::{Relation, StackAdvice},
+    budget::BudgetSummary,
+};
 
 /// `a -> b (anon, file, swap); RSS trend x/min (kind)` of the RSS, when it was read.
 pub fn rss_change(report: &Report) -> Option<String> {
@@ -61,5 +64,21 @@ pub fn overhead(b: &BudgetSummary) -> String {
     format!(
         "probes took ~{:.1}% of the target's CPU ({} hits x {:.1} µs measured); {mode}",
         b.estimated_overhead_percent, b.probe_hits, b.cost_per_hit_us
+    )
+}
+
+/// What the advice says in one line: the kind of leak, how sure, and where.
+pub fn advice_headline(a: &StackAdvice) -> String {
+    let kind = if a.advice.leaks { "Leak pattern" } else { "Not a leak pattern" };
+    let at = format!("{}:{}", a.file, a.advice.line);
+    let where_ = match a.relation {
+        Relation::Line => format!("at {at}"),
+        Relation::SameFunction => format!("at {at}, in the function of the flagged line"),
+    };
+    format!(
+        "{kind}: {} ({}), confidence {:.0}%, {where_}",
+        a.advice.title,
+        a.advice.pattern,
+        a.advice.confidence * 100.0
     )
 }

@@ -9,7 +9,7 @@ use std::fmt::Write as _;
 use anyhow::Result;
 
 use super::{
-    flamegraph,
+    facts, flamegraph,
     html_tables::{details, others, utc},
     human_bytes, human_duration, plot, Report, StackReport, SCHEMA_VERSION,
 };
@@ -38,10 +38,25 @@ pub fn escape(s: &str) -> String {
     out
 }
 
-/// HOOK(advice): what to do about one flagged stack, as an HTML fragment (already escaped), shown
-/// in its card under the frames. Empty for now: the advice engine fills it in.
-pub fn advice_html(_stack: &StackReport) -> String {
-    String::new()
+/// What kind of leak one flagged stack is and the fix, as an HTML fragment (escaped), shown in
+/// its card under the frames; empty without advice.
+pub fn advice_html(stack: &StackReport) -> String {
+    let Some(advice) = &stack.advice else { return String::new() };
+    let a = &advice.advice;
+    let mut out = format!(
+        r#"<p class="lp-advice-title"><strong>{}</strong></p><pre class="lp-mono">{}</pre><p>{}</p><ul>"#,
+        escape(&facts::advice_headline(advice)),
+        escape(&a.code),
+        escape(&a.why)
+    );
+    a.evidence.iter().for_each(|e| out.push_str(&format!("<li>{}</li>", escape(e))));
+    let _ = write!(
+        out,
+        r#"</ul><p><strong>Fix:</strong> {}</p><pre class="lp-mono">{}</pre>"#,
+        escape(&a.fix),
+        escape(&a.fix_example)
+    );
+    out
 }
 
 /// Replaces each `{{NAME}}` of the template in one pass (values are never re-scanned).
@@ -323,6 +338,10 @@ mod tests {
         assert!(html.contains(r#"<div class="lp-verdict lp-leak"><span class="lp-word">LEAK</span>"#));
         assert!(html.contains("Leaking line: <code>/srv/app/main.py:18</code> in <code>leak_async</code>"));
         assert!(html.contains("/srv/app/main.py:24"));
+        // The first stack's advice: the pattern, the line, the fix.
+        assert!(html.contains("Leak pattern: Unbounded cache (unbounded_cache), confidence 80%, at /srv/app/main.py:18"));
+        assert!(html.contains("_sessions[session_id] = payload(10_000)") && html.contains("TTLCache"));
+        assert_eq!(html.matches(r#"<div class="lp-advice">"#).count(), 1);
         assert!(html.contains("reached in ~54m 56s at this rate"));
         // Two memory plots, one per growing stack, and the flame graph, all inline.
         assert_eq!(html.matches(r#"<svg class="lp-plot""#).count(), 4);

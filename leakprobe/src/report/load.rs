@@ -91,7 +91,7 @@ mod tests {
         let mut value: serde_json::Value =
             serde_json::from_str(&crate::report::json::render(&sample::leaking())).unwrap();
         value["some_new_field"] = "x".into();
-        value["stacks"][0]["advice"] = serde_json::json!({"text": "y"});
+        value["stacks"][0]["some_new_field"] = serde_json::json!({"text": "y"});
         assert_eq!(from_str(&value.to_string()).unwrap().stacks.len(), sample::leaking().stacks.len());
     }
 
@@ -101,5 +101,31 @@ mod tests {
         let report = from_str(fixture).unwrap();
         assert!(report.is_leak());
         assert!(report.stacks.iter().any(|s| s.flagged));
+    }
+
+    /// The fixture's advice is what the classifier says today of demo/app.py, the recorded app
+    /// (seen at /srv/demo/app.py by the target): when the classifier changes, regenerate it with
+    /// `LEAKPROBE_PRINT_ADVICE=1 cargo test -p leakprobe --lib fixtures_advice -- --nocapture`.
+    #[test]
+    fn the_test_fixtures_advice_is_the_classifiers() {
+        let fixture = include_str!("../../../tests/fixtures/reports/fastapi-leak.json");
+        let report = from_str(fixture).unwrap();
+        let root = std::env::temp_dir().join(format!("leakprobe-fixture-advice-{}", std::process::id()));
+        std::fs::create_dir_all(root.join("srv/demo")).unwrap();
+        std::fs::copy(concat!(env!("CARGO_MANIFEST_DIR"), "/../demo/app.py"), root.join("srv/demo/app.py")).unwrap();
+        let mut sources = crate::advice::TargetSources::in_dirs(&root, &root);
+        let computed: Vec<_> = report
+            .stacks
+            .iter()
+            .filter(|s| s.flagged)
+            .map(|s| crate::advice::advise_stack(&s.frames, &mut sources))
+            .collect();
+        std::fs::remove_dir_all(&root).unwrap();
+        if std::env::var_os("LEAKPROBE_PRINT_ADVICE").is_some() {
+            println!("{}", serde_json::to_string(&computed).unwrap());
+        }
+        let saved: Vec<_> = report.stacks.iter().filter(|s| s.flagged).map(|s| s.advice.clone()).collect();
+        assert_eq!(saved, computed, "regenerate the fixture's advice (see above)");
+        assert!(computed.iter().all(Option::is_some), "every flagged stack of the demo has advice");
     }
 }

@@ -24,6 +24,7 @@ pub use output::{render, write, Format};
 use serde::{Deserialize, Serialize};
 
 use crate::{
+    advice::StackAdvice,
     budget::BudgetSummary,
     process_memory::ProcessMemory,
     symbolize::Frame,
@@ -140,6 +141,11 @@ pub struct StackReport {
     pub confidence: f64,
     pub flagged: bool,
     pub reason: String,
+    /// Flagged stacks: what kind of leak the Python code keeping this memory is, why it leaks and
+    /// the fix (`advice::advise_stack`); `None` when no frame's source matches a pattern or the
+    /// source could not be read.
+    #[serde(default)]
+    pub advice: Option<StackAdvice>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

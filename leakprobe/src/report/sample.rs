@@ -65,6 +65,7 @@ fn stack(
         confidence: if flagged { 0.999 } else { 0.2 },
         flagged,
         reason: reason.into(),
+        advice: None,
     }
 }
 
@@ -156,7 +157,7 @@ pub fn leaking() -> Report {
             .map(|i| SeriesPoint { t_secs: 2.0 * i as f64, bytes: 3e6 + 220_000.5 * i as f64 })
             .collect(),
         stacks: vec![
-            stack(0x1a2b, "malloc", async_leak, 60_500.0, 0.0, n, true, "grows steadily to the end"),
+            with_advice(stack(0x1a2b, "malloc", async_leak, 60_500.0, 0.0, n, true, "grows steadily to the end")),
             stack(0x3c4d, "malloc", sync_leak, 51_000.0, 1000.0, n, true, "grows steadily to the end"),
             stack(0x5e6f, "PyObject_Malloc", churn, 0.0, 1.5e6, n, false, "no significant trend"),
             stack(0x7a8b, "mmap", kernel, 0.0, 1_048_576.0, n, false, "no significant trend"),
@@ -179,6 +180,41 @@ pub fn leaking() -> Report {
     }
 }
 
+/// The demo app's source as far as line 18, the leaking line of the first stack.
+const MAIN_PY: &str = "\
+import asyncio
+
+from fastapi import FastAPI
+
+app = FastAPI()
+
+# Sessions by id: filled per request.
+_sessions = {}
+
+
+def payload(n):
+    return \"x\" * n
+
+
+@app.get(\"/leak-async/{session_id}\")
+async def leak_async(session_id: str):
+    await asyncio.sleep(0)
+    _sessions[session_id] = payload(10_000)
+";
+
+/// The advice the classifier gives for the stack's Python frame at `MAIN_PY:18`.
+fn with_advice(mut s: StackReport) -> StackReport {
+    let advice = crate::advice::advise(MAIN_PY, 18).expect("MAIN_PY:18 is an unbounded cache");
+    let frame = s.frames.iter().position(|f| f.line == Some(18)).expect("the stack has main.py:18");
+    s.advice = Some(crate::advice::StackAdvice {
+        frame,
+        file: "/srv/app/main.py".into(),
+        relation: crate::advice::Relation::Line,
+        advice,
+    });
+    s
+}
+
 /// A sampling-mode recording of a steady process: nothing flagged, no memory limit.
 pub fn sampling_no_leak() -> Report {
     let mut report = leaking();
@@ -190,6 +226,7 @@ pub fn sampling_no_leak() -> Report {
     report.memory_limit = None;
     for s in &mut report.stacks {
         s.flagged = false;
+        s.advice = None;
         s.flagged_after_secs = None;
         s.sampled_growth_bytes_per_sec = Some(1.0);
     }

@@ -136,6 +136,10 @@ fn write_stack(out: &mut String, rank: usize, s: &StackReport) {
     if s.frames.len() > FRAMES_SHOWN {
         let _ = writeln!(out, "      ... {} more frames", s.frames.len() - FRAMES_SHOWN);
     }
+    if let Some(advice) = &s.advice {
+        let _ = writeln!(out, "    {}", facts::advice_headline(advice));
+        crate::advice::scan::write_advice(out, "    ", &advice.advice);
+    }
 }
 
 fn frame_line(f: &Frame) -> String {
@@ -153,5 +157,24 @@ fn truncate(s: &str, max: usize) -> String {
         s.to_string()
     } else {
         format!("{}…", s.chars().take(max).collect::<String>())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::report::sample;
+
+    #[test]
+    fn a_flagged_stack_says_what_kind_of_leak_and_the_fix() {
+        let text = render(&sample::leaking());
+        let at = text.find("leak_async  /srv/app/main.py:18").expect("the leaking frame");
+        let advice = &text[at..];
+        assert!(advice.contains("Leak pattern: Unbounded cache (unbounded_cache)"), "{text}");
+        assert!(advice.contains("_sessions[session_id] = payload(10_000)"));
+        assert!(advice.contains("`_sessions` is module-level"), "{text}");
+        assert!(advice.contains("Fix: Bound it: cachetools.TTLCache"));
+        // Only the stack with advice has a block.
+        assert_eq!(text.matches("Leak pattern:").count(), 1);
     }
 }

@@ -1,0 +1,259 @@
+//! Advice for a growing stack: which of its Python frames is the construct that keeps the memory,
+//! and what kind of leak that is.
+//!
+//! The profiler names the line that allocated what stays alive; the construct that keeps it is
+//! that line (`CACHE[key] = "x" * n`), a caller's line (`CACHE[key] = build_page()`), or a
+//! neighbour in the same function (`page = render()` then `CACHE[key] = page`). So, in order:
+//! 1. the innermost application frame whose line a leak construct covers;
+//! 2. the innermost application frame whose line is a look-alike that is not a leak (`re.compile`
+//!    per call): the report says so instead of leaving the reader to guess;
+//! 3. the innermost application frame whose function holds a leak construct elsewhere (its
+//!    confidence scaled down: it is a neighbour, not the line);
+//! 4. a library frame (site-packages, the standard library) whose line a leak construct covers.
+//!
+//! Application frames are those outside site-packages, dist-packages and the standard library:
+//! a leak is almost always in how the application uses a library, and a library's own module-level
+//! dicts (registries filled once per type) would otherwise be blamed.
+
+use serde::{Deserialize, Serialize};
+
+use super::{sources::TargetSources, syntax, Advice};
+use crate::symbolize::{Frame, FrameKind};
+
+/// A neighbour in the same function is less sure than the line itself.
+const SAME_FUNCTION_FACTOR: f64 = 0.8;
+
+/// The advice for one stack, and where in the stack it applies.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct StackAdvice {
+    /// Index into the stack's frames (innermost first) of the frame the advice is about.
+    pub frame: usize,
+    /// That frame's file, as the target names it.
+    pub file: String,
+    /// `line`: the construct covers the frame's line; `same_function`: it is elsewhere in the
+    /// frame's function (`advice.line` says where).
+    pub relation: Relation,
+    #[serde(flatten)]
+    pub advice: Advice,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum Relation {
+    Line,
+    SameFunction,
+}
+
+/// The advice for a stack whose frames are `frames` (innermost first), reading sources from
+/// `sources`; `None` when no frame's code matches a pattern (or no source can be read).
+pub fn advise_stack(frames: &[Frame], sources: &mut TargetSources) -> Option<StackAdvice> {
+    let python: Vec<(usize, &str, u32)> = frames
+        .iter()
+        .enumerate()
+        .filter(|(_, f)| f.kind == FrameKind::Python)
+        .filter_map(|(i, f)| Some((i, f.file.as_deref()?, f.line?)))
+        .collect();
+    let (application, library): (Vec<_>, Vec<_>) = python.into_iter().partition(|(_, file, _)| !is_library(file));
+    let mut modules: Vec<(usize, String, u32, Vec<Advice>)> = Vec::new();
+    for &(i, file, line) in application.iter().chain(&library) {
+        let all = match sources.read(file) {
+            Some(source) => super::advise_all(&source),
+            None => continue,
+        };
+        modules.push((i, file.to_string(), line, all));
+    }
+    let is_app = |i: usize| application.iter().any(|&(j, _, _)| j == i);
+    let covering = |leaks: bool, app: bool| {
+        modules.iter().filter(|(i, ..)| is_app(*i) == app).find_map(|(i, file, line, all)| {
+            let advice = super::covering(all.iter().filter(|a| a.leaks == leaks).cloned(), *line)?;
+            Some(StackAdvice { frame: *i, file: file.clone(), relation: Relation::Line, advice })
+        })
+    };
+    covering(true, true)
+        .or_else(|| covering(false, true))
+        .or_else(|| {
+            modules.iter().filter(|(i, ..)| is_app(*i)).find_map(|(i, file, line, all)| {
+                let source = sources.read(file)?;
+                let advice = same_function(&source, *line, all)?;
+                Some(StackAdvice { frame: *i, file: file.clone(), relation: Relation::SameFunction, advice })
+            })
+        })
+        .or_else(|| covering(true, false))
+}
+
+/// The most confident leak construct in the function that contains `line` (not covering it).
+fn same_function(source: &str, line: u32, all: &[Advice]) -> Option<Advice> {
+    let (first, last, name) = enclosing_function(source, line)?;
+    let mut advice = all
+        .iter()
+        .filter(|a| a.leaks && (first..=last).contains(&a.line))
+        .max_by(|a, b| a.confidence.total_cmp(&b.confidence))?
+        .clone();
+    advice.confidence = (advice.confidence * SAME_FUNCTION_FACTOR * 100.0).round() / 100.0;
+    advice.evidence.insert(
+        0,
+        format!(
+            "the flagged line {line} allocates; line {} of the same function (`{name}`) is where it is kept",
+            advice.line
+        ),
+    );
+    Some(advice)
+}
+
+/// The innermost `def` containing `line`: its first and last line and its name.
+fn enclosing_function(source: &str, line: u32) -> Option<(u32, u32, String)> {
+    let tree = syntax::parse(source)?;
+    syntax::descendants(tree.root_node())
+        .into_iter()
+        .filter(|n| n.kind() == "function_definition")
+        .map(|n| (syntax::line(n), syntax::end_line(n), n))
+        .filter(|(first, last, _)| (*first..=*last).contains(&line))
+        .min_by_key(|(first, last, _)| last - first)
+        .map(|(first, last, n)| {
+            let name = n.child_by_field_name("name").map_or("?", |name| syntax::text(name, source));
+            (first, last, name.to_string())
+        })
+}
+
+/// Third-party packages and the standard library (`.../lib/python3.12/json/decoder.py`).
+pub fn is_library(file: &str) -> bool {
+    if file.contains("/site-packages/") || file.contains("/dist-packages/") {
+        return true;
+    }
+    file.split('/').any(|part| {
+        part.strip_prefix("python3.").is_some_and(|minor| !minor.is_empty() && minor.chars().all(|c| c.is_ascii_digit()))
+    }) && file.contains("/lib/")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::advice::PatternId;
+
+    fn frame(file: &str, line: u32) -> Frame {
+        Frame {
+            function: "f".into(),
+            file: Some(file.into()),
+            line: Some(line),
+            object: None,
+            kind: FrameKind::Python,
+            address: 0,
+        }
+    }
+
+    fn native(function: &str) -> Frame {
+        Frame { function: function.into(), file: None, line: None, object: None, kind: FrameKind::Native, address: 1 }
+    }
+
+    struct Tree(std::path::PathBuf);
+
+    impl Tree {
+        fn new(name: &str, files: &[(&str, &str)]) -> Tree {
+            let dir = std::env::temp_dir().join(format!("leakprobe-stack-{name}-{}", std::process::id()));
+            for (path, text) in files {
+                let path = dir.join(path.trim_start_matches('/'));
+                std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+                std::fs::write(path, text).unwrap();
+            }
+            Tree(dir)
+        }
+        fn sources(&self) -> TargetSources {
+            TargetSources::in_dirs(&self.0, &self.0)
+        }
+    }
+
+    impl Drop for Tree {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    const APP: &str = "\
+import re
+from fastapi import FastAPI
+app = FastAPI()
+CACHE = {}
+
+def render(key):
+    return \"x\" * 10_000
+
+@app.get(\"/a/{key}\")
+async def a(key: str):
+    CACHE[key] = render(key)
+    return {}
+
+@app.get(\"/b/{key}\")
+async def b(key: str):
+    page = \"y\" * 10_000
+    CACHE[key] = page
+    return {}
+
+@app.get(\"/c/{key}\")
+async def c(key: str):
+    return re.compile(key).pattern
+";
+
+    #[test]
+    fn the_caller_that_keeps_it_is_named() {
+        let tree = Tree::new("caller", &[("/srv/app.py", APP)]);
+        let frames = [native("PyObject_Malloc"), frame("/srv/app.py", 7), frame("/srv/app.py", 11), native("main")];
+        let advice = advise_stack(&frames, &mut tree.sources()).unwrap();
+        assert_eq!((advice.frame, advice.relation, advice.advice.line), (2, Relation::Line, 11));
+        assert_eq!(advice.advice.pattern, PatternId::UnboundedCache);
+        assert_eq!(advice.file, "/srv/app.py");
+    }
+
+    #[test]
+    fn a_neighbour_in_the_same_function_is_less_sure() {
+        let tree = Tree::new("neighbour", &[("/srv/app.py", APP)]);
+        let direct = advise_stack(&[frame("/srv/app.py", 17)], &mut tree.sources()).unwrap();
+        let neighbour = advise_stack(&[frame("/srv/app.py", 16)], &mut tree.sources()).unwrap();
+        assert_eq!((neighbour.relation, neighbour.advice.line), (Relation::SameFunction, 17));
+        assert!(neighbour.advice.confidence < direct.advice.confidence);
+        assert!(neighbour.advice.evidence[0].contains("line 17 of the same function (`b`)"), "{:?}", neighbour);
+    }
+
+    #[test]
+    fn a_look_alike_says_it_is_not_a_leak() {
+        let tree = Tree::new("lookalike", &[("/srv/app.py", APP)]);
+        let advice = advise_stack(&[frame("/srv/app.py", 22)], &mut tree.sources()).unwrap();
+        assert_eq!(advice.advice.pattern, PatternId::RegexCompilePerCall);
+        assert!(!advice.advice.leaks);
+    }
+
+    #[test]
+    fn application_frames_come_before_library_frames() {
+        let library = "REGISTRY = {}\ndef register(k, v):\n    REGISTRY[k] = v\n";
+        let tree = Tree::new(
+            "library",
+            &[("/srv/app.py", APP), ("/venv/lib/python3.12/site-packages/lib.py", library)],
+        );
+        let lib = "/venv/lib/python3.12/site-packages/lib.py";
+        let advice = advise_stack(&[frame(lib, 3), frame("/srv/app.py", 11)], &mut tree.sources()).unwrap();
+        assert_eq!((advice.frame, advice.advice.line), (1, 11));
+        // Nothing in the application: the library's line, if a construct covers it.
+        let quiet = "def handler():\n    return 1\n";
+        let tree = Tree::new("library-only", &[("/srv/quiet.py", quiet), (lib, library)]);
+        let advice = advise_stack(&[frame(lib, 3), frame("/srv/quiet.py", 2)], &mut tree.sources());
+        assert_eq!(advice.map(|a| (a.frame, a.file)), Some((0, lib.to_string())));
+    }
+
+    #[test]
+    fn unreadable_or_garbage_sources_give_no_advice() {
+        let tree = Tree::new("garbage", &[("/srv/bin.py", "\u{0}\u{1}garbage(((\n")]);
+        let mut sources = tree.sources();
+        assert_eq!(advise_stack(&[frame("/srv/missing.py", 3), frame("/srv/bin.py", 1)], &mut sources), None);
+        assert_eq!(advise_stack(&[frame("<frozen importlib._bootstrap>", 1)], &mut sources), None);
+        assert_eq!(advise_stack(&[native("malloc")], &mut sources), None);
+        assert_eq!(advise_stack(&[frame("/srv/bin.py", 999_999)], &mut sources), None);
+    }
+
+    #[test]
+    fn library_paths() {
+        assert!(is_library("/usr/lib/python3.12/json/decoder.py"));
+        assert!(is_library("/opt/venv/lib/python3.13/site-packages/starlette/routing.py"));
+        assert!(is_library("/usr/lib/python3/dist-packages/yaml/__init__.py"));
+        assert!(!is_library("/srv/app/main.py"));
+        assert!(!is_library("/home/me/python3.12-notes/app.py"));
+    }
+}
