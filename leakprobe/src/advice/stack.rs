@@ -9,7 +9,11 @@
 //!    per call): the report says so instead of leaving the reader to guess;
 //! 3. the innermost application frame whose function holds a leak construct elsewhere (its
 //!    confidence scaled down: it is a neighbour, not the line);
-//! 4. a library frame (site-packages, the standard library) whose line a leak construct covers.
+//! 4. the innermost application frame whose function is started or registered by a leak construct
+//!    of its module: a dropped task's coroutine, a listener never removed, work submitted to an
+//!    executor never shut down. Their stacks start at the event loop, the emitter or the worker
+//!    thread, so the construct is in no frame (scaled down the same way);
+//! 5. a library frame (site-packages, the standard library) whose line a leak construct covers.
 //!
 //! Application frames are those outside site-packages, dist-packages and the standard library:
 //! a leak is almost always in how the application uses a library, and a library's own module-level
@@ -31,7 +35,8 @@ pub struct StackAdvice {
     /// That frame's file, as the target names it.
     pub file: String,
     /// `line`: the construct covers the frame's line; `same_function`: it is elsewhere in the
-    /// frame's function (`advice.line` says where).
+    /// frame's function (`advice.line` says where); `started_by`: the construct starts or
+    /// registers the frame's function (a task's coroutine, a listener, submitted work).
     pub relation: Relation,
     #[serde(flatten)]
     pub advice: Advice,
@@ -42,6 +47,7 @@ pub struct StackAdvice {
 pub enum Relation {
     Line,
     SameFunction,
+    StartedBy,
 }
 
 /// The advice for a stack whose frames are `frames` (innermost first), reading sources from
@@ -55,12 +61,13 @@ pub fn advise_stack(frames: &[Frame], sources: &mut TargetSources) -> Option<Sta
         .collect();
     let (application, library): (Vec<_>, Vec<_>) = python.into_iter().partition(|(_, file, _)| !is_library(file));
     let mut modules: Vec<(usize, String, u32, Vec<Advice>)> = Vec::new();
+    let mut parsed: std::collections::HashMap<&str, Vec<Advice>> = std::collections::HashMap::new();
     for &(i, file, line) in application.iter().chain(&library) {
-        let all = match sources.read(file) {
-            Some(source) => super::advise_all(&source),
-            None => continue,
-        };
-        modules.push((i, file.to_string(), line, all));
+        if !parsed.contains_key(file) {
+            let Some(source) = sources.read(file) else { continue };
+            parsed.insert(file, super::advise_all(&source));
+        }
+        modules.push((i, file.to_string(), line, parsed[file].clone()));
     }
     let is_app = |i: usize| application.iter().any(|&(j, _, _)| j == i);
     let covering = |leaks: bool, app: bool| {
@@ -76,6 +83,13 @@ pub fn advise_stack(frames: &[Frame], sources: &mut TargetSources) -> Option<Sta
                 let source = sources.read(file)?;
                 let advice = same_function(&source, *line, all)?;
                 Some(StackAdvice { frame: *i, file: file.clone(), relation: Relation::SameFunction, advice })
+            })
+        })
+        .or_else(|| {
+            modules.iter().filter(|(i, ..)| is_app(*i)).find_map(|(i, file, _, all)| {
+                let source = sources.read(file)?;
+                let advice = started_by(&source, &frames[*i].function, all)?;
+                Some(StackAdvice { frame: *i, file: file.clone(), relation: Relation::StartedBy, advice })
             })
         })
         .or_else(|| covering(true, false))
@@ -96,6 +110,34 @@ fn same_function(source: &str, line: u32, all: &[Advice]) -> Option<Advice> {
             "the flagged line {line} allocates; line {} of the same function (`{name}`) is where it is kept",
             advice.line
         ),
+    );
+    Some(advice)
+}
+
+/// The most confident construct that starts or registers the function `qualname` (a frame's
+/// function: `poll`, `Handler.on_message`, `start.<locals>.worker`): its name appears in the
+/// construct's lines (`create_task(poll(user))`, `subscribe("t", self.on_message)`,
+/// `pool.submit(work, item)`).
+fn started_by(source: &str, qualname: &str, all: &[Advice]) -> Option<Advice> {
+    use super::PatternId::{DroppedTask, ExecutorNotShutdown, ListenerNotRemoved};
+    let name = qualname.rsplit('.').next().filter(|n| !n.is_empty() && !n.starts_with('<'))?;
+    let tree = syntax::parse(source)?;
+    let mentions: Vec<u32> = syntax::descendants(tree.root_node())
+        .into_iter()
+        .filter(|n| n.kind() == "identifier" && syntax::text(*n, source) == name)
+        .filter(|n| n.parent().is_none_or(|p| p.kind() != "function_definition"))
+        .map(syntax::line)
+        .collect();
+    let mut advice = all
+        .iter()
+        .filter(|a| a.leaks && matches!(a.pattern, DroppedTask | ListenerNotRemoved | ExecutorNotShutdown))
+        .filter(|a| a.lines.iter().any(|[first, last]| mentions.iter().any(|m| (first..=last).contains(&m))))
+        .max_by(|a, b| a.confidence.total_cmp(&b.confidence))?
+        .clone();
+    advice.confidence = (advice.confidence * SAME_FUNCTION_FACTOR * 100.0).round() / 100.0;
+    advice.evidence.insert(
+        0,
+        format!("the flagged frame's function `{name}` is started or registered at line {}", advice.line),
     );
     Some(advice)
 }
@@ -246,6 +288,46 @@ async def c(key: str):
         assert_eq!(advise_stack(&[frame("<frozen importlib._bootstrap>", 1)], &mut sources), None);
         assert_eq!(advise_stack(&[native("malloc")], &mut sources), None);
         assert_eq!(advise_stack(&[frame("/srv/bin.py", 999_999)], &mut sources), None);
+    }
+
+    #[test]
+    fn a_task_or_listener_is_named_by_what_started_it() {
+        let app = "\
+import asyncio
+from fastapi import FastAPI
+app = FastAPI()
+
+async def poll_forever(user_id):
+    seen = []
+    while True:
+        seen.append(\"x\" * 1000)
+        await asyncio.sleep(0.1)
+
+class Handler:
+    def __init__(self, broker):
+        broker.subscribe(\"topic\", self.on_message)
+
+    def on_message(self, msg):
+        self.last = msg * 2
+
+@app.get(\"/start/{uid}\")
+async def start(uid: str):
+    asyncio.create_task(poll_forever(uid))
+    Handler(BROKER)
+";
+        let tree = Tree::new("started", &[("/srv/app.py", app)]);
+        let loop_ = "/usr/lib/python3.12/asyncio/events.py";
+        let mut coroutine = frame("/srv/app.py", 8);
+        coroutine.function = "poll_forever".into();
+        let task = advise_stack(&[coroutine, frame(loop_, 88)], &mut tree.sources());
+        let mut task = task.expect("the coroutine's creator");
+        task.advice.evidence.truncate(1);
+        assert_eq!((task.relation, task.advice.pattern, task.advice.line), (Relation::StartedBy, PatternId::DroppedTask, 20));
+        assert!(task.advice.evidence[0].contains("`poll_forever` is started or registered at line 20"), "{task:?}");
+        let mut on_message = frame("/srv/app.py", 16);
+        on_message.function = "Handler.on_message".into();
+        let listener = advise_stack(&[on_message], &mut tree.sources()).expect("the registration");
+        assert_eq!((listener.relation, listener.advice.pattern), (Relation::StartedBy, PatternId::ListenerNotRemoved));
     }
 
     #[test]

@@ -74,6 +74,7 @@ pub fn advice_headline(a: &StackAdvice) -> String {
     let where_ = match a.relation {
         Relation::Line => format!("at {at}"),
         Relation::SameFunction => format!("at {at}, in the function of the flagged line"),
+        Relation::StartedBy => format!("at {at}, which starts or registers the flagged function"),
     };
     format!(
         "{kind}: {} ({}), confidence {:.0}%, {where_}",
