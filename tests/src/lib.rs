@@ -180,3 +180,17 @@ pub fn flagged(report: &serde_json::Value) -> Vec<&serde_json::Value> {
 pub fn has_frame(stack: &serde_json::Value, name: &str) -> bool {
     stack["frames"].as_array().unwrap().iter().any(|f| f["function"] == name)
 }
+
+/// wrk running the Lua script `script` (a fixture) against `127.0.0.1:port` for `seconds`, with
+/// one thread and four connections; stopped when the guard is dropped.
+pub fn wrk_load(script: &str, port: u16, seconds: u32) -> ChildGuard {
+    ChildGuard::new(
+        Command::new("wrk")
+            .args(["-t1", "-c4", &format!("-d{seconds}s"), "-s"])
+            .arg(fixture(script))
+            .arg(format!("http://127.0.0.1:{port}"))
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("wrk runs"),
+    )
+}

@@ -28,15 +28,7 @@ fn each_pattern_is_named_at_the_line_that_keeps_the_memory() {
         eventually(Duration::from_secs(30), || TcpStream::connect(("127.0.0.1", PORT)).is_ok()),
         "app did not start"
     );
-    let _load = ChildGuard::new(
-        Command::new("wrk")
-            .args(["-t1", "-c4", "-d150s", "-s"])
-            .arg(fixture("patterns_load.lua"))
-            .arg(format!("http://127.0.0.1:{PORT}"))
-            .stdout(std::process::Stdio::null())
-            .spawn()
-            .expect("wrk runs"),
-    );
+    let _load = wrk_load("patterns_load.lua", PORT, 150);
     let (_, report) = record_json(app.pid(), "90s", "1s", &["--max-overhead", "10"]);
     assert_eq!(report["verdict"]["verdict"], "leak", "{:#}", report["verdict"]);
 

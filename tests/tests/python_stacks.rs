@@ -30,15 +30,7 @@ fn serve_fastapi(mut command: Command, port: u16) -> ChildGuard {
 }
 
 fn load(port: u16) -> ChildGuard {
-    ChildGuard::new(
-        Command::new("wrk")
-            .args(["-t1", "-c4", "-d120s", "-s"])
-            .arg(fixture("fastapi_load.lua"))
-            .arg(format!("http://127.0.0.1:{port}"))
-            .stdout(std::process::Stdio::null())
-            .spawn()
-            .expect("wrk runs"),
-    )
+    wrk_load("fastapi_load.lua", port, 120)
 }
 
 fn check_fastapi(python: &std::path::Path, port: u16) {
