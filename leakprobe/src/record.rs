@@ -13,7 +13,7 @@ use leakprobe_common::AllocFunction;
 use tokio::signal::unix::{signal, SignalKind};
 
 use crate::{
-    advice::{self, TargetSources},
+    advice::{StackAdvisor, TargetSources},
     aggregate::{LowWater, Recording},
     cgroup,
     loader::{self, Probes, TableSizes},
@@ -126,7 +126,7 @@ pub async fn record(opts: RecordOptions) -> Result<Report> {
     };
     let target = Target::inspect(pid)?;
     // Opened now: the report's advice reads the sources even if the target has exited by then.
-    let mut sources = TargetSources::of_process(pid);
+    let mut advisor = StackAdvisor::new(TargetSources::of_process(pid));
     let mut warnings = Vec::new();
     let python = match python::runtime::detect(&target) {
         Ok(python) => python,
@@ -222,7 +222,7 @@ pub async fn record(opts: RecordOptions) -> Result<Report> {
     // Probes are detached here, after the stacks were read out of the kernel.
     drop(probes);
     for stack in report.stacks.iter_mut().filter(|s| s.flagged) {
-        stack.advice = advice::advise_stack(&stack.frames, &mut sources);
+        stack.advice = advisor.advise(&stack.frames);
     }
     Ok(report)
 }

@@ -38,7 +38,7 @@ pub use self::{
     patterns::{Pattern, PatternId, CATALOGUE},
     scan::{scan, scan_dir, ScanOptions, ScanReport},
     sources::TargetSources,
-    stack::{advise_stack, Relation, StackAdvice},
+    stack::{Relation, StackAdvice, StackAdvisor},
 };
 
 /// The classification of one construct: the pattern, how sure, why, and the fix.

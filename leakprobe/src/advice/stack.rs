@@ -19,6 +19,8 @@
 //! a leak is almost always in how the application uses a library, and a library's own module-level
 //! dicts (registries filled once per type) would otherwise be blamed.
 
+use std::{collections::HashMap, sync::Arc};
+
 use serde::{Deserialize, Serialize};
 
 use super::{sources::TargetSources, syntax, Advice};
@@ -50,49 +52,68 @@ pub enum Relation {
     StartedBy,
 }
 
-/// The advice for a stack whose frames are `frames` (innermost first), reading sources from
-/// `sources`; `None` when no frame's code matches a pattern (or no source can be read).
-pub fn advise_stack(frames: &[Frame], sources: &mut TargetSources) -> Option<StackAdvice> {
-    let python: Vec<(usize, &str, u32)> = frames
-        .iter()
-        .enumerate()
-        .filter(|(_, f)| f.kind == FrameKind::Python)
-        .filter_map(|(i, f)| Some((i, f.file.as_deref()?, f.line?)))
-        .collect();
-    let (application, library): (Vec<_>, Vec<_>) = python.into_iter().partition(|(_, file, _)| !is_library(file));
-    let mut modules: Vec<(usize, String, u32, Vec<Advice>)> = Vec::new();
-    let mut parsed: std::collections::HashMap<&str, Vec<Advice>> = std::collections::HashMap::new();
-    for &(i, file, line) in application.iter().chain(&library) {
-        if !parsed.contains_key(file) {
-            let Some(source) = sources.read(file) else { continue };
-            parsed.insert(file, super::advise_all(&source));
-        }
-        modules.push((i, file.to_string(), line, parsed[file].clone()));
+/// Advice for the stacks of one target: its sources, and each module's classification, read and
+/// computed once for all the stacks (a FastAPI stack has some twenty library frames in the same
+/// dozen files).
+pub struct StackAdvisor {
+    sources: TargetSources,
+    modules: HashMap<String, Option<Arc<[Advice]>>>,
+}
+
+impl StackAdvisor {
+    pub fn new(sources: TargetSources) -> StackAdvisor {
+        StackAdvisor { sources, modules: HashMap::new() }
     }
-    let is_app = |i: usize| application.iter().any(|&(j, _, _)| j == i);
-    let covering = |leaks: bool, app: bool| {
-        modules.iter().filter(|(i, ..)| is_app(*i) == app).find_map(|(i, file, line, all)| {
-            let advice = super::covering(all.iter().filter(|a| a.leaks == leaks).cloned(), *line)?;
-            Some(StackAdvice { frame: *i, file: file.clone(), relation: Relation::Line, advice })
-        })
-    };
-    covering(true, true)
-        .or_else(|| covering(false, true))
-        .or_else(|| {
-            modules.iter().filter(|(i, ..)| is_app(*i)).find_map(|(i, file, line, all)| {
-                let source = sources.read(file)?;
-                let advice = same_function(&source, *line, all)?;
-                Some(StackAdvice { frame: *i, file: file.clone(), relation: Relation::SameFunction, advice })
+
+    /// Every construct of `file` that matches a pattern; `None` when it cannot be read.
+    fn module(&mut self, file: &str) -> Option<(Arc<str>, Arc<[Advice]>)> {
+        let source = self.sources.read(file)?;
+        let all = self.modules.entry(file.to_string()).or_insert_with(|| Some(super::advise_all(&source).into()));
+        Some((source, all.clone()?))
+    }
+
+    /// The advice for a stack whose frames are `frames` (innermost first); `None` when no frame's
+    /// code matches a pattern (or no source can be read).
+    pub fn advise(&mut self, frames: &[Frame]) -> Option<StackAdvice> {
+        let python: Vec<(usize, &str, u32)> = frames
+            .iter()
+            .enumerate()
+            .filter(|(_, f)| f.kind == FrameKind::Python)
+            .filter_map(|(i, f)| Some((i, f.file.as_deref()?, f.line?)))
+            .collect();
+        let (application, library): (Vec<_>, Vec<_>) = python.into_iter().partition(|(_, file, _)| !is_library(file));
+        let found = |frame: usize, file: &str, relation, advice| StackAdvice { frame, file: file.into(), relation, advice };
+        let app: Vec<_> = application
+            .iter()
+            .filter_map(|&(i, file, line)| self.module(file).map(|(source, all)| (i, file, line, source, all)))
+            .collect();
+        let covering = |leaks: bool| {
+            app.iter().find_map(|(i, file, line, _, all)| {
+                let advice = super::covering(all.iter().filter(|a| a.leaks == leaks).cloned(), *line)?;
+                Some(found(*i, file, Relation::Line, advice))
             })
-        })
-        .or_else(|| {
-            modules.iter().filter(|(i, ..)| is_app(*i)).find_map(|(i, file, _, all)| {
-                let source = sources.read(file)?;
-                let advice = started_by(&source, &frames[*i].function, all)?;
-                Some(StackAdvice { frame: *i, file: file.clone(), relation: Relation::StartedBy, advice })
+        };
+        covering(true)
+            .or_else(|| covering(false))
+            .or_else(|| {
+                app.iter().find_map(|(i, file, line, source, all)| {
+                    Some(found(*i, file, Relation::SameFunction, same_function(source, *line, all)?))
+                })
             })
-        })
-        .or_else(|| covering(true, false))
+            .or_else(|| {
+                app.iter().find_map(|(i, file, _, source, all)| {
+                    Some(found(*i, file, Relation::StartedBy, started_by(source, &frames[*i].function, all)?))
+                })
+            })
+            .or_else(|| {
+                // Library modules are classified only when the application says nothing.
+                library.iter().find_map(|&(i, file, line)| {
+                    let (_, all) = self.module(file)?;
+                    let advice = super::covering(all.iter().filter(|a| a.leaks).cloned(), line)?;
+                    Some(found(i, file, Relation::Line, advice))
+                })
+            })
+    }
 }
 
 /// The most confident leak construct in the function that contains `line` (not covering it).
@@ -199,8 +220,8 @@ mod tests {
             }
             Tree(dir)
         }
-        fn sources(&self) -> TargetSources {
-            TargetSources::in_dirs(&self.0, &self.0)
+        fn advisor(&self) -> StackAdvisor {
+            StackAdvisor::new(TargetSources::in_dirs(&self.0, &self.0))
         }
     }
 
@@ -239,7 +260,7 @@ async def c(key: str):
     fn the_caller_that_keeps_it_is_named() {
         let tree = Tree::new("caller", &[("/srv/app.py", APP)]);
         let frames = [native("PyObject_Malloc"), frame("/srv/app.py", 7), frame("/srv/app.py", 11), native("main")];
-        let advice = advise_stack(&frames, &mut tree.sources()).unwrap();
+        let advice = tree.advisor().advise(&frames).unwrap();
         assert_eq!((advice.frame, advice.relation, advice.advice.line), (2, Relation::Line, 11));
         assert_eq!(advice.advice.pattern, PatternId::UnboundedCache);
         assert_eq!(advice.file, "/srv/app.py");
@@ -248,8 +269,8 @@ async def c(key: str):
     #[test]
     fn a_neighbour_in_the_same_function_is_less_sure() {
         let tree = Tree::new("neighbour", &[("/srv/app.py", APP)]);
-        let direct = advise_stack(&[frame("/srv/app.py", 17)], &mut tree.sources()).unwrap();
-        let neighbour = advise_stack(&[frame("/srv/app.py", 16)], &mut tree.sources()).unwrap();
+        let direct = tree.advisor().advise(&[frame("/srv/app.py", 17)]).unwrap();
+        let neighbour = tree.advisor().advise(&[frame("/srv/app.py", 16)]).unwrap();
         assert_eq!((neighbour.relation, neighbour.advice.line), (Relation::SameFunction, 17));
         assert!(neighbour.advice.confidence < direct.advice.confidence);
         assert!(neighbour.advice.evidence[0].contains("line 17 of the same function (`b`)"), "{:?}", neighbour);
@@ -258,7 +279,7 @@ async def c(key: str):
     #[test]
     fn a_look_alike_says_it_is_not_a_leak() {
         let tree = Tree::new("lookalike", &[("/srv/app.py", APP)]);
-        let advice = advise_stack(&[frame("/srv/app.py", 22)], &mut tree.sources()).unwrap();
+        let advice = tree.advisor().advise(&[frame("/srv/app.py", 22)]).unwrap();
         assert_eq!(advice.advice.pattern, PatternId::RegexCompilePerCall);
         assert!(!advice.advice.leaks);
     }
@@ -271,23 +292,23 @@ async def c(key: str):
             &[("/srv/app.py", APP), ("/venv/lib/python3.12/site-packages/lib.py", library)],
         );
         let lib = "/venv/lib/python3.12/site-packages/lib.py";
-        let advice = advise_stack(&[frame(lib, 3), frame("/srv/app.py", 11)], &mut tree.sources()).unwrap();
+        let advice = tree.advisor().advise(&[frame(lib, 3), frame("/srv/app.py", 11)]).unwrap();
         assert_eq!((advice.frame, advice.advice.line), (1, 11));
         // Nothing in the application: the library's line, if a construct covers it.
         let quiet = "def handler():\n    return 1\n";
         let tree = Tree::new("library-only", &[("/srv/quiet.py", quiet), (lib, library)]);
-        let advice = advise_stack(&[frame(lib, 3), frame("/srv/quiet.py", 2)], &mut tree.sources());
+        let advice = tree.advisor().advise(&[frame(lib, 3), frame("/srv/quiet.py", 2)]);
         assert_eq!(advice.map(|a| (a.frame, a.file)), Some((0, lib.to_string())));
     }
 
     #[test]
     fn unreadable_or_garbage_sources_give_no_advice() {
         let tree = Tree::new("garbage", &[("/srv/bin.py", "\u{0}\u{1}garbage(((\n")]);
-        let mut sources = tree.sources();
-        assert_eq!(advise_stack(&[frame("/srv/missing.py", 3), frame("/srv/bin.py", 1)], &mut sources), None);
-        assert_eq!(advise_stack(&[frame("<frozen importlib._bootstrap>", 1)], &mut sources), None);
-        assert_eq!(advise_stack(&[native("malloc")], &mut sources), None);
-        assert_eq!(advise_stack(&[frame("/srv/bin.py", 999_999)], &mut sources), None);
+        let mut advisor = tree.advisor();
+        assert_eq!(advisor.advise(&[frame("/srv/missing.py", 3), frame("/srv/bin.py", 1)]), None);
+        assert_eq!(advisor.advise(&[frame("<frozen importlib._bootstrap>", 1)]), None);
+        assert_eq!(advisor.advise(&[native("malloc")]), None);
+        assert_eq!(advisor.advise(&[frame("/srv/bin.py", 999_999)]), None);
     }
 
     #[test]
@@ -319,14 +340,14 @@ async def start(uid: str):
         let loop_ = "/usr/lib/python3.12/asyncio/events.py";
         let mut coroutine = frame("/srv/app.py", 8);
         coroutine.function = "poll_forever".into();
-        let task = advise_stack(&[coroutine, frame(loop_, 88)], &mut tree.sources());
+        let task = tree.advisor().advise(&[coroutine, frame(loop_, 88)]);
         let mut task = task.expect("the coroutine's creator");
         task.advice.evidence.truncate(1);
         assert_eq!((task.relation, task.advice.pattern, task.advice.line), (Relation::StartedBy, PatternId::DroppedTask, 20));
         assert!(task.advice.evidence[0].contains("`poll_forever` is started or registered at line 20"), "{task:?}");
         let mut on_message = frame("/srv/app.py", 16);
         on_message.function = "Handler.on_message".into();
-        let listener = advise_stack(&[on_message], &mut tree.sources()).expect("the registration");
+        let listener = tree.advisor().advise(&[on_message]).expect("the registration");
         assert_eq!((listener.relation, listener.advice.pattern), (Relation::StartedBy, PatternId::ListenerNotRemoved));
     }
 

@@ -113,12 +113,12 @@ mod tests {
         let root = std::env::temp_dir().join(format!("leakprobe-fixture-advice-{}", std::process::id()));
         std::fs::create_dir_all(root.join("srv/demo")).unwrap();
         std::fs::copy(concat!(env!("CARGO_MANIFEST_DIR"), "/../demo/app.py"), root.join("srv/demo/app.py")).unwrap();
-        let mut sources = crate::advice::TargetSources::in_dirs(&root, &root);
+        let mut advisor = crate::advice::StackAdvisor::new(crate::advice::TargetSources::in_dirs(&root, &root));
         let computed: Vec<_> = report
             .stacks
             .iter()
             .filter(|s| s.flagged)
-            .map(|s| crate::advice::advise_stack(&s.frames, &mut sources))
+            .map(|s| advisor.advise(&s.frames))
             .collect();
         std::fs::remove_dir_all(&root).unwrap();
         if std::env::var_os("LEAKPROBE_PRINT_ADVICE").is_some() {

@@ -142,7 +142,7 @@ pub struct StackReport {
     pub flagged: bool,
     pub reason: String,
     /// Flagged stacks: what kind of leak the Python code keeping this memory is, why it leaks and
-    /// the fix (`advice::advise_stack`); `None` when no frame's source matches a pattern or the
+    /// the fix (`advice::StackAdvisor`); `None` when no frame's source matches a pattern or the
     /// source could not be read.
     #[serde(default)]
     pub advice: Option<StackAdvice>,
