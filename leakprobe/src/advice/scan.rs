@@ -82,8 +82,10 @@ pub fn scan(root: &Path, options: &ScanOptions) -> anyhow::Result<ScanReport> {
     let mut files = Vec::new();
     if meta.is_dir() {
         collect(root, options, &mut files);
-    } else {
+    } else if meta.is_file() {
         files.push(root.to_path_buf());
+    } else {
+        anyhow::bail!("{} is not a file or a directory", root.display());
     }
     files.sort();
     let mut report = ScanReport {
@@ -95,7 +97,8 @@ pub fn scan(root: &Path, options: &ScanOptions) -> anyhow::Result<ScanReport> {
     };
     let mut modules = Vec::new();
     for path in files {
-        let too_big = fs::metadata(&path).map(|m| m.len() > MAX_FILE_BYTES).unwrap_or(true);
+        // Regular files only (a FIFO named *.py would block the read), no larger than the limit.
+        let too_big = fs::metadata(&path).map(|m| !m.is_file() || m.len() > MAX_FILE_BYTES).unwrap_or(true);
         let Some(bytes) = (!too_big).then(|| fs::read(&path).ok()).flatten() else {
             report.files_skipped += 1;
             continue;

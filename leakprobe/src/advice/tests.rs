@@ -388,3 +388,23 @@ fn scan_skips_vendored_code_unless_asked() {
     assert_eq!(json["findings"][0]["pattern"], "unbounded_cache");
     assert_eq!(json["findings"][0]["lines"][0], serde_json::json!([4, 4]));
 }
+
+#[test]
+fn scan_survives_garbage_and_special_files() {
+    let root = std::env::temp_dir().join(format!("leakprobe-scan-bad-{}", std::process::id()));
+    std::fs::create_dir_all(root.join("sub")).unwrap();
+    std::fs::write(root.join("binary.py"), b"\xff\xfe\x00\x01 garbage").unwrap();
+    std::fs::write(root.join("broken.py"), "def (((\n").unwrap();
+    std::fs::write(root.join("ok.py"), format!("CACHE = {{}}\n{ROUTE}    CACHE[k] = 1\n")).unwrap();
+    std::os::unix::fs::symlink(".", root.join("sub/loop")).unwrap();
+    let fifo = std::ffi::CString::new(root.join("fifo.py").into_os_string().into_encoded_bytes()).unwrap();
+    // SAFETY: a valid NUL-terminated path.
+    assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o600) }, 0);
+    let report = scan(&root, &ScanOptions::default()).unwrap();
+    let single_fifo = scan(&root.join("fifo.py"), &ScanOptions::default());
+    std::fs::remove_dir_all(&root).unwrap();
+    assert_eq!(report.findings.len(), 1, "{report:?}");
+    assert!(report.findings[0].path.ends_with("ok.py"));
+    let err = format!("{:#}", single_fifo.unwrap_err());
+    assert!(err.contains("is not a file or a directory"), "{err}");
+}
