@@ -100,6 +100,25 @@ fn agent_flags_only_the_leaker_names_its_line_and_follows_process_churn() {
     assert!(named, "the report does not name py_leak.py: {:#}", json["stacks"]);
     let svg = std::fs::read_to_string(report.with_extension("svg")).unwrap();
     assert!(svg.contains("<svg") && svg.contains("py_leak.py"));
+    // What kind of leak, from the recording's advice, is exported for the leaker alone: a module-level
+    // list appended to per request, at the marked line.
+    let line = std::fs::read_to_string(fixture("py_leak.py"))
+        .unwrap()
+        .lines()
+        .position(|l| l.contains("never trimmed: the leak"))
+        .unwrap()
+        + 1;
+    let mut metrics = String::new();
+    let diagnosed = eventually(Duration::from_secs(20), || {
+        metrics = agent.metrics();
+        metrics.lines().any(|l| {
+            l.starts_with("leakprobe_leak_pattern_confidence{")
+                && l.contains(r#"pattern="global_accumulation""#)
+                && l.contains(&format!(r#"py_leak.py:{line}""#))
+        })
+    });
+    assert!(diagnosed, "no leak pattern exported:\n{metrics}\n{}", agent.stderr());
+    assert_eq!(metrics.matches("leakprobe_leak_pattern_confidence{").count(), 1, "{metrics}");
 
     let status = agent.stop();
     assert!(status.success(), "agent exit: {status:?}");

@@ -113,8 +113,8 @@ impl Escalations {
     }
 
     /// Collects a finished recording: renders its flame graph, applies retention. Returns the
-    /// report's path when one was written.
-    pub fn poll(&mut self) -> Option<PathBuf> {
+    /// recorded PID and the report's path when one was written.
+    pub fn poll(&mut self) -> Option<(u32, PathBuf)> {
         let running = self.running.as_mut()?;
         let status = match running.child.try_wait() {
             Ok(None) => {
@@ -142,7 +142,7 @@ impl Escalations {
         }
         *self.results.entry("written").or_default() += 1;
         apply_retention(&self.policy.reports_dir, self.policy.max_reports);
-        Some(running.json)
+        Some((running.pid, running.json))
     }
 
     pub fn forget(&mut self, pid: u32) {
@@ -152,6 +152,40 @@ impl Escalations {
     pub fn is_running(&self) -> bool {
         self.running.is_some()
     }
+}
+
+/// What a recording found, for the metrics: the leak pattern of each flagged stack with advice
+/// (`pattern`, `file:line`, confidence), most confident first, at most `MAX_DIAGNOSES`.
+pub fn diagnoses(json: &Path) -> Result<Vec<Diagnosis>> {
+    let report = crate::report::load::from_path(json)?;
+    let mut found: Vec<Diagnosis> = report
+        .stacks
+        .iter()
+        .filter(|s| s.flagged)
+        .filter_map(|s| s.advice.as_ref())
+        .filter(|a| a.advice.leaks)
+        .map(|a| Diagnosis {
+            pattern: a.advice.pattern.as_str(),
+            site: format!("{}:{}", a.file, a.advice.line),
+            confidence: a.advice.confidence,
+        })
+        .collect();
+    found.sort_by(|a, b| b.confidence.total_cmp(&a.confidence));
+    found.dedup_by(|a, b| a.pattern == b.pattern && a.site == b.site);
+    found.truncate(MAX_DIAGNOSES);
+    Ok(found)
+}
+
+/// Leak patterns kept per process: the metric's labels stay bounded.
+pub const MAX_DIAGNOSES: usize = 3;
+
+/// One leak pattern a recording found in a process.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Diagnosis {
+    pub pattern: &'static str,
+    /// `file:line` of the construct, as the target names the file.
+    pub site: String,
+    pub confidence: f64,
 }
 
 /// Writes `<report>.svg`, a flame graph of the report's live memory (`report::flamegraph`: the
@@ -227,6 +261,22 @@ mod tests {
         left.sort();
         assert_eq!(left, vec!["b.json", "b.svg", "c.json", "c.svg"]);
         fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn the_leak_patterns_of_a_report_are_read_back() {
+        let dir = std::env::temp_dir().join(format!("leakprobe-diagnoses-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let json = dir.join("r.json");
+        std::fs::copy(concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/fixtures/reports/fastapi-leak.json"), &json)
+            .unwrap();
+        let found = diagnoses(&json).unwrap();
+        std::fs::remove_dir_all(&dir).unwrap();
+        // Two flagged stacks, one construct: one diagnosis, at its most confident.
+        assert_eq!(
+            found,
+            vec![Diagnosis { pattern: "unbounded_cache", site: "/srv/demo/app.py:30".into(), confidence: 0.8 }]
+        );
     }
 
     #[test]

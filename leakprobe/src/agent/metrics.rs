@@ -55,6 +55,15 @@ pub struct SiteMetric {
     pub growth_bytes_per_sec: f64,
 }
 
+/// A leak pattern an escalated recording found (`advice`): the kind of bug and where.
+#[derive(Debug, Clone)]
+pub struct DiagnosisMetric {
+    pub labels: Labels,
+    pub pattern: &'static str,
+    pub site: String,
+    pub confidence: f64,
+}
+
 /// The agent's own health.
 #[derive(Debug, Clone, Default)]
 pub struct Health {
@@ -75,6 +84,8 @@ pub struct Health {
 pub struct Snapshot {
     pub processes: Vec<ProcessMetrics>,
     pub sites: Vec<SiteMetric>,
+    /// At most `escalation::MAX_DIAGNOSES` per process.
+    pub diagnoses: Vec<DiagnosisMetric>,
     pub health: Health,
 }
 
@@ -203,6 +214,21 @@ pub fn render(snapshot: &Snapshot) -> String {
         sites.get_or_create(&pairs).set(s.growth_bytes_per_sec);
     }
 
+    let patterns = gauge_family(
+        &mut r,
+        "leakprobe_leak_pattern_confidence",
+        "The kind of leak an escalated recording found (pattern) and the line that keeps the memory (site): \
+         the classifier's confidence",
+    );
+    for d in &snapshot.diagnoses {
+        let pairs = with(&d.labels, &[("pattern", d.pattern), ("site", &d.site)]);
+        let g = patterns.get_or_create(&pairs);
+        // Processes merged under the same labels: the most confident.
+        if d.confidence > g.get() {
+            g.set(d.confidence);
+        }
+    }
+
     let h = &snapshot.health;
     let plain = |r: &mut Registry, name: &str, help: &str, value: f64| {
         let g = GaugeF::default();
@@ -261,10 +287,28 @@ mod tests {
                 process("api-2", 70, VerdictKind::NoLeak, None),
             ],
             sites: vec![],
+            diagnoses: vec![
+                DiagnosisMetric {
+                    labels: process("api-1", 0, VerdictKind::Leak, None).labels,
+                    pattern: "unbounded_cache",
+                    site: "/app/main.py:30".into(),
+                    confidence: 0.64,
+                },
+                DiagnosisMetric {
+                    labels: process("api-1", 0, VerdictKind::Leak, None).labels,
+                    pattern: "unbounded_cache",
+                    site: "/app/main.py:30".into(),
+                    confidence: 0.8,
+                },
+            ],
             health: Health::default(),
         };
         let text = render(&snapshot);
         let labels = r#"namespace="shop",pod="api-1",container="api",command="gunicorn""#;
+        // Two workers diagnosed alike: one series, the most confident.
+        assert!(text.contains(&format!(
+            r#"leakprobe_leak_pattern_confidence{{{labels},pattern="unbounded_cache",site="/app/main.py:30"}} 0.8"#
+        )), "{text}");
         assert!(text.contains(&format!("leakprobe_process_rss_bytes{{{labels}}} 150.0")), "{text}");
         assert!(text.contains(&format!("leakprobe_process_growth_bytes_per_second{{{labels}}} 20.0")));
         assert!(text.contains(&format!(r#"leakprobe_process_verdict{{{labels},verdict="leak"}} 1.0"#)));
@@ -285,6 +329,7 @@ mod tests {
                 kind: MemoryKind::PymallocArenas,
                 growth_bytes_per_sec: 1e6,
             }],
+            diagnoses: vec![],
             health: Health {
                 targets: 3,
                 probes_attached: 10,

@@ -69,6 +69,8 @@ struct Watched {
     history: ProcessHistory,
     verdict: VerdictKind,
     last: Option<process::Assessment>,
+    /// The leak patterns its last escalated recording found.
+    diagnoses: Vec<escalation::Diagnosis>,
 }
 
 /// A process seen but not (yet) watched: not Python after all, or not ready.
@@ -276,6 +278,7 @@ impl Agent<'_> {
             history: ProcessHistory::new(self.opts.history, self.opts.rate_window),
             verdict: VerdictKind::Inconclusive,
             last: None,
+            diagnoses: Vec::new(),
         }))
     }
 
@@ -409,8 +412,19 @@ impl Agent<'_> {
     /// collects a finished one.
     fn escalate(&mut self, newly_leaking: Vec<u32>) {
         let Some(escalations) = self.escalations.as_mut() else { return };
-        if let Some(report) = escalations.poll() {
+        if let Some((pid, report)) = escalations.poll() {
             eprintln!("leakprobe agent: report written to {}", report.display());
+            match escalation::diagnoses(&report) {
+                Ok(found) => {
+                    for d in &found {
+                        eprintln!("leakprobe agent: PID {pid}: {} at {} (confidence {:.2})", d.pattern, d.site, d.confidence);
+                    }
+                    if let Some(w) = self.watched.get_mut(&pid) {
+                        w.diagnoses = found;
+                    }
+                }
+                Err(e) => eprintln!("leakprobe agent: cannot read {}: {e:#}", report.display()),
+            }
         }
         // Still-leaking processes get their turn when the recorder is free or their cooldown ends.
         let mut leaking: Vec<u32> =
@@ -438,6 +452,7 @@ impl Agent<'_> {
     fn snapshot(&self, probes: &NodeProbes) -> Snapshot {
         let mut processes = Vec::new();
         let mut sites = Vec::new();
+        let mut diagnoses = Vec::new();
         for w in self.watched.values() {
             let Some(a) = &w.last else { continue };
             processes.push(ProcessMetrics {
@@ -450,6 +465,12 @@ impl Agent<'_> {
                 memory_limit_bytes: a.memory_limit_bytes,
                 heap: a.heap.iter().map(|(k, v)| (*k, *v)).collect(),
             });
+            diagnoses.extend(w.diagnoses.iter().map(|d| metrics::DiagnosisMetric {
+                labels: w.labels.clone(),
+                pattern: d.pattern,
+                site: d.site.clone(),
+                confidence: d.confidence,
+            }));
             sites.extend(a.top.iter().map(|s| SiteMetric {
                 labels: w.labels.clone(),
                 site: s.site.clone(),
@@ -478,6 +499,7 @@ impl Agent<'_> {
         metrics::Snapshot {
             processes,
             sites,
+            diagnoses,
             health: metrics::Health {
                 targets: self.watched.len() as u64,
                 probes_attached: probes.programs_attached() as u64,
