@@ -227,7 +227,7 @@ pub fn analyze(source: &str, hints: &Hints, file: &str) -> Analysis {
             "call" => {
                 container_call(&cx, node).or_else(|| regex_compile(&cx, node)).or_else(|| lifecycle::call(&cx, node))
             }
-            "decorated_definition" => lru_cache_method(&cx, node),
+            "decorated_definition" => lru_cache_method(&cx, node).or_else(|| cached_function(&cx, node)),
             _ => None,
         };
         out.extend(found);
@@ -370,13 +370,10 @@ fn regex_compile(cx: &Context<'_>, call: Node<'_>) -> Option<Candidate> {
     Some(candidate(PatternId::RegexCompilePerCall, call, 0.9, evidence))
 }
 
-/// `@lru_cache` / `@functools.cache` on a method whose first parameter is the instance.
-fn lru_cache_method(cx: &Context<'_>, node: Node<'_>) -> Option<Candidate> {
-    let definition = node.child_by_field_name("definition").filter(|d| d.kind() == "function_definition")?;
-    // Directly in a class body.
-    let class = node.parent().filter(|p| p.kind() == "block")?.parent().filter(|p| p.kind() == "class_definition")?;
-    let class_name = cx.text(class.child_by_field_name("name")?);
-    let mut cache: Option<(Node<'_>, bool)> = None;
+/// The `@lru_cache` / `@functools.cache` decorator of a decorated definition and whether it is
+/// unbounded (`maxsize=None`, `@cache`); `None` without one, or on a static or class method.
+fn cache_decorator<'t>(cx: &Context<'_>, node: Node<'t>) -> Option<(Node<'t>, bool)> {
+    let mut cache = None;
     for decorator in super::syntax::named_children(node).into_iter().filter(|d| d.kind() == "decorator") {
         let expr = decorator.named_child(0)?;
         let (callee, call) = match expr.kind() {
@@ -400,7 +397,50 @@ fn lru_cache_method(cx: &Context<'_>, node: Node<'_>) -> Option<Candidate> {
             _ => {}
         }
     }
-    let (decorator, unbounded) = cache?;
+    cache
+}
+
+/// `@functools.cache` / `@lru_cache(maxsize=None)` on a module-level function with parameters,
+/// called repeatedly: one entry per distinct argument tuple, never evicted: an unbounded cache.
+/// (Bounded, it plateaus; without parameters it holds one value.)
+fn cached_function(cx: &Context<'_>, node: Node<'_>) -> Option<Candidate> {
+    let definition = node.child_by_field_name("definition").filter(|d| d.kind() == "function_definition")?;
+    node.parent().filter(|p| p.kind() == "module")?;
+    let (decorator, unbounded) = cache_decorator(cx, node)?;
+    let params = definition.child_by_field_name("parameters")?;
+    if !unbounded || super::syntax::named_children(params).is_empty() {
+        return None;
+    }
+    let facts = cx.facts.functions.get(&definition.id())?;
+    let factor = match facts.runs {
+        Runs::Once => return None,
+        Runs::Unknown => 0.6,
+        Runs::PerCall => 0.9,
+        Runs::PerRequest => 1.0,
+    };
+    let name = cx.text(definition.child_by_field_name("name")?);
+    let runs = if facts.runs_reason.is_empty() {
+        format!("no caller of `{name}` in sight: how often it runs is unknown")
+    } else {
+        format!("`{name}` {}", facts.runs_reason)
+    };
+    let evidence = vec![
+        format!("`@{}` on module-level function `{name}`", cx.text(decorator.named_child(0)?)),
+        "unbounded (maxsize=None / @cache): one entry per distinct arguments, never evicted".into(),
+        runs,
+    ];
+    let mut c = candidate(PatternId::UnboundedCache, decorator, 0.8 * factor, evidence);
+    c.spans = vec![(line(node), end_line(node))];
+    Some(c)
+}
+
+/// `@lru_cache` / `@functools.cache` on a method whose first parameter is the instance.
+fn lru_cache_method(cx: &Context<'_>, node: Node<'_>) -> Option<Candidate> {
+    let definition = node.child_by_field_name("definition").filter(|d| d.kind() == "function_definition")?;
+    // Directly in a class body.
+    let class = node.parent().filter(|p| p.kind() == "block")?.parent().filter(|p| p.kind() == "class_definition")?;
+    let class_name = cx.text(class.child_by_field_name("name")?);
+    let (decorator, unbounded) = cache_decorator(cx, node)?;
     let params = definition.child_by_field_name("parameters")?;
     let first = super::syntax::named_children(params).into_iter().next()?;
     let first = cx.text(first);

@@ -362,6 +362,8 @@ fn opens(cx: &Context<'_>, call: Node<'_>) -> Option<(&'static str, f64, bool)> 
         (_, "connect" | "begin" | "raw_connection") if receiver_text.contains("engine") => {
             ("an engine connection", 0.7, true)
         }
+        // The guide's `conn = await db.connect()`: an application's database wrapper or pool.
+        (_, "connect") if is_database(&receiver_text) => ("a database connection", 0.65, true),
         ("aiohttp", "ClientSession") => ("an aiohttp ClientSession", 0.85, true),
         ("httpx", "Client" | "AsyncClient") => ("an httpx client", 0.8, true),
         ("requests", "Session" | "session") => ("a requests Session", 0.65, true),
@@ -374,6 +376,12 @@ fn opens(cx: &Context<'_>, call: Node<'_>) -> Option<(&'static str, f64, bool)> 
         (_, l) if l.ends_with("SessionLocal") => ("an SQLAlchemy session", 0.7, true),
         _ => return None,
     })
+}
+
+/// `db`, `self.database`, `app.state.pool`, `orders_db`: a receiver named for a database.
+fn is_database(receiver: &str) -> bool {
+    let last = receiver.rsplit('.').next().unwrap_or("").trim_matches('_');
+    last == "db" || last.ends_with("_db") || last.starts_with("db_") || last.contains("database") || last.ends_with("pool")
 }
 
 fn resource(cx: &Context<'_>, call: Node<'_>) -> Option<Candidate> {

@@ -408,3 +408,39 @@ fn scan_survives_garbage_and_special_files() {
     let err = format!("{:#}", single_fifo.unwrap_err());
     assert!(err.contains("is not a file or a directory"), "{err}");
 }
+
+#[test]
+fn the_guides_connection_examples() {
+    // BAD: connection created but never closed; GOOD: a context manager.
+    let bad = format!("{ROUTE}    conn = await db.connect()\n    return await conn.fetch(\"SELECT 1\")\n");
+    assert_eq!(only(&bad), vec![(3, PatternId::UnclosedResource)]);
+    let good = format!("{ROUTE}    async with db.connect() as conn:\n        return await conn.fetch(\"SELECT 1\")\n");
+    assert_eq!(only(&good), vec![]);
+    let closed = format!("{ROUTE}    conn = await self.database.connect()\n    try:\n        return 1\n    finally:\n        await conn.close()\n");
+    assert_eq!(only(&closed), vec![]);
+    // A socket's connect is not a database's.
+    let socket = format!("{ROUTE}    sock.connect(addr)\n");
+    assert_eq!(only(&socket), vec![]);
+}
+
+#[test]
+fn an_unbounded_cache_decorator_on_a_function_called_per_request() {
+    let cached = |decorator: &str, params: &str| {
+        format!(
+            "import functools\nfrom functools import cache\n\n{decorator}\ndef load(user_id{params}):\n    return str(user_id) * 100\n\n{ROUTE}    return load(k)\n"
+        )
+    };
+    for decorator in ["@functools.lru_cache(maxsize=None)", "@cache", "@functools.cache"] {
+        let leaks = advise_all(&cached(decorator, ""));
+        let found: Vec<(u32, PatternId)> = leaks.iter().filter(|a| a.leaks).map(|a| (a.line, a.pattern)).collect();
+        assert_eq!(found, vec![(4, PatternId::UnboundedCache)], "{decorator}");
+        // The body's lines are the construct: a profiler flags the line that builds the value.
+        assert_eq!(advise(&cached(decorator, ""), 6).map(|a| a.pattern), Some(PatternId::UnboundedCache));
+    }
+    // Bounded, or without arguments (one value), or only called at import: not a leak.
+    assert_eq!(only(&cached("@functools.lru_cache(maxsize=256)", "")), vec![]);
+    let no_args = "import functools\n@functools.cache\ndef settings():\n    return {}\n";
+    assert_eq!(only(no_args), vec![]);
+    let at_import = "import functools\n@functools.cache\ndef load(k):\n    return k * 2\nTABLE = [load(i) for i in range(10)]\n";
+    assert_eq!(only(at_import), vec![]);
+}
