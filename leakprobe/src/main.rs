@@ -251,7 +251,9 @@ async fn run_agent(args: AgentArgs) -> anyhow::Result<ExitCode> {
         kubernetes_node: match (args.kubernetes, args.node_name) {
             (false, _) => None,
             (true, Some(node)) => Some(node),
-            (true, None) => anyhow::bail!("--kubernetes needs --node-name (or NODE_NAME) to list only this node's pods"),
+            (true, None) => {
+                anyhow::bail!("--kubernetes needs --node-name (or NODE_NAME) to list only this node's pods")
+            }
         },
     })
     .await?;

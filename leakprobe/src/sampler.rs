@@ -28,9 +28,8 @@ pub fn counters(probes: &Probes) -> Result<Vec<(&'static str, u64)>> {
 }
 
 pub fn counters_of(ebpf: &Ebpf) -> Result<Vec<(&'static str, u64)>> {
-    let map: PerCpuArray<&MapData, u64> = PerCpuArray::try_from(
-        ebpf.map(names::COUNTERS).ok_or_else(|| anyhow!("map {} missing", names::COUNTERS))?,
-    )?;
+    let map: PerCpuArray<&MapData, u64> =
+        PerCpuArray::try_from(ebpf.map(names::COUNTERS).ok_or_else(|| anyhow!("map {} missing", names::COUNTERS))?)?;
     let mut out = Vec::new();
     for index in 0..Counter::COUNT {
         let Some(counter) = Counter::from_u32(index) else {

@@ -26,9 +26,9 @@ pub fn ensure_mounted() -> Result<bool> {
 /// The byte offset of `field` in the records of tracepoint `category:event`, from its format file
 /// (fields move between kernel versions). `None` when tracefs or the field is missing.
 pub fn field_offset(category: &str, event: &str, field: &str) -> Option<u32> {
-    let format = [TRACEFS, LEGACY]
-        .iter()
-        .find_map(|dir| std::fs::read_to_string(Path::new(dir).join("events").join(category).join(event).join("format")).ok())?;
+    let format = [TRACEFS, LEGACY].iter().find_map(|dir| {
+        std::fs::read_to_string(Path::new(dir).join("events").join(category).join(event).join("format")).ok()
+    })?;
     parse_field_offset(&format, field)
 }
 

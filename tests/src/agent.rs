@@ -47,7 +47,8 @@ impl Agent {
         });
         let mut agent = Agent { child, lines, addr: String::new() };
         let found = eventually(Duration::from_secs(30), || {
-            agent.addr = agent.said("serving /metrics").and_then(|l| l.rsplit(' ').next().map(String::from)).unwrap_or_default();
+            agent.addr =
+                agent.said("serving /metrics").and_then(|l| l.rsplit(' ').next().map(String::from)).unwrap_or_default();
             !agent.addr.is_empty()
         });
         assert!(found, "the agent never said where it serves; stderr:\n{}", agent.stderr());
@@ -103,4 +104,3 @@ impl Drop for Agent {
         let _ = self.child.wait();
     }
 }
-

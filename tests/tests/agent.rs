@@ -83,9 +83,10 @@ fn agent_flags_only_the_leaker_names_its_line_and_follows_process_churn() {
     let mut report = None;
     eventually(Duration::from_secs(60), || {
         report = std::fs::read_dir(&reports).ok().and_then(|entries| {
-            entries.filter_map(|e| e.ok()).map(|e| e.path()).find(|p| {
-                p.extension().is_some_and(|x| x == "json") && p.with_extension("svg").exists()
-            })
+            entries
+                .filter_map(|e| e.ok())
+                .map(|e| e.path())
+                .find(|p| p.extension().is_some_and(|x| x == "json") && p.with_extension("svg").exists())
         });
         report.is_some()
     });
@@ -93,9 +94,11 @@ fn agent_flags_only_the_leaker_names_its_line_and_follows_process_churn() {
     let json: serde_json::Value = serde_json::from_slice(&std::fs::read(&report).unwrap()).unwrap();
     assert_eq!(json["target"]["pid"], leak.pid(), "only the leaker is recorded");
     let named = flagged(&json).iter().any(|s| {
-        s["frames"].as_array().unwrap().iter().any(|f| {
-            f["kind"] == "python" && f["file"].as_str().is_some_and(|p| p.ends_with("py_leak.py"))
-        })
+        s["frames"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|f| f["kind"] == "python" && f["file"].as_str().is_some_and(|p| p.ends_with("py_leak.py")))
     });
     assert!(named, "the report does not name py_leak.py: {:#}", json["stacks"]);
     let svg = std::fs::read_to_string(report.with_extension("svg")).unwrap();
@@ -247,12 +250,15 @@ fn agent_works_with_only_its_documented_capabilities() {
     });
     assert!(leak_flagged, "not flagged:\n{metrics}\n{}", agent.stderr());
     assert!(
-        metrics.lines().any(|l| l.starts_with("leakprobe_leak_site_growth_bytes_per_second{") && l.contains("py_leak.py")),
+        metrics
+            .lines()
+            .any(|l| l.starts_with("leakprobe_leak_site_growth_bytes_per_second{") && l.contains("py_leak.py")),
         "no Python site (process_vm_readv denied?):\n{metrics}"
     );
     // The escalated recording (uprobes, map_files) works with the same set.
     let written = eventually(Duration::from_secs(60), || {
-        std::fs::read_dir(&reports).is_ok_and(|mut d| d.any(|e| e.is_ok_and(|e| e.path().extension().is_some_and(|x| x == "svg"))))
+        std::fs::read_dir(&reports)
+            .is_ok_and(|mut d| d.any(|e| e.is_ok_and(|e| e.path().extension().is_some_and(|x| x == "svg"))))
     });
     assert!(written, "no report from the escalated recording:\n{}", agent.stderr());
     assert!(agent.stop().success());

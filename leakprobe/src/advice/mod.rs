@@ -15,13 +15,15 @@
 //!
 //! Layout: `syntax` (tree-sitter helpers), `facts` (the module-wide facts), `runs` (how often
 //! each function runs), `classify` (containers, decorators, re.compile) and `lifecycle` (things
-//! that must be ended), `scan` (a tree of files, with calls followed across files; the CLI),
-//! `patterns` (the catalogue text).
+//! that must be ended; `resources`: what a call opens), `scan` (a tree of files, with calls
+//! followed across files; the CLI), `patterns` (the catalogue text), `sources` (the target's files
+//! through its root) and `stack` (which frame of a growing stack the advice is about).
 
 mod classify;
 mod facts;
 mod lifecycle;
 pub mod patterns;
+mod resources;
 mod runs;
 pub mod scan;
 pub mod sources;

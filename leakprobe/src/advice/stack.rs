@@ -82,7 +82,8 @@ impl StackAdvisor {
             .filter_map(|(i, f)| Some((i, f.file.as_deref()?, f.line?)))
             .collect();
         let (application, library): (Vec<_>, Vec<_>) = python.into_iter().partition(|(_, file, _)| !is_library(file));
-        let found = |frame: usize, file: &str, relation, advice| StackAdvice { frame, file: file.into(), relation, advice };
+        let found =
+            |frame: usize, file: &str, relation, advice| StackAdvice { frame, file: file.into(), relation, advice };
         let app: Vec<_> = application
             .iter()
             .filter_map(|&(i, file, line)| self.module(file).map(|(source, all)| (i, file, line, source, all)))
@@ -156,10 +157,9 @@ fn started_by(source: &str, qualname: &str, all: &[Advice]) -> Option<Advice> {
         .max_by(|a, b| a.confidence.total_cmp(&b.confidence))?
         .clone();
     advice.confidence = (advice.confidence * SAME_FUNCTION_FACTOR * 100.0).round() / 100.0;
-    advice.evidence.insert(
-        0,
-        format!("the flagged frame's function `{name}` is started or registered at line {}", advice.line),
-    );
+    advice
+        .evidence
+        .insert(0, format!("the flagged frame's function `{name}` is started or registered at line {}", advice.line));
     Some(advice)
 }
 
@@ -184,7 +184,8 @@ pub fn is_library(file: &str) -> bool {
         return true;
     }
     file.split('/').any(|part| {
-        part.strip_prefix("python3.").is_some_and(|minor| !minor.is_empty() && minor.chars().all(|c| c.is_ascii_digit()))
+        part.strip_prefix("python3.")
+            .is_some_and(|minor| !minor.is_empty() && minor.chars().all(|c| c.is_ascii_digit()))
     }) && file.contains("/lib/")
 }
 
@@ -287,10 +288,8 @@ async def c(key: str):
     #[test]
     fn application_frames_come_before_library_frames() {
         let library = "REGISTRY = {}\ndef register(k, v):\n    REGISTRY[k] = v\n";
-        let tree = Tree::new(
-            "library",
-            &[("/srv/app.py", APP), ("/venv/lib/python3.12/site-packages/lib.py", library)],
-        );
+        let tree =
+            Tree::new("library", &[("/srv/app.py", APP), ("/venv/lib/python3.12/site-packages/lib.py", library)]);
         let lib = "/venv/lib/python3.12/site-packages/lib.py";
         let advice = tree.advisor().advise(&[frame(lib, 3), frame("/srv/app.py", 11)]).unwrap();
         assert_eq!((advice.frame, advice.advice.line), (1, 11));
@@ -343,7 +342,10 @@ async def start(uid: str):
         let task = tree.advisor().advise(&[coroutine, frame(loop_, 88)]);
         let mut task = task.expect("the coroutine's creator");
         task.advice.evidence.truncate(1);
-        assert_eq!((task.relation, task.advice.pattern, task.advice.line), (Relation::StartedBy, PatternId::DroppedTask, 20));
+        assert_eq!(
+            (task.relation, task.advice.pattern, task.advice.line),
+            (Relation::StartedBy, PatternId::DroppedTask, 20)
+        );
         assert!(task.advice.evidence[0].contains("`poll_forever` is started or registered at line 20"), "{task:?}");
         let mut on_message = frame("/srv/app.py", 16);
         on_message.function = "Handler.on_message".into();

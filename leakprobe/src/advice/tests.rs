@@ -441,6 +441,7 @@ fn an_unbounded_cache_decorator_on_a_function_called_per_request() {
     assert_eq!(only(&cached("@functools.lru_cache(maxsize=256)", "")), vec![]);
     let no_args = "import functools\n@functools.cache\ndef settings():\n    return {}\n";
     assert_eq!(only(no_args), vec![]);
-    let at_import = "import functools\n@functools.cache\ndef load(k):\n    return k * 2\nTABLE = [load(i) for i in range(10)]\n";
+    let at_import =
+        "import functools\n@functools.cache\ndef load(k):\n    return k * 2\nTABLE = [load(i) for i in range(10)]\n";
     assert_eq!(only(at_import), vec![]);
 }

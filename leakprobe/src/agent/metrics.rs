@@ -267,7 +267,12 @@ mod tests {
 
     fn process(pod: &str, rss: u64, verdict: VerdictKind, ttl: Option<f64>) -> ProcessMetrics {
         ProcessMetrics {
-            labels: Labels { namespace: "shop".into(), pod: pod.into(), container: "api".into(), command: "gunicorn".into() },
+            labels: Labels {
+                namespace: "shop".into(),
+                pod: pod.into(),
+                container: "api".into(),
+                command: "gunicorn".into(),
+            },
             rss_bytes: rss,
             swap_bytes: 0,
             growth_bytes_per_sec: 10.0,
@@ -306,9 +311,12 @@ mod tests {
         let text = render(&snapshot);
         let labels = r#"namespace="shop",pod="api-1",container="api",command="gunicorn""#;
         // Two workers diagnosed alike: one series, the most confident.
-        assert!(text.contains(&format!(
-            r#"leakprobe_leak_pattern_confidence{{{labels},pattern="unbounded_cache",site="/app/main.py:30"}} 0.8"#
-        )), "{text}");
+        assert!(
+            text.contains(&format!(
+                r#"leakprobe_leak_pattern_confidence{{{labels},pattern="unbounded_cache",site="/app/main.py:30"}} 0.8"#
+            )),
+            "{text}"
+        );
         assert!(text.contains(&format!("leakprobe_process_rss_bytes{{{labels}}} 150.0")), "{text}");
         assert!(text.contains(&format!("leakprobe_process_growth_bytes_per_second{{{labels}}} 20.0")));
         assert!(text.contains(&format!(r#"leakprobe_process_verdict{{{labels},verdict="leak"}} 1.0"#)));

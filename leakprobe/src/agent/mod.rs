@@ -322,12 +322,8 @@ impl Agent<'_> {
     }
 
     fn refresh_threads(&mut self, probes: &mut NodeProbes) {
-        let threads: Vec<(u32, u64)> = self
-            .watched
-            .values()
-            .filter_map(|w| w.python.as_ref())
-            .flat_map(|r| r.runtime().thread_states())
-            .collect();
+        let threads: Vec<(u32, u64)> =
+            self.watched.values().filter_map(|w| w.python.as_ref()).flat_map(|r| r.runtime().thread_states()).collect();
         if let Err(e) = probes.set_thread_states(&threads) {
             eprintln!("leakprobe agent: cannot update thread states: {e:#}");
         }
@@ -417,7 +413,10 @@ impl Agent<'_> {
             match escalation::diagnoses(&report) {
                 Ok(found) => {
                     for d in &found {
-                        eprintln!("leakprobe agent: PID {pid}: {} at {} (confidence {:.2})", d.pattern, d.site, d.confidence);
+                        eprintln!(
+                            "leakprobe agent: PID {pid}: {} at {} (confidence {:.2})",
+                            d.pattern, d.site, d.confidence
+                        );
                     }
                     if let Some(w) = self.watched.get_mut(&pid) {
                         w.diagnoses = found;
@@ -519,7 +518,11 @@ impl Agent<'_> {
 }
 
 /// The allocator of a new stack and its site: the innermost Python frame (`function file:line`).
-fn describe(probes: &NodeProbes, python: Option<&mut PythonResolver>, id: u64) -> (Option<AllocFunction>, Option<String>) {
+fn describe(
+    probes: &NodeProbes,
+    python: Option<&mut PythonResolver>,
+    id: u64,
+) -> (Option<AllocFunction>, Option<String>) {
     let Some(trace) = probes.stack_trace(id) else { return (None, None) };
     let function = AllocFunction::from_u32(trace.function);
     let frames = &trace.python[..(trace.python_len as usize).min(trace.python.len())];

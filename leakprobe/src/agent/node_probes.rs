@@ -56,7 +56,8 @@ impl NodeProbes {
         let mut ebpf = loader::load(0, sizes, fork_offset)?;
         loader::attach_tracepoints(&mut ebpf, "syscalls", SYSCALL_TRACEPOINTS)?;
         loader::attach_tracepoints(&mut ebpf, "sched", SCHED_TRACEPOINTS)?;
-        let ring = ebpf.take_map(names::PROCESS_EVENTS).ok_or_else(|| anyhow!("map {} missing", names::PROCESS_EVENTS))?;
+        let ring =
+            ebpf.take_map(names::PROCESS_EVENTS).ok_or_else(|| anyhow!("map {} missing", names::PROCESS_EVENTS))?;
         // SAFETY: the ring buffer owns its map's file descriptor, which stays open (and is not
         // replaced) for as long as the AsyncFd owns the ring buffer.
         let events = unsafe { AsyncFd::register(RingBuf::try_from(ring)?) }

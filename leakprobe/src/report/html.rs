@@ -339,7 +339,9 @@ mod tests {
         assert!(html.contains("Leaking line: <code>/srv/app/main.py:18</code> in <code>leak_async</code>"));
         assert!(html.contains("/srv/app/main.py:24"));
         // The first stack's advice: the pattern, the line, the fix.
-        assert!(html.contains("Leak pattern: Unbounded cache (unbounded_cache), confidence 80%, at /srv/app/main.py:18"));
+        assert!(
+            html.contains("Leak pattern: Unbounded cache (unbounded_cache), confidence 80%, at /srv/app/main.py:18")
+        );
         assert!(html.contains("_sessions[session_id] = payload(10_000)") && html.contains("TTLCache"));
         assert_eq!(html.matches(r#"<div class="lp-advice">"#).count(), 1);
         assert!(html.contains("reached in ~54m 56s at this rate"));

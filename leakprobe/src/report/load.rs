@@ -114,12 +114,7 @@ mod tests {
         std::fs::create_dir_all(root.join("srv/demo")).unwrap();
         std::fs::copy(concat!(env!("CARGO_MANIFEST_DIR"), "/../demo/app.py"), root.join("srv/demo/app.py")).unwrap();
         let mut advisor = crate::advice::StackAdvisor::new(crate::advice::TargetSources::in_dirs(&root, &root));
-        let computed: Vec<_> = report
-            .stacks
-            .iter()
-            .filter(|s| s.flagged)
-            .map(|s| advisor.advise(&s.frames))
-            .collect();
+        let computed: Vec<_> = report.stacks.iter().filter(|s| s.flagged).map(|s| advisor.advise(&s.frames)).collect();
         std::fs::remove_dir_all(&root).unwrap();
         if std::env::var_os("LEAKPROBE_PRINT_ADVICE").is_some() {
             println!("{}", serde_json::to_string(&computed).unwrap());
