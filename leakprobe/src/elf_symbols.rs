@@ -1,6 +1,6 @@
 //! Finding functions in an ELF file and turning them into the file offsets uprobes attach to.
 
-use std::{collections::HashMap, fs, path::Path};
+use std::{collections::HashMap, fs, path::Path, sync::Mutex};
 
 use anyhow::{Context, Result};
 use object::{Object, ObjectSegment, ObjectSymbol, SymbolKind};
@@ -9,6 +9,10 @@ use object::{Object, ObjectSegment, ObjectSymbol, SymbolKind};
 /// `.symtab` (a stripped file has only the former). Versioned names (`malloc@@GLIBC_2.2.5`)
 /// match their base name.
 pub fn function_offsets(path: &Path, names: &[&str]) -> Result<HashMap<String, u64>> {
+    memo(path, "offsets", names, || read_function_offsets(path, names)).map(|(found, _)| found)
+}
+
+fn read_function_offsets(path: &Path, names: &[&str]) -> Result<(HashMap<String, u64>, u64)> {
     let data = fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
     let file = object::File::parse(&*data).with_context(|| format!("{} is not an ELF file", path.display()))?;
     let segments: Vec<(u64, u64, u64)> = file.segments().map(|s| (s.address(), s.size(), s.file_range().0)).collect();
@@ -26,12 +30,16 @@ pub fn function_offsets(path: &Path, names: &[&str]) -> Result<HashMap<String, u
             found.insert(base.to_string(), offset);
         }
     }
-    Ok(found)
+    Ok((found, 0))
 }
 
 /// Virtual addresses of the defined symbols (of any kind: functions and data) among `names`,
 /// and the lowest loadable address, from which the load bias follows.
 pub fn symbol_addresses(path: &Path, names: &[&str]) -> Result<(HashMap<String, u64>, u64)> {
+    memo(path, "addresses", names, || read_symbol_addresses(path, names))
+}
+
+fn read_symbol_addresses(path: &Path, names: &[&str]) -> Result<(HashMap<String, u64>, u64)> {
     let data = fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
     let file = object::File::parse(&*data).with_context(|| format!("{} is not an ELF file", path.display()))?;
     let lowest = file.segments().map(|s| s.address()).min().unwrap_or(0);
@@ -47,6 +55,50 @@ pub fn symbol_addresses(path: &Path, names: &[&str]) -> Result<(HashMap<String, 
         }
     }
     Ok((found, lowest))
+}
+
+/// One file's answer to one question: the file by device, inode, size and modification time (a
+/// process's `/proc/PID/map_files/...` and another's path to the same library are one file).
+type MemoKey = (u64, u64, u64, i64, i64, &'static str, Vec<String>);
+type Found = (HashMap<String, u64>, u64);
+
+/// Entries kept before the memo starts over: far more distinct (file, question) pairs than a node
+/// maps, while bounding the agent's memory if files keep changing.
+const MEMO_ENTRIES: usize = 4096;
+
+static MEMO: Mutex<Option<HashMap<MemoKey, Result<Found, String>>>> = Mutex::new(None);
+
+/// `read()`'s answer for `path`, computed once per file: the agent inspects every process of a
+/// node, and hundreds of them map the same libc and libpython (parsing them is most of the cost
+/// of watching a process: measured in docs/performance.md).
+fn memo(path: &Path, question: &'static str, names: &[&str], read: impl FnOnce() -> Result<Found>) -> Result<Found> {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(meta) = fs::metadata(path) else { return read() };
+    let key = (
+        meta.dev(),
+        meta.ino(),
+        meta.size(),
+        meta.mtime(),
+        meta.mtime_nsec(),
+        question,
+        names.iter().map(|n| n.to_string()).collect(),
+    );
+    if let Some(known) = MEMO.lock().ok().and_then(|m| m.as_ref()?.get(&key).cloned()) {
+        return known.map_err(anyhow::Error::msg);
+    }
+    let answer = read();
+    if let Ok(mut memo) = MEMO.lock() {
+        let memo = memo.get_or_insert_with(HashMap::new);
+        if memo.len() >= MEMO_ENTRIES {
+            memo.clear();
+        }
+        let stored = match &answer {
+            Ok(found) => Ok(found.clone()),
+            Err(e) => Err(format!("{e:#}")),
+        };
+        memo.insert(key, stored);
+    }
+    answer
 }
 
 /// Virtual address -> file offset through the loadable segment that holds it.
@@ -89,6 +141,27 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("leakprobe-elf-{}", std::process::id()));
         fs::write(&dir, b"#!/bin/sh\n").unwrap();
         assert!(function_offsets(&dir, &["malloc"]).is_err());
+        assert!(function_offsets(&dir, &["malloc"]).is_err(), "the memo keeps the error");
         let _ = fs::remove_file(&dir);
+    }
+
+    #[test]
+    fn a_file_is_parsed_once_and_again_when_it_changes() {
+        let exe = std::env::current_exe().unwrap();
+        let copy = std::env::temp_dir().join(format!("leakprobe-elf-memo-{}", std::process::id()));
+        fs::copy(&exe, &copy).unwrap();
+        let first = symbol_addresses(&copy, &["main"]).unwrap();
+        let mut calls = 0;
+        let again = memo(&copy, "addresses", &["main"], || {
+            calls += 1;
+            read_symbol_addresses(&copy, &["main"])
+        })
+        .unwrap();
+        assert_eq!((calls, &again), (0, &first), "answered from the memo");
+        // Replaced (another inode): read again.
+        fs::remove_file(&copy).unwrap();
+        fs::write(&copy, b"not an ELF").unwrap();
+        assert!(symbol_addresses(&copy, &["main"]).is_err());
+        let _ = fs::remove_file(&copy);
     }
 }
