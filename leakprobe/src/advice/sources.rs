@@ -9,7 +9,6 @@
 //! too big or not UTF-8 are not read. Nothing here fails: a file that cannot be read has no advice.
 
 use std::{
-    collections::HashMap,
     ffi::CString,
     fs::File,
     io::Read,
@@ -24,7 +23,6 @@ const MAX_SOURCE_BYTES: u64 = 4 << 20;
 pub struct TargetSources {
     root: Option<OwnedFd>,
     cwd: Option<OwnedFd>,
-    cache: HashMap<String, Option<Arc<str>>>,
 }
 
 impl TargetSources {
@@ -36,20 +34,12 @@ impl TargetSources {
 
     /// Sources under `root` (absolute names) and `cwd` (relative names).
     pub fn in_dirs(root: &Path, cwd: &Path) -> TargetSources {
-        TargetSources { root: open_dir(root), cwd: open_dir(cwd), cache: HashMap::new() }
+        TargetSources { root: open_dir(root), cwd: open_dir(cwd) }
     }
 
-    /// The text of `file` as the target names it (a code object's `co_filename`).
-    pub fn read(&mut self, file: &str) -> Option<Arc<str>> {
-        if let Some(cached) = self.cache.get(file) {
-            return cached.clone();
-        }
-        let text = self.load(file);
-        self.cache.insert(file.to_string(), text.clone());
-        text
-    }
-
-    fn load(&self, file: &str) -> Option<Arc<str>> {
+    /// The text of `file` as the target names it (a code object's `co_filename`). Not cached:
+    /// `stack::StackAdvisor` keeps what it read.
+    pub fn read(&self, file: &str) -> Option<Arc<str>> {
         if file.is_empty() || file.starts_with('<') || file.contains('\0') {
             return None;
         }
@@ -58,9 +48,7 @@ impl TargetSources {
             None => (self.cwd.as_ref()?, file),
         };
         let mut f = open_in(dir, relative)?;
-        if f.metadata().ok().filter(|m| m.is_file() && m.len() <= MAX_SOURCE_BYTES).is_none() {
-            return None;
-        }
+        f.metadata().ok().filter(|m| m.is_file() && m.len() <= MAX_SOURCE_BYTES)?;
         let mut bytes = Vec::new();
         f.by_ref().take(MAX_SOURCE_BYTES).read_to_end(&mut bytes).ok()?;
         String::from_utf8(bytes).ok().map(Arc::from)
@@ -110,7 +98,7 @@ mod tests {
         std::fs::write(root.join("app/main.py"), "CACHE = {}\n").unwrap();
         std::fs::write(base.join("secret.py"), "outside\n").unwrap();
         std::os::unix::fs::symlink("/secret.py", root.join("app/escape.py")).unwrap();
-        let mut sources = TargetSources::in_dirs(&root, &root.join("app"));
+        let sources = TargetSources::in_dirs(&root, &root.join("app"));
         assert_eq!(sources.read("/app/main.py").as_deref(), Some("CACHE = {}\n"));
         assert_eq!(sources.read("main.py").as_deref(), Some("CACHE = {}\n"), "relative to the cwd");
         assert_eq!(sources.read("/../secret.py"), None, "`..` stops at the root");
@@ -123,7 +111,7 @@ mod tests {
 
     #[test]
     fn a_gone_process_has_no_sources() {
-        let mut sources = TargetSources::of_process(u32::MAX);
+        let sources = TargetSources::of_process(u32::MAX);
         assert_eq!(sources.read("/etc/hostname"), None);
     }
 }

@@ -22,11 +22,13 @@
 use std::{collections::HashMap, sync::Arc};
 
 use serde::{Deserialize, Serialize};
+use tree_sitter::Tree;
 
 use super::{sources::TargetSources, syntax, Advice};
 use crate::symbolize::{Frame, FrameKind};
 
-/// A neighbour in the same function is less sure than the line itself.
+/// A construct the flagged line leads to (a neighbour in the same function, what started its
+/// function) is less sure than one covering the line itself.
 const SAME_FUNCTION_FACTOR: f64 = 0.8;
 
 /// The advice for one stack, and where in the stack it applies.
@@ -52,12 +54,19 @@ pub enum Relation {
     StartedBy,
 }
 
-/// Advice for the stacks of one target: its sources, and each module's classification, read and
-/// computed once for all the stacks (a FastAPI stack has some twenty library frames in the same
-/// dozen files).
+/// Advice for the stacks of one target: its sources, each module read, parsed and classified
+/// once for all the stacks (a FastAPI stack has some twenty library frames in the same dozen
+/// files, and up to 50 stacks are flagged). An unreadable module is remembered as such.
 pub struct StackAdvisor {
     sources: TargetSources,
-    modules: HashMap<String, Option<Arc<[Advice]>>>,
+    modules: HashMap<String, Option<Arc<Module>>>,
+}
+
+/// One module of the target: its text, its syntax tree and every construct matching a pattern.
+struct Module {
+    source: Arc<str>,
+    tree: Tree,
+    all: Vec<Advice>,
 }
 
 impl StackAdvisor {
@@ -65,11 +74,17 @@ impl StackAdvisor {
         StackAdvisor { sources, modules: HashMap::new() }
     }
 
-    /// Every construct of `file` that matches a pattern; `None` when it cannot be read.
-    fn module(&mut self, file: &str) -> Option<(Arc<str>, Arc<[Advice]>)> {
-        let source = self.sources.read(file)?;
-        let all = self.modules.entry(file.to_string()).or_insert_with(|| Some(super::advise_all(&source).into()));
-        Some((source, all.clone()?))
+    /// `file`, read and classified; `None` when it cannot be read or parsed.
+    fn module(&mut self, file: &str) -> Option<Arc<Module>> {
+        if let Some(known) = self.modules.get(file) {
+            return known.clone();
+        }
+        let module = self.sources.read(file).and_then(|source| {
+            let tree = syntax::parse(&source)?;
+            Some(Arc::new(Module { all: super::advise_all(&source), source, tree }))
+        });
+        self.modules.insert(file.to_string(), module.clone());
+        module
     }
 
     /// The advice for a stack whose frames are `frames` (innermost first); `None` when no frame's
@@ -84,33 +99,31 @@ impl StackAdvisor {
         let (application, library): (Vec<_>, Vec<_>) = python.into_iter().partition(|(_, file, _)| !is_library(file));
         let found =
             |frame: usize, file: &str, relation, advice| StackAdvice { frame, file: file.into(), relation, advice };
-        let app: Vec<_> = application
-            .iter()
-            .filter_map(|&(i, file, line)| self.module(file).map(|(source, all)| (i, file, line, source, all)))
-            .collect();
+        let app: Vec<_> =
+            application.iter().filter_map(|&(i, file, line)| Some((i, file, line, self.module(file)?))).collect();
         let covering = |leaks: bool| {
-            app.iter().find_map(|(i, file, line, _, all)| {
-                let advice = super::covering(all.iter().filter(|a| a.leaks == leaks).cloned(), *line)?;
+            app.iter().find_map(|(i, file, line, m)| {
+                let advice = super::covering(m.all.iter().filter(|a| a.leaks == leaks).cloned(), *line)?;
                 Some(found(*i, file, Relation::Line, advice))
             })
         };
         covering(true)
             .or_else(|| covering(false))
             .or_else(|| {
-                app.iter().find_map(|(i, file, line, source, all)| {
-                    Some(found(*i, file, Relation::SameFunction, same_function(source, *line, all)?))
+                app.iter().find_map(|(i, file, line, m)| {
+                    Some(found(*i, file, Relation::SameFunction, same_function(m, *line)?))
                 })
             })
             .or_else(|| {
-                app.iter().find_map(|(i, file, _, source, all)| {
-                    Some(found(*i, file, Relation::StartedBy, started_by(source, &frames[*i].function, all)?))
+                app.iter().find_map(|(i, file, _, m)| {
+                    Some(found(*i, file, Relation::StartedBy, started_by(m, &frames[*i].function)?))
                 })
             })
             .or_else(|| {
                 // Library modules are classified only when the application says nothing.
                 library.iter().find_map(|&(i, file, line)| {
-                    let (_, all) = self.module(file)?;
-                    let advice = super::covering(all.iter().filter(|a| a.leaks).cloned(), line)?;
+                    let m = self.module(file)?;
+                    let advice = super::covering(m.all.iter().filter(|a| a.leaks).cloned(), line)?;
                     Some(found(i, file, Relation::Line, advice))
                 })
             })
@@ -118,62 +131,62 @@ impl StackAdvisor {
 }
 
 /// The most confident leak construct in the function that contains `line` (not covering it).
-fn same_function(source: &str, line: u32, all: &[Advice]) -> Option<Advice> {
-    let (first, last, name) = enclosing_function(source, line)?;
-    let mut advice = all
-        .iter()
-        .filter(|a| a.leaks && (first..=last).contains(&a.line))
-        .max_by(|a, b| a.confidence.total_cmp(&b.confidence))?
-        .clone();
-    advice.confidence = (advice.confidence * SAME_FUNCTION_FACTOR * 100.0).round() / 100.0;
-    advice.evidence.insert(
-        0,
-        format!(
-            "the flagged line {line} allocates; line {} of the same function (`{name}`) is where it is kept",
-            advice.line
-        ),
+fn same_function(m: &Module, line: u32) -> Option<Advice> {
+    let (first, last, name) = enclosing_function(m, line)?;
+    let advice = most_confident(m.all.iter().filter(|a| a.leaks && (first..=last).contains(&a.line)))?;
+    let why = format!(
+        "the flagged line {line} allocates; line {} of the same function (`{name}`) is where it is kept",
+        advice.line
     );
-    Some(advice)
+    Some(secondhand(advice, why))
 }
 
 /// The most confident construct that starts or registers the function `qualname` (a frame's
 /// function: `poll`, `Handler.on_message`, `start.<locals>.worker`): its name appears in the
 /// construct's lines (`create_task(poll(user))`, `subscribe("t", self.on_message)`,
 /// `pool.submit(work, item)`).
-fn started_by(source: &str, qualname: &str, all: &[Advice]) -> Option<Advice> {
+fn started_by(m: &Module, qualname: &str) -> Option<Advice> {
     use super::PatternId::{DroppedTask, ExecutorNotShutdown, ListenerNotRemoved};
     let name = qualname.rsplit('.').next().filter(|n| !n.is_empty() && !n.starts_with('<'))?;
-    let tree = syntax::parse(source)?;
-    let mentions: Vec<u32> = syntax::descendants(tree.root_node())
+    let mentions: Vec<u32> = syntax::descendants(m.tree.root_node())
         .into_iter()
-        .filter(|n| n.kind() == "identifier" && syntax::text(*n, source) == name)
+        .filter(|n| n.kind() == "identifier" && syntax::text(*n, &m.source) == name)
         .filter(|n| n.parent().is_none_or(|p| p.kind() != "function_definition"))
         .map(syntax::line)
         .collect();
-    let mut advice = all
-        .iter()
-        .filter(|a| a.leaks && matches!(a.pattern, DroppedTask | ListenerNotRemoved | ExecutorNotShutdown))
-        .filter(|a| a.lines.iter().any(|[first, last]| mentions.iter().any(|m| (first..=last).contains(&m))))
-        .max_by(|a, b| a.confidence.total_cmp(&b.confidence))?
-        .clone();
+    let advice = most_confident(
+        m.all
+            .iter()
+            .filter(|a| a.leaks && matches!(a.pattern, DroppedTask | ListenerNotRemoved | ExecutorNotShutdown))
+            .filter(|a| a.lines.iter().any(|[first, last]| mentions.iter().any(|m| (first..=last).contains(&m)))),
+    )?;
+    let why = format!("the flagged frame's function `{name}` is started or registered at line {}", advice.line);
+    Some(secondhand(advice, why))
+}
+
+fn most_confident<'a>(advice: impl Iterator<Item = &'a Advice>) -> Option<&'a Advice> {
+    advice.max_by(|a, b| a.confidence.total_cmp(&b.confidence))
+}
+
+/// Advice about a construct the flagged line leads to rather than covers: less sure, and the
+/// first piece of evidence says how it was reached.
+fn secondhand(advice: &Advice, how: String) -> Advice {
+    let mut advice = advice.clone();
     advice.confidence = (advice.confidence * SAME_FUNCTION_FACTOR * 100.0).round() / 100.0;
+    advice.evidence.insert(0, how);
     advice
-        .evidence
-        .insert(0, format!("the flagged frame's function `{name}` is started or registered at line {}", advice.line));
-    Some(advice)
 }
 
 /// The innermost `def` containing `line`: its first and last line and its name.
-fn enclosing_function(source: &str, line: u32) -> Option<(u32, u32, String)> {
-    let tree = syntax::parse(source)?;
-    syntax::descendants(tree.root_node())
+fn enclosing_function(m: &Module, line: u32) -> Option<(u32, u32, String)> {
+    syntax::descendants(m.tree.root_node())
         .into_iter()
         .filter(|n| n.kind() == "function_definition")
         .map(|n| (syntax::line(n), syntax::end_line(n), n))
         .filter(|(first, last, _)| (*first..=*last).contains(&line))
         .min_by_key(|(first, last, _)| last - first)
         .map(|(first, last, n)| {
-            let name = n.child_by_field_name("name").map_or("?", |name| syntax::text(name, source));
+            let name = n.child_by_field_name("name").map_or("?", |name| syntax::text(name, &m.source));
             (first, last, name.to_string())
         })
 }
