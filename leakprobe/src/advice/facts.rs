@@ -115,14 +115,7 @@ impl Facts {
         if let Some(at) = self.sites.get(&node.id()) {
             return at.function;
         }
-        let mut current = node.parent();
-        while let Some(n) = current {
-            if n.kind() == "function_definition" {
-                return Some(n.id());
-            }
-            current = n.parent();
-        }
-        None
+        super::syntax::ancestor(node, "function_definition").map(|n| n.id())
     }
 
     fn walk(&mut self, node: Node<'_>, source: &str, at: &Where, class: Option<&str>, refs: &mut References) {

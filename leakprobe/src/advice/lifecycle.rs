@@ -9,8 +9,8 @@ use super::{
     classify::{candidate, Candidate, Context},
     patterns::PatternId,
     syntax::{
-        callee_leaf, callee_name, descendants, dotted_name, end_line, is_constant, keyword_arg, line, named_children,
-        positional_args, receiver, statement_of,
+        ancestor, callee_leaf, callee_name, descendants, dotted_name, end_line, is_constant, keyword_arg, line,
+        named_children, positional_args, receiver, statement_of,
     },
 };
 
@@ -62,25 +62,11 @@ fn holder(call: Node<'_>) -> Option<(Node<'_>, Node<'_>)> {
 }
 
 fn function_node(node: Node<'_>) -> Option<Node<'_>> {
-    let mut current = node.parent();
-    while let Some(n) = current {
-        if n.kind() == "function_definition" {
-            return Some(n);
-        }
-        current = n.parent();
-    }
-    None
+    ancestor(node, "function_definition")
 }
 
 fn class_node(node: Node<'_>) -> Option<Node<'_>> {
-    let mut current = node.parent();
-    while let Some(n) = current {
-        if n.kind() == "class_definition" {
-            return Some(n);
-        }
-        current = n.parent();
-    }
-    None
+    ancestor(node, "class_definition")
 }
 
 /// Whether `scope` ends the life of `name` (an identifier, or `self.x`): `name.close()` (any of

@@ -235,3 +235,16 @@ pub fn statement_of(node: Node<'_>) -> Node<'_> {
     }
     current
 }
+
+/// The nearest enclosing node of `kind` (`function_definition`, `class_definition`), not `node`
+/// itself.
+pub fn ancestor<'t>(node: Node<'t>, kind: &str) -> Option<Node<'t>> {
+    let mut current = node.parent();
+    while let Some(n) = current {
+        if n.kind() == kind {
+            return Some(n);
+        }
+        current = n.parent();
+    }
+    None
+}
