@@ -95,8 +95,11 @@ fn leakprobe_bin() -> PathBuf {
 
 fn test(extra: &[String]) -> Result<()> {
     let tools = build()?;
-    // Pure logic first: fast, no root needed.
-    run(cargo(&tools).args(["test", "--release", "-p", "leakprobe", "-p", "leakprobe-common", "-p", "xtask"]))?;
+    // Pure logic first: fast, no root needed (the interpreter tests read the same interpreters).
+    run(cargo(&tools)
+        .args(["test", "--release", "-p", "leakprobe", "-p", "leakprobe-common", "-p", "xtask"])
+        .env("LEAKPROBE_PYTHON", &tools.python)
+        .env("LEAKPROBE_EXTRA_PYTHONS", versioned_paths(&tools.extra_pythons)))?;
     deploy_checks::check(&tools, false)?;
     // End to end: real kernel programs on real processes; one at a time, they share kernel state.
     run(cargo(&tools)

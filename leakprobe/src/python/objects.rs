@@ -172,7 +172,7 @@ mod tests {
     use proptest::prelude::*;
 
     use super::*;
-    use crate::python::{linetable::tests::pyenv_interpreters, memory::RemoteMemory, memory::SliceMemory};
+    use crate::python::{linetable::tests::test_interpreters, memory::RemoteMemory, memory::SliceMemory};
 
     const BASE: u64 = 0x10_000;
 
@@ -313,7 +313,7 @@ sys.stdin.read()
 
     #[test]
     fn reads_live_interpreters() {
-        for (minor, python) in pyenv_interpreters() {
+        for (minor, python) in test_interpreters() {
             let mut child = KillOnDrop(
                 Command::new(&python)
                     .args(["-c", SCRIPT])
