@@ -12,6 +12,13 @@ use std::{
     time::Duration,
 };
 
+pub use leakprobe::{
+    advice::{PatternId, Relation},
+    report::{Report, StackReport},
+    symbolize::{Frame, FrameKind},
+    verdict::VerdictKind,
+};
+
 /// The workspace root.
 pub fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
@@ -96,9 +103,9 @@ pub fn spawn_python(script: &str) -> ChildGuard {
 }
 
 /// `leakprobe record --pid PID --format json` for `duration`, returning the process output and
-/// the parsed report. Every allocation is hooked (`--max-overhead 100`) unless `extra` sets a
+/// the loaded report. Every allocation is hooked (`--max-overhead 100`) unless `extra` sets a
 /// budget: these tests check exact accounting; the sampling tests say so.
-pub fn record_json(pid: u32, duration: &str, interval: &str, extra: &[&str]) -> (Output, serde_json::Value) {
+pub fn record_json(pid: u32, duration: &str, interval: &str, extra: &[&str]) -> (Output, Report) {
     let full: &[&str] = if extra.contains(&"--max-overhead") { &[] } else { &["--max-overhead", "100"] };
     let out = Command::new(leakprobe_bin())
         .args(["record", "--pid", &pid.to_string(), "--duration", duration, "--interval", interval, "--format", "json"])
@@ -112,9 +119,15 @@ pub fn record_json(pid: u32, duration: &str, interval: &str, extra: &[&str]) -> 
         "leakprobe failed: {:?}\nstderr:\n{stderr}",
         out.status
     );
-    let report: serde_json::Value =
-        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("report is not JSON ({e}); stderr:\n{stderr}"));
+    let report = load_report(&out.stdout).unwrap_or_else(|e| panic!("{e:#}; stderr:\n{stderr}"));
     (out, report)
+}
+
+/// A JSON report (`--format json`) read back with leakprobe's own loader, as `leakprobe report`
+/// reads it: a report of another schema version, or one missing a field, is an error.
+pub fn load_report(json: &[u8]) -> anyhow::Result<Report> {
+    let text = std::str::from_utf8(json).map_err(|e| anyhow::anyhow!("report is not UTF-8 ({e})"))?;
+    leakprobe::report::load::from_str(text)
 }
 
 /// Names of the BPF programs of leakprobe's that the kernel still has loaded.
@@ -172,13 +185,22 @@ pub fn eventually(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
 }
 
 /// The flagged stacks of a report.
-pub fn flagged(report: &serde_json::Value) -> Vec<&serde_json::Value> {
-    report["stacks"].as_array().unwrap().iter().filter(|s| s["flagged"] == true).collect()
+pub fn flagged(report: &Report) -> Vec<&StackReport> {
+    report.stacks.iter().filter(|s| s.flagged).collect()
 }
 
 /// Whether any frame of the stack is the function `name`.
-pub fn has_frame(stack: &serde_json::Value, name: &str) -> bool {
-    stack["frames"].as_array().unwrap().iter().any(|f| f["function"] == name)
+pub fn has_frame(stack: &StackReport, name: &str) -> bool {
+    stack.frames.iter().any(|f| f.function == name)
+}
+
+/// The first frame of the stack (innermost first) that is Python code in a file ending with
+/// `file_suffix`.
+pub fn python_frame<'a>(stack: &'a StackReport, file_suffix: &str) -> Option<&'a Frame> {
+    stack
+        .frames
+        .iter()
+        .find(|f| f.kind == FrameKind::Python && f.file.as_deref().is_some_and(|p| p.ends_with(file_suffix)))
 }
 
 /// wrk running the Lua script `script` (a fixture) against `127.0.0.1:port` for `seconds`, with

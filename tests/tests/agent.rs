@@ -91,16 +91,10 @@ fn agent_flags_only_the_leaker_names_its_line_and_follows_process_churn() {
         report.is_some()
     });
     let report = report.unwrap_or_else(|| panic!("no report in {}:\n{}", reports.display(), agent.stderr()));
-    let json: serde_json::Value = serde_json::from_slice(&std::fs::read(&report).unwrap()).unwrap();
-    assert_eq!(json["target"]["pid"], leak.pid(), "only the leaker is recorded");
-    let named = flagged(&json).iter().any(|s| {
-        s["frames"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .any(|f| f["kind"] == "python" && f["file"].as_str().is_some_and(|p| p.ends_with("py_leak.py")))
-    });
-    assert!(named, "the report does not name py_leak.py: {:#}", json["stacks"]);
+    let recorded = load_report(&std::fs::read(&report).unwrap()).unwrap();
+    assert_eq!(recorded.target.pid, leak.pid(), "only the leaker is recorded");
+    let named = flagged(&recorded).iter().any(|s| python_frame(s, "py_leak.py").is_some());
+    assert!(named, "the report does not name py_leak.py: {:#?}", recorded.stacks);
     let svg = std::fs::read_to_string(report.with_extension("svg")).unwrap();
     assert!(svg.contains("<svg") && svg.contains("py_leak.py"));
     // What kind of leak, from the recording's advice, is exported for the leaker alone: a module-level

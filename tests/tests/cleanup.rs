@@ -24,7 +24,7 @@ fn no_probe_left_after_a_normal_end() {
     assert!(leakprobe_programs_loaded().is_empty(), "programs loaded before the test");
     let target = spawn_python("py_leak.py");
     let (_, report) = record_json(target.pid(), "3s", "500ms", &[]);
-    assert_eq!(report["ended_because"], "duration");
+    assert_eq!(report.ended_because, "duration");
     assert!(
         eventually(Duration::from_secs(5), || leakprobe_programs_loaded().is_empty()),
         "{:?}",
@@ -40,9 +40,9 @@ fn ctrl_c_reports_what_was_collected_and_detaches() {
     unsafe { libc::kill(recorder.pid() as i32, libc::SIGINT) };
     let out = recorder.wait_with_output();
     assert!(out.status.success(), "stderr: {}", String::from_utf8_lossy(&out.stderr));
-    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(report["ended_because"], "interrupted");
-    assert!(report["rss"].as_array().unwrap().len() >= 3);
+    let report = load_report(&out.stdout).unwrap();
+    assert_eq!(report.ended_because, "interrupted");
+    assert!(report.rss.len() >= 3);
     assert!(
         eventually(Duration::from_secs(5), || leakprobe_programs_loaded().is_empty()),
         "{:?}",
@@ -71,13 +71,9 @@ fn target_exit_ends_the_recording_with_everything_collected() {
     drop(target);
     let out = recorder.wait_with_output();
     assert!(out.status.success(), "stderr: {}", String::from_utf8_lossy(&out.stderr));
-    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(report["ended_because"], "target-exited");
-    assert!(report["rss"].as_array().unwrap().len() >= 3);
-    assert!(report["counters"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .any(|c| c["name"] == "allocations" && c["value"].as_u64().unwrap() > 0));
+    let report = load_report(&out.stdout).unwrap();
+    assert_eq!(report.ended_because, "target-exited");
+    assert!(report.rss.len() >= 3);
+    assert!(report.counters.iter().any(|c| c.name == "allocations" && c.value > 0));
     assert!(eventually(Duration::from_secs(5), || { leakprobe_programs_loaded().is_empty() }));
 }

@@ -31,13 +31,13 @@ fn each_pattern_is_named_at_the_line_that_keeps_the_memory() {
     );
     let _load = wrk_load("patterns_load.lua", PORT, 150);
     let (_, report) = record_json(app.pid(), "90s", "1s", &["--max-overhead", "10"]);
-    assert_eq!(report["verdict"]["verdict"], "leak", "{:#}", report["verdict"]);
+    assert_eq!(report.verdict.verdict, VerdictKind::Leak, "{:#?}", report.verdict);
 
     let advised: Vec<(String, u64, String)> = flagged(&report)
         .iter()
         .filter_map(|s| {
-            let a = &s["advice"];
-            Some((a["pattern"].as_str()?.to_string(), a["line"].as_u64()?, a["file"].as_str()?.to_string()))
+            let a = s.advice.as_ref()?;
+            Some((a.advice.pattern.as_str().to_string(), u64::from(a.advice.line), a.file.clone()))
         })
         .collect();
     let want = marked();
@@ -52,8 +52,8 @@ fn each_pattern_is_named_at_the_line_that_keeps_the_memory() {
     // named by the `create_task` that started it.
     let started: Vec<(String, u64)> = flagged(&report)
         .iter()
-        .filter(|s| s["advice"]["relation"] == "started_by")
-        .map(|s| (s["advice"]["pattern"].as_str().unwrap().to_string(), s["advice"]["line"].as_u64().unwrap()))
+        .filter_map(|s| s.advice.as_ref().filter(|a| a.relation == Relation::StartedBy))
+        .map(|a| (a.advice.pattern.as_str().to_string(), u64::from(a.advice.line)))
         .collect();
     let prices = want.iter().filter(|(p, _)| p == "dropped_task").map(|(_, l)| *l).max().unwrap();
     assert!(started.contains(&("dropped_task".to_string(), prices)), "started_by advice: {started:?}");

@@ -54,11 +54,12 @@ fn projects_time_to_the_cgroup_limit() {
     let (_, report) = record_json(target.pid(), "12s", "1s", &[]);
     drop(target);
 
-    let projection = &report["memory_limit"];
-    assert_eq!(projection["limit_bytes"].as_u64(), Some(limit), "{projection:#}");
-    let usage = projection["usage_bytes"].as_u64().unwrap_or(0);
-    let ttl = projection["time_to_limit_seconds"].as_f64().expect("a leaking process has a projection");
-    let growth = report["verdict"]["growth_bytes_per_sec"].as_f64().unwrap();
+    let projection = &report.memory_limit;
+    assert_eq!(projection.as_ref().map(|p| p.limit_bytes), Some(limit), "{projection:#?}");
+    let projection = projection.as_ref().unwrap();
+    let usage = projection.usage_bytes.unwrap_or(0);
+    let ttl = projection.time_to_limit_seconds.expect("a leaking process has a projection");
+    let growth = report.verdict.growth_bytes_per_sec;
     let expected = (limit - usage) as f64 / (65536.0 / 0.05);
     assert!(
         (ttl - expected).abs() <= expected * 0.3,

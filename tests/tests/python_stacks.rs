@@ -12,12 +12,8 @@ fn line_of(file: &str, marker: &str) -> u64 {
 }
 
 /// The innermost Python frame in the app file, as (function, line).
-fn innermost_app_frame(stack: &serde_json::Value, app_file: &str) -> Option<(String, u64)> {
-    stack["frames"].as_array()?.iter().find_map(|f| {
-        let file = f["file"].as_str()?;
-        (f["kind"] == "python" && file.ends_with(app_file))
-            .then(|| (f["function"].as_str().unwrap_or("").to_string(), f["line"].as_u64().unwrap_or(0)))
-    })
+fn innermost_app_frame(stack: &StackReport, app_file: &str) -> Option<(String, u64)> {
+    python_frame(stack, app_file).map(|f| (f.function.clone(), f.line.map_or(0, u64::from)))
 }
 
 fn serve_fastapi(mut command: Command, port: u16) -> ChildGuard {
@@ -58,12 +54,8 @@ fn check_fastapi_app(command: Command, port: u16, mode: Mode) {
         Mode::EveryAllocation => record_json(app.pid(), "30s", "1s", &[]),
         Mode::Sampled => record_json(app.pid(), "60s", "1s", &["--max-overhead", TEST_BUDGET]),
     };
-    let version = report["target"]["python_version"].as_str().unwrap_or("").to_string();
-    assert!(
-        report["warnings"].as_array().unwrap().iter().all(|w| !w.as_str().unwrap().contains("native stacks only")),
-        "{:#}",
-        report["warnings"]
-    );
+    let version = report.target.python_version.clone().unwrap_or_default();
+    assert!(report.warnings.iter().all(|w| !w.contains("native stacks only")), "{:#?}", report.warnings);
 
     let flagged = flagged(&report);
     let app_frames: Vec<(String, u64)> =
@@ -85,11 +77,16 @@ fn check_fastapi_app(command: Command, port: u16, mode: Mode) {
             .iter()
             .find(|s| innermost_app_frame(s, "fastapi_app.py").is_some_and(|(f, l)| f == function && l == line))
             .unwrap();
-        let advice = &stack["advice"];
-        assert_eq!(advice["pattern"], "unbounded_cache", "Python {version}, {function}: {advice:#}");
-        assert_eq!((advice["line"].as_u64(), advice["relation"].as_str()), (Some(line), Some("line")), "{advice:#}");
-        assert!(advice["file"].as_str().unwrap().ends_with("fastapi_app.py"), "{advice:#}");
-        assert!(advice["fix"].as_str().unwrap().contains("TTLCache"), "{advice:#}");
+        let advice = &stack.advice;
+        assert_eq!(
+            advice.as_ref().map(|a| a.advice.pattern),
+            Some(PatternId::UnboundedCache),
+            "Python {version}, {function}: {advice:#?}"
+        );
+        let advice = advice.as_ref().unwrap();
+        assert_eq!((u64::from(advice.advice.line), advice.relation), (line, Relation::Line), "{advice:#?}");
+        assert!(advice.file.ends_with("fastapi_app.py"), "{advice:#?}");
+        assert!(advice.advice.fix.contains("TTLCache"), "{advice:#?}");
     }
     for (function, line) in &app_frames {
         assert!(
@@ -103,25 +100,20 @@ fn check_fastapi_app(command: Command, port: u16, mode: Mode) {
         .iter()
         .find(|s| innermost_app_frame(s, "fastapi_app.py").is_some_and(|(f, _)| f == "leak_async"))
         .unwrap();
-    let python_frames: Vec<&str> = async_stack["frames"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|f| f["kind"] == "python")
-        .filter_map(|f| f["function"].as_str())
-        .collect();
+    let python_frames: Vec<&str> =
+        async_stack.frames.iter().filter(|f| f.kind == FrameKind::Python).map(|f| f.function.as_str()).collect();
     assert!(python_frames.len() >= 3, "async stack too shallow: {python_frames:?}");
 
     if mode == Mode::Sampled {
         // The budget was kept (the estimate is what leakprobe enforces; the benchmark checks the
         // throughput it buys), the leak was named in several windows, and within the recording.
-        let budget = &report["budget"];
-        let estimated = budget["estimated_overhead_percent"].as_f64().unwrap();
-        assert!(estimated <= 1.5 * TEST_BUDGET.parse::<f64>().unwrap(), "Python {version}: {budget:#}");
-        assert!(budget["windows"].as_u64().unwrap() >= 3, "Python {version}: {budget:#}");
+        let budget = report.budget.as_ref().expect("a report recorded within a budget says so");
+        let estimated = budget.estimated_overhead_percent;
+        assert!(estimated <= 1.5 * TEST_BUDGET.parse::<f64>().unwrap(), "Python {version}: {budget:#?}");
+        assert!(budget.windows >= 3, "Python {version}: {budget:#?}");
         for stack in flagged.iter().filter(|s| innermost_app_frame(s, "fastapi_app.py").is_some()) {
-            assert!(stack["flagged_after_secs"].as_f64().is_some_and(|t| t <= 60.0), "{stack:#}");
-            assert!(stack["share_of_growth"].as_f64().is_some(), "{stack:#}");
+            assert!(stack.flagged_after_secs.is_some_and(|t| t <= 60.0), "{stack:#?}");
+            assert!(stack.share_of_growth.is_some(), "{stack:#?}");
         }
     }
 }
@@ -207,19 +199,10 @@ fn unsupported_python_is_a_warning_not_a_failure() {
     let (out, report) = record_json(target.pid(), "4s", "1s", &[]);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("warning: CPython 3.9") && stderr.contains("not supported"), "{stderr}");
-    assert!(report["warnings"].as_array().unwrap().iter().any(|w| w.as_str().unwrap().contains("3.9")));
-    let any_python_frame = report["stacks"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .flat_map(|s| s["frames"].as_array().unwrap())
-        .any(|f| f["kind"] == "python");
+    assert!(report.warnings.iter().any(|w| w.contains("3.9")));
+    let any_python_frame = report.stacks.iter().flat_map(|s| &s.frames).any(|f| f.kind == FrameKind::Python);
     assert!(!any_python_frame, "no Python frames without a supported layout");
-    assert!(report["counters"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .any(|c| c["name"] == "allocations" && c["value"].as_u64().unwrap() > 0));
+    assert!(report.counters.iter().any(|c| c.name == "allocations" && c.value > 0));
 }
 
 /// `version=path` entry of a comma-separated list in the environment variable `var`.

@@ -7,12 +7,12 @@ use leakprobe_tests::*;
 fn leaking_python_process_is_a_leak() {
     let target = spawn_python("py_leak.py");
     let (_, report) = record_json(target.pid(), "20s", "1s", &[]);
-    assert_eq!(report["verdict"]["verdict"], "leak", "{:#}", report["verdict"]);
-    let growth = report["verdict"]["growth_bytes_per_sec"].as_f64().unwrap();
+    assert_eq!(report.verdict.verdict, VerdictKind::Leak, "{:#?}", report.verdict);
+    let growth = report.verdict.growth_bytes_per_sec;
     // ~10 KB of payload every 50 ms.
     assert!(growth > 100_000.0 && growth < 400_000.0, "growth {growth} B/s");
-    assert!(report["target"]["python_version"].as_str().is_some());
-    let hooked: Vec<&str> = report["hooks"].as_array().unwrap().iter().filter_map(|h| h["function"].as_str()).collect();
+    assert!(report.target.python_version.is_some());
+    let hooked: Vec<&str> = report.hooks.iter().map(|h| h.function.as_str()).collect();
     assert!(hooked.contains(&"PyObject_Malloc") && hooked.contains(&"malloc"), "{hooked:?}");
     assert!(!flagged(&report).is_empty());
 }
@@ -21,7 +21,7 @@ fn leaking_python_process_is_a_leak() {
 fn bounded_cache_is_not_a_leak() {
     let target = spawn_python("py_bounded_cache.py");
     let (_, report) = record_json(target.pid(), "20s", "1s", &[]);
-    assert_ne!(report["verdict"]["verdict"], "leak", "{:#}", report["verdict"]);
+    assert_ne!(report.verdict.verdict, VerdictKind::Leak, "{:#?}", report.verdict);
     assert!(flagged(&report).is_empty(), "flagged: {:#?}", flagged(&report));
 }
 
@@ -29,7 +29,7 @@ fn bounded_cache_is_not_a_leak() {
 fn warm_up_then_steady_state_is_not_a_leak() {
     let target = spawn_python("py_warmup.py");
     let (_, report) = record_json(target.pid(), "20s", "1s", &[]);
-    assert_ne!(report["verdict"]["verdict"], "leak", "{:#}", report["verdict"]);
+    assert_ne!(report.verdict.verdict, VerdictKind::Leak, "{:#?}", report.verdict);
     assert!(flagged(&report).is_empty(), "flagged: {:#?}", flagged(&report));
 }
 
@@ -48,9 +48,9 @@ fn sampling_tells_a_leak_from_churn_in_the_same_size_class() {
     let flagged_lines: Vec<u64> = flagged(&report)
         .iter()
         .filter_map(|s| {
-            s["frames"].as_array()?.iter().find_map(|f| {
-                (f["kind"] == "python" && f["file"].as_str()?.ends_with("py_same_size_class.py"))
-                    .then(|| f["line"].as_u64())
+            s.frames.iter().find_map(|f| {
+                (f.kind == FrameKind::Python && f.file.as_deref()?.ends_with("py_same_size_class.py"))
+                    .then_some(f.line.map(u64::from))
                     .flatten()
             })
         })
