@@ -1,13 +1,9 @@
 //! The simulated node itself (`leakprobe_tests::node`): fake pods look like containers from
-//! /proc, carry their memory limit, and leave nothing behind. Needs root, not leakprobe.
+//! /proc, carry their memory limit, and leave nothing behind. Needs root, not the leakprobe binary.
 
+use leakprobe::agent::containers;
 use leakprobe_tests::node::{unique_container_id, unique_pod_uid, CgroupStyle, FakePod, QOS};
 use std::{fs, path::PathBuf, process::Command, time::Duration};
-
-/// The agent's parser, included by path: this crate does not depend on leakprobe.
-#[path = "../../leakprobe/src/agent/containers.rs"]
-#[allow(dead_code)]
-mod containers;
 
 fn sleep(seconds: u32) -> Command {
     let mut cmd = Command::new("sleep");
