@@ -12,6 +12,9 @@ use crate::process_memory::ProcessMemory;
 #[derive(Debug, Clone, Default)]
 pub struct StackSeries {
     pub live_bytes: Vec<f64>,
+    /// Live allocations at each sample, aligned likewise (a sampled stack needs enough of them to
+    /// be judged, at every prefix as at the end).
+    pub live_allocations: Vec<u64>,
     /// Counters as last read.
     pub latest: StackCounters,
 }
@@ -87,16 +90,18 @@ impl Recording {
         self.times.push(t_secs);
         self.memory.push(memory);
         for (id, c) in snapshot {
-            let series = self
-                .stacks
-                .entry(*id)
-                .or_insert_with(|| StackSeries { live_bytes: vec![0.0; index], latest: StackCounters::default() });
+            let series = self.stacks.entry(*id).or_insert_with(|| StackSeries {
+                live_bytes: vec![0.0; index],
+                live_allocations: vec![0; index],
+                latest: StackCounters::default(),
+            });
             series.latest = *c;
         }
         let mut total = 0.0;
         for series in self.stacks.values_mut() {
             let live = series.live_bytes_now() as f64;
             series.live_bytes.push(live);
+            series.live_allocations.push(series.live_allocations_now());
             total += live;
         }
         self.tracked_live_bytes.push(total);

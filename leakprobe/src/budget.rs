@@ -34,20 +34,20 @@ pub struct Budget {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct BudgetSummary {
     /// The budget asked for, in percent of the target's CPU time (100: probes always attached).
-    #[serde(deserialize_with = "crate::report::load::f64_or_nan")]
+    #[serde(deserialize_with = "crate::report::serde_helpers::f64_or_nan")]
     pub max_overhead_percent: f64,
     /// Estimated share of the target's CPU time the probes took, in percent.
-    #[serde(deserialize_with = "crate::report::load::f64_or_nan")]
+    #[serde(deserialize_with = "crate::report::serde_helpers::f64_or_nan")]
     pub estimated_overhead_percent: f64,
     /// Measured cost of one probe hit on this machine (trap plus program run time), in µs.
-    #[serde(deserialize_with = "crate::report::load::f64_or_nan")]
+    #[serde(deserialize_with = "crate::report::serde_helpers::f64_or_nan")]
     pub cost_per_hit_us: f64,
     pub probe_hits: u64,
     /// Hits that trapped uncounted while a window's probes were being unregistered, inferred.
     pub inferred_hits: u64,
     /// Sampling windows with the allocator uprobes attached, and their total length.
     pub windows: u32,
-    #[serde(deserialize_with = "crate::report::load::f64_or_nan")]
+    #[serde(deserialize_with = "crate::report::serde_helpers::f64_or_nan")]
     pub attached_seconds: f64,
 }
 

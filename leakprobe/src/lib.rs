@@ -3,11 +3,14 @@
 //! Data flow: `target` finds what to hook in the process, `loader` loads and attaches the kernel
 //! programs, `sampler` reads their per-stack aggregates and the process's memory each interval into
 //! an `aggregate::Recording`, `verdict` (on top of `trend`) decides leak / no-leak / inconclusive,
-//! `symbolize` names the frames, and `report` renders it all.
+//! `assess` turns that into what record, watch, the agent and logs say of a process, `symbolize`
+//! names the frames, and `report` renders it all.
 
+pub mod accounting;
 pub mod advice;
 pub mod agent;
 pub mod aggregate;
+pub mod assess;
 pub mod budget;
 pub mod cgroup;
 pub mod elf_symbols;

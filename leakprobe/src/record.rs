@@ -3,6 +3,7 @@
 //! collected before an interruption or the target's exit is always reported.
 
 use std::{
+    collections::{HashMap, HashSet},
     os::fd::AsFd,
     process::{Child, Command},
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
@@ -13,6 +14,7 @@ use leakprobe_common::AllocFunction;
 use tokio::signal::unix::{signal, SignalKind};
 
 use crate::{
+    accounting::Accounting,
     advice::{StackAdvisor, TargetSources},
     aggregate::{LowWater, Recording},
     cgroup,
@@ -20,7 +22,7 @@ use crate::{
     process_memory,
     python::{self, resolver::PythonResolver, runtime::PythonRuntime},
     report::{
-        build::{self},
+        build::{self, NamedStack},
         HookInfo, Report, TargetInfo,
     },
     sampled_heap::SampledHeap,
@@ -170,7 +172,8 @@ pub async fn record(opts: RecordOptions) -> Result<Report> {
     let started_unix_secs = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
     // Sampling needs objects to judge: CPython's, with `PyType_Type` to recognise them.
     let type_type = python.as_ref().and_then(|p| p.type_type).filter(|_| target.hooks_python());
-    if opts.max_overhead_percent < 100.0 && type_type.is_none() {
+    let accounting = Accounting::choose(opts.max_overhead_percent, type_type.is_some());
+    if accounting == Accounting::SyscallsOnly {
         let why = "no CPython object allocator to sample: only the memory syscalls (mmap, brk) are followed; \
                    --max-overhead 100 hooks every allocation";
         eprintln!("leakprobe: warning: {why}");
@@ -179,7 +182,7 @@ pub async fn record(opts: RecordOptions) -> Result<Report> {
     let mut windows = Windows::start(&mut probes, pid, opts.max_overhead_percent, opts.window, type_type.is_some())?;
     let minor = python.as_ref().and_then(|p| p.version.split('.').nth(1)?.parse().ok()).unwrap_or(0);
     let mut sampled_heap =
-        type_type.filter(|_| !windows.is_unlimited()).map(|type_type| SampledHeap::new(type_type, minor));
+        type_type.filter(|_| accounting == Accounting::Sampled).map(|type_type| SampledHeap::new(type_type, minor));
     let (recording, end) = sample_until_done(
         &mut probes,
         &mut windows,
@@ -215,15 +218,24 @@ pub async fn record(opts: RecordOptions) -> Result<Report> {
         other_stacks: opts.other_stacks,
         verdict: VerdictConfig::default(),
         budget: Some(budget),
-        sampled_stacks: sampled_heap.as_ref().map(SampledHeap::object_stacks),
+        accounting,
+        object_stacks: sampled_heap.as_ref().map(SampledHeap::object_stacks).unwrap_or_default(),
     };
+    // The stacks the report lists are read out of the kernel (and the flagged ones advised) while
+    // the probes are still attached; the report is built from them after.
+    let judged = build::judge(&recording, &ctx);
+    let flagged: HashSet<u64> = judged.flagged_ids().collect();
     let hooked_object = |f: AllocFunction| probes.hooks.iter().find(|h| h.function == f).map(|h| h.object.clone());
-    let mut report = build::build(&recording, ctx, |id| namer.resolve(&probes, hooked_object, id));
-    // Probes are detached here, after the stacks were read out of the kernel.
+    let named: HashMap<u64, NamedStack> = judged
+        .stack_ids()
+        .map(|id| {
+            let stack = namer.resolve(&probes, hooked_object, id);
+            let advice = if flagged.contains(&id) { advisor.advise(&stack.frames) } else { None };
+            (id, NamedStack { stack, advice })
+        })
+        .collect();
     drop(probes);
-    for stack in report.stacks.iter_mut().filter(|s| s.flagged) {
-        stack.advice = advisor.advise(&stack.frames);
-    }
+    let report = build::build(&recording, ctx, judged, &named);
     Ok(report)
 }
 

@@ -33,16 +33,16 @@ impl VerdictKind {
 pub struct GrowthVerdict {
     pub kind: VerdictKind,
     /// Theil–Sen slope of the window the decision used (0.0 when not computable).
-    #[serde(deserialize_with = "crate::report::load::f64_or_nan")]
+    #[serde(deserialize_with = "crate::report::serde_helpers::f64_or_nan")]
     pub growth_bytes_per_sec: f64,
     /// Sen's 95% confidence interval of that slope.
-    #[serde(deserialize_with = "crate::report::load::f64_or_nan")]
+    #[serde(deserialize_with = "crate::report::serde_helpers::f64_or_nan")]
     pub growth_low_bytes_per_sec: f64,
-    #[serde(deserialize_with = "crate::report::load::f64_or_nan")]
+    #[serde(deserialize_with = "crate::report::serde_helpers::f64_or_nan")]
     pub growth_high_bytes_per_sec: f64,
     /// 0..1, how sure we are of `kind`. Leak: 1 - Mann–Kendall p. NoLeak: 1 - p of the one-sided
     /// test that the window grows slower than the leak floors. Inconclusive: 0 (no decision).
-    #[serde(deserialize_with = "crate::report::load::f64_or_nan")]
+    #[serde(deserialize_with = "crate::report::serde_helpers::f64_or_nan")]
     pub confidence: f64,
     /// One short sentence: why.
     pub reason: String,

@@ -17,15 +17,15 @@ use tokio::signal::unix::{signal, SignalKind};
 
 use crate::{
     aggregate::Recording,
+    assess::{self, memory_kind, window_growth, MemoryKind},
     cgroup, loader, process_memory,
     python::{self, resolver::PythonResolver},
     report::{human_bytes, human_duration},
     sampler,
     stack_names::{StackNamer, StackView},
-    symbolize::{FrameKind, NativeSymbolizer},
+    symbolize::NativeSymbolizer,
     target::{self, Target},
-    trend::trend,
-    verdict::{classify, VerdictConfig, VerdictKind},
+    verdict::VerdictKind,
 };
 
 pub struct WatchOptions {
@@ -37,29 +37,6 @@ pub struct WatchOptions {
     pub json: bool,
     /// Attributions listed per interval.
     pub top: usize,
-}
-
-/// Which memory a syscall-level stack's mappings are.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum MemoryKind {
-    /// 1 MiB (256 KiB before 3.10) anonymous mappings: pymalloc's arenas.
-    PymallocArenas,
-    /// The brk heap: glibc's main arena.
-    NativeHeap,
-    /// Every other mapping: large malloc chunks, thread heaps, files, extension modules.
-    OtherMmaps,
-}
-
-/// Classifies a stack by its syscall and the average size of its mappings.
-pub fn memory_kind(function: AllocFunction, allocations: u64, bytes: u64) -> MemoryKind {
-    match function {
-        AllocFunction::Brk => MemoryKind::NativeHeap,
-        _ if allocations > 0 && matches!(bytes / allocations, 0x10_0000 | 0x4_0000) && bytes % allocations == 0 => {
-            MemoryKind::PymallocArenas
-        }
-        _ => MemoryKind::OtherMmaps,
-    }
 }
 
 #[derive(Debug, Serialize)]
@@ -143,7 +120,7 @@ pub async fn watch(opts: WatchOptions) -> Result<()> {
         }
         recording.push(start.elapsed().as_secs_f64(), Some(memory), &counters, sampler::counters(&probes)?);
         let snapshot = snapshot(&recording, &functions, &opts, limit.as_ref(), |id| {
-            sites.entry(id).or_insert_with(|| site(&namer.resolve(&probes, |_| None, id).frames)).clone()
+            sites.entry(id).or_insert_with(|| assess::site(&namer.resolve(&probes, |_| None, id).frames)).clone()
         });
         if opts.json {
             println!("{}", serde_json::to_string(&snapshot)?);
@@ -165,16 +142,15 @@ fn snapshot(
     mut name: impl FnMut(u64) -> String,
 ) -> Snapshot {
     let n = rec.times.len();
-    let from = n.saturating_sub(opts.rate_window);
-    let times = &rec.times[from..];
-    let slope = |series: &[f64]| trend(times, &series[from..]).map_or(0.0, |t| t.slope);
     let (rss_t, rss_y) = rec.rss_series();
-    let verdict = classify(&rss_t, &rss_y, &VerdictConfig::default());
     let memory = rec.memory.last().copied().flatten().unwrap_or_default();
-    let growth = slope(&rss_y);
-    let time_to_limit_seconds = limit
-        .filter(|_| verdict.kind == VerdictKind::Leak && growth > 0.0)
-        .map(|l| l.limit_bytes.saturating_sub(l.usage_bytes.unwrap_or(memory.rss_bytes)) as f64 / growth);
+    let process = assess::watched_process(
+        &rss_t,
+        &rss_y,
+        opts.rate_window,
+        limit.map(|l| (l.limit_bytes, l.usage_bytes)),
+        memory.rss_bytes,
+    );
 
     let mut by_kind: HashMap<MemoryKind, u64> = HashMap::new();
     let mut growth_by_kind: HashMap<MemoryKind, f64> = HashMap::new();
@@ -182,7 +158,11 @@ fn snapshot(
     for (&id, series) in &rec.stacks {
         let Some(function) = functions.get(&id).copied().flatten() else { continue };
         let kind = memory_kind(function, series.latest.allocs, series.latest.alloc_bytes);
-        let rate = if series.live_bytes.len() == n { slope(&series.live_bytes) } else { 0.0 };
+        let rate = if series.live_bytes.len() == n {
+            window_growth(&rec.times, &series.live_bytes, opts.rate_window)
+        } else {
+            0.0
+        };
         *by_kind.entry(kind).or_default() += series.live_bytes_now();
         *growth_by_kind.entry(kind).or_default() += rate;
         if rate > 0.0 {
@@ -206,26 +186,13 @@ fn snapshot(
         anon_bytes: memory.anon_bytes,
         file_bytes: memory.file_bytes,
         swap_bytes: memory.swap_bytes,
-        growth_bytes_per_sec: growth,
-        verdict: verdict.kind,
-        reason: verdict.reason,
-        time_to_limit_seconds,
+        growth_bytes_per_sec: process.growth_bytes_per_sec,
+        verdict: process.verdict.kind,
+        reason: process.verdict.reason,
+        time_to_limit_seconds: process.time_to_limit_seconds,
         memory: by_kind,
         growth_by_kind,
         top,
-    }
-}
-
-/// `function file:line` of the innermost Python frame, else the first native frame below the
-/// syscall.
-fn site(frames: &[crate::symbolize::Frame]) -> String {
-    let frame = frames.iter().find(|f| f.kind == FrameKind::Python).or_else(|| frames.get(1)).or(frames.first());
-    match frame {
-        Some(f) => match (&f.file, f.line) {
-            (Some(file), Some(line)) => format!("{} {file}:{line}", f.function),
-            _ => f.function.clone(),
-        },
-        None => "?".into(),
     }
 }
 
@@ -270,16 +237,6 @@ fn render(s: &Snapshot) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn memory_kinds_from_syscall_and_mapping_size() {
-        assert_eq!(memory_kind(AllocFunction::Brk, 3, 12_288), MemoryKind::NativeHeap);
-        assert_eq!(memory_kind(AllocFunction::Mmap, 4, 4 << 20), MemoryKind::PymallocArenas);
-        assert_eq!(memory_kind(AllocFunction::Mmap, 2, 512 << 10), MemoryKind::PymallocArenas);
-        assert_eq!(memory_kind(AllocFunction::Mmap, 3, (4 << 20) + 4096), MemoryKind::OtherMmaps);
-        assert_eq!(memory_kind(AllocFunction::Mmap, 1, 64 << 20), MemoryKind::OtherMmaps);
-        assert_eq!(memory_kind(AllocFunction::Mmap, 0, 0), MemoryKind::OtherMmaps);
-    }
 
     #[test]
     fn snapshot_attributes_growth_and_names_the_kind() {

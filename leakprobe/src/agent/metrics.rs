@@ -13,7 +13,7 @@ use prometheus_client::{
     registry::Registry,
 };
 
-use crate::{verdict::VerdictKind, watch::MemoryKind};
+use crate::{assess::MemoryKind, verdict::VerdictKind};
 
 /// Who a process is, as far as metrics may say.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]

@@ -30,7 +30,7 @@ use leakprobe_common::{AllocFunction, ProcessEventKind, StackCounters};
 use tokio::signal::unix::{signal, SignalKind};
 
 use crate::{
-    cgroup,
+    assess, cgroup,
     loader::TableSizes,
     process_memory,
     python::{self, resolver::PythonResolver},
@@ -526,14 +526,10 @@ fn describe(
     let Some(trace) = probes.stack_trace(id) else { return (None, None) };
     let function = AllocFunction::from_u32(trace.function);
     let frames = &trace.python[..(trace.python_len as usize).min(trace.python.len())];
+    // The agent names no native frames: a stack without Python frames is named by its allocator
+    // (`ProcessHistory::assess`).
     let site = match (python, frames.first()) {
-        (Some(resolver), Some(frame)) => {
-            let f = resolver.frame(frame);
-            Some(match (&f.file, f.line) {
-                (Some(file), Some(line)) => format!("{} {file}:{line}", f.function),
-                _ => f.function,
-            })
-        }
+        (Some(resolver), Some(frame)) => Some(assess::frame_site(&resolver.frame(frame))),
         _ => None,
     };
     (function, site)

@@ -8,10 +8,9 @@ use std::collections::{HashMap, VecDeque};
 use leakprobe_common::{AllocFunction, StackCounters};
 
 use crate::{
+    assess::{self, memory_kind, window_growth, MemoryKind},
     process_memory::ProcessMemory,
-    trend::trend,
-    verdict::{classify, VerdictConfig, VerdictKind},
-    watch::{memory_kind, MemoryKind},
+    verdict::VerdictKind,
 };
 
 /// Stacks followed per process; the least live are evicted beyond it (counted).
@@ -143,13 +142,7 @@ impl ProcessHistory {
         let memory = self.memory?;
         let times: Vec<f64> = self.times.iter().copied().collect();
         let rss: Vec<f64> = self.rss.iter().copied().collect();
-        let from = times.len().saturating_sub(self.rate_window);
-        let slope = |series: &[f64]| trend(&times[from..], &series[from..]).map_or(0.0, |t| t.slope);
-        let verdict = classify(&times, &rss, &VerdictConfig::default());
-        let growth = slope(&rss);
-        let time_to_limit_seconds = limit
-            .filter(|_| verdict.kind != VerdictKind::NoLeak && growth > 0.0)
-            .map(|(limit, usage)| limit.saturating_sub(usage.unwrap_or(memory.rss_bytes)) as f64 / growth);
+        let process = assess::watched_process(&times, &rss, self.rate_window, limit, memory.rss_bytes);
 
         let mut heap: HashMap<MemoryKind, u64> = HashMap::new();
         let mut growing = Vec::new();
@@ -161,7 +154,7 @@ impl ProcessHistory {
                 continue;
             }
             let live: Vec<f64> = stack.live.iter().copied().collect();
-            let rate = slope(&live);
+            let rate = window_growth(&times, &live, self.rate_window);
             if rate > 0.0 {
                 let site = stack.site.clone().unwrap_or_else(|| function.symbol().to_string());
                 growing.push(Site { site, kind, growth_bytes_per_sec: rate, live_bytes: stack.live_now() });
@@ -182,11 +175,11 @@ impl ProcessHistory {
         sites.truncate(top);
         Some(Assessment {
             memory,
-            growth_bytes_per_sec: growth,
-            verdict: verdict.kind,
-            reason: verdict.reason,
+            growth_bytes_per_sec: process.growth_bytes_per_sec,
+            verdict: process.verdict.kind,
+            reason: process.verdict.reason,
             memory_limit_bytes: limit.map(|(l, _)| l),
-            time_to_limit_seconds,
+            time_to_limit_seconds: process.time_to_limit_seconds,
             heap,
             top: sites,
         })

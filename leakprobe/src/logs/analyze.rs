@@ -8,8 +8,9 @@ use super::{
     parse::{format_time_rfc3339, tag_pid, MIB},
 };
 use crate::{
+    assess::time_to_limit,
     trend::{median, trend},
-    verdict::{classify, GrowthVerdict, VerdictConfig, VerdictKind},
+    verdict::{classify, GrowthVerdict, VerdictConfig},
 };
 
 /// Half-width (samples each side) of the rolling window spikes are judged against.
@@ -144,9 +145,7 @@ pub fn analyze_series(series: &Series, limit_bytes: Option<f64>, cfg: &VerdictCo
 
     let rate = verdict.growth_bytes_per_sec;
     let time_to_limit_seconds = match (limit_bytes, y.last()) {
-        (Some(limit), Some(&last)) if verdict.kind == VerdictKind::Leak && rate > 0.0 => {
-            Some(((limit - last) / rate).max(0.0))
-        }
+        (Some(limit), Some(&last)) => time_to_limit(verdict.kind, rate, limit, last),
         _ => None,
     };
     let (min_bytes, max_bytes) =

@@ -1,18 +1,24 @@
 //! From a finished recording to a `Report`: the process verdict, per-stack verdicts, the limit
-//! projection. Pure except for the symbolization callback, so it is unit-tested on synthetic data.
+//! projection. Data in, data out: the caller judges the stacks first (`judge`), names and advises
+//! the ones the report needs while the probes are alive, then builds. Pure, so it is unit-tested
+//! on synthetic data.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 
 use crate::{
+    accounting::Accounting,
+    advice::StackAdvice,
     aggregate::Recording,
+    assess::{recorded_process_verdict, time_to_limit},
     budget::BudgetSummary,
     cgroup::MemoryLimit,
     report::{
-        CounterValue, HookInfo, LimitProjection, ProcessVerdict, Report, RssPoint, SeriesPoint, StackReport,
-        TargetInfo, SCHEMA_VERSION,
+        judge::{judge_stacks, Judged, StackJudge, MAX_FLAGGED},
+        CounterValue, HookInfo, LimitProjection, Report, RssPoint, SeriesPoint, StackReport, TargetInfo,
+        SCHEMA_VERSION,
     },
     symbolize::Frame,
-    verdict::{classify, GrowthVerdict, VerdictConfig, VerdictKind},
+    verdict::{GrowthVerdict, VerdictConfig},
 };
 
 /// What the report needs besides the recording.
@@ -29,15 +35,11 @@ pub struct Context {
     pub verdict: VerdictConfig,
     /// The overhead budget and what the probes cost.
     pub budget: Option<BudgetSummary>,
-    /// Sampling mode: the stacks whose series are sampled live objects (see `sampled_heap`). Only
-    /// they are judged as leak sites; syscall-level stacks (mmap, brk) say where the heap grows,
-    /// not who keeps it.
-    pub sampled_stacks: Option<HashSet<u64>>,
+    /// How the recording counted allocations: it decides how stacks are judged.
+    pub accounting: Accounting,
+    /// `Accounting::Sampled`: the stacks whose series are sampled live objects (empty otherwise).
+    pub object_stacks: HashSet<u64>,
 }
-
-/// Fewest live sampled objects a sampled stack needs to be flagged: a couple of strays are not
-/// a trend.
-const MIN_SAMPLED_LIVE: u64 = 8;
 
 /// A stack's frames and how it was allocated, as the caller resolves them.
 pub struct ResolvedStack {
@@ -46,89 +48,68 @@ pub struct ResolvedStack {
     pub native_truncated: bool,
 }
 
-/// At most this many flagged stacks are listed (the rest are counted in a warning).
-const MAX_FLAGGED: usize = 50;
+/// A stack the report needs, named (and, when flagged, advised) by the caller.
+pub struct NamedStack {
+    pub stack: ResolvedStack,
+    pub advice: Option<StackAdvice>,
+}
 
-pub fn build(rec: &Recording, mut ctx: Context, mut resolve: impl FnMut(u64) -> ResolvedStack) -> Report {
+/// Which stacks the report will list (flagged, then the largest others), judged by the
+/// recording's accounting: the caller names these, then calls `build`.
+pub fn judge(rec: &Recording, ctx: &Context) -> Judged {
+    let judge = StackJudge { accounting: ctx.accounting, object_stacks: &ctx.object_stacks, verdict: &ctx.verdict };
+    judge_stacks(rec, &judge, ctx.other_stacks)
+}
+
+pub fn build(rec: &Recording, mut ctx: Context, judged: Judged, named: &HashMap<u64, NamedStack>) -> Report {
     let (rss_t, rss_y) = rec.rss_series();
-    let rss = classify(&rss_t, &rss_y, &ctx.verdict);
-    let tracked_heap = classify(&rec.times, &rec.tracked_live_bytes, &ctx.verdict);
-    let verdict = process_verdict(rss, tracked_heap);
+    let verdict = recorded_process_verdict((&rss_t, &rss_y), (&rec.times, &rec.tracked_live_bytes), &ctx.verdict);
 
     let memory_limit = ctx.memory_limit.as_ref().map(|limit| {
         let usage = limit.usage_bytes.or_else(|| rss_y.last().map(|&r| r as u64)).unwrap_or(0);
-        let growth = verdict.growth_bytes_per_sec;
-        let time_to_limit_seconds = (verdict.verdict == VerdictKind::Leak && growth > 0.0)
-            .then(|| limit.limit_bytes.saturating_sub(usage) as f64 / growth);
         LimitProjection {
             limit_bytes: limit.limit_bytes,
             usage_bytes: limit.usage_bytes,
             cgroup: limit.cgroup_path.clone(),
-            time_to_limit_seconds,
+            time_to_limit_seconds: time_to_limit(
+                verdict.verdict,
+                verdict.growth_bytes_per_sec,
+                limit.limit_bytes as f64,
+                usage as f64,
+            ),
         }
     });
 
-    // Judge every stack that still holds memory; a stack back to zero is not leaking. Sampled
-    // series are a small sample of the real bytes: no absolute floor, a floor on live samples.
-    let sampled_config = VerdictConfig { min_growth_bytes_per_sec: 0.0, ..ctx.verdict.clone() };
-    let judge_with = |id: &u64| -> VerdictConfig {
-        match &ctx.sampled_stacks {
-            Some(sampled) if sampled.contains(id) => sampled_config.clone(),
-            _ => ctx.verdict.clone(),
-        }
-    };
-    let judge = |id: u64, s: &crate::aggregate::StackSeries| match &ctx.sampled_stacks {
-        None => classify(&rec.times, &s.live_bytes, &ctx.verdict),
-        Some(sampled) if sampled.contains(&id) && s.live_allocations_now() >= MIN_SAMPLED_LIVE => {
-            classify(&rec.times, &s.live_bytes, &sampled_config)
-        }
-        Some(sampled) => {
-            let mut v = classify(&rec.times, &s.live_bytes, &ctx.verdict);
-            if v.kind == VerdictKind::Leak {
-                v.kind = VerdictKind::Inconclusive;
-                v.reason = if sampled.contains(&id) {
-                    format!("too few live samples (fewer than {MIN_SAMPLED_LIVE}) to call: {}", v.reason)
-                } else {
-                    format!("where the heap grows, not who keeps it (memory syscall): {}", v.reason)
-                };
-            }
-            v
-        }
-    };
-    let mut judged: Vec<(u64, GrowthVerdict)> =
-        rec.stacks.iter().filter(|(_, s)| s.live_bytes_now() > 0).map(|(&id, s)| (id, judge(id, s))).collect();
-    let (mut flagged, mut others): (Vec<_>, Vec<_>) = judged.drain(..).partition(|(_, v)| v.kind == VerdictKind::Leak);
+    let sampled = ctx.accounting == Accounting::Sampled;
+    let judge = StackJudge { accounting: ctx.accounting, object_stacks: &ctx.object_stacks, verdict: &ctx.verdict };
     // Sampled slopes are in sampled bytes: each flagged stack gets its share of the process's
     // growth instead (the sampled slope stays in the report).
-    let sampled_total: f64 = flagged.iter().map(|(_, v)| v.growth_bytes_per_sec.max(0.0)).sum();
+    let sampled_total: f64 = judged.flagged.iter().map(|(_, v)| v.growth_bytes_per_sec.max(0.0)).sum();
     let share_of_process = |v: &GrowthVerdict| {
-        (ctx.sampled_stacks.is_some() && sampled_total > 0.0)
+        (sampled && sampled_total > 0.0)
             .then(|| (v.growth_bytes_per_sec.max(0.0) / sampled_total, verdict.growth_bytes_per_sec.max(0.0)))
     };
-    flagged.sort_by(|a, b| b.1.growth_bytes_per_sec.total_cmp(&a.1.growth_bytes_per_sec));
-    others.sort_by_key(|(id, _)| std::cmp::Reverse(rec.stacks[id].live_bytes_now()));
-    if flagged.len() > MAX_FLAGGED {
-        ctx.warnings.push(format!("{} growing stacks; the report lists the {MAX_FLAGGED} fastest", flagged.len()));
-        flagged.truncate(MAX_FLAGGED);
+    if judged.flagged_left_out > 0 {
+        let growing = judged.flagged.len() + judged.flagged_left_out;
+        ctx.warnings.push(format!("{growing} growing stacks; the report lists the {MAX_FLAGGED} fastest"));
     }
-    others.truncate(ctx.other_stacks);
 
-    let stacks = flagged
+    let stacks = judged
+        .flagged
         .into_iter()
         .map(|s| (s, true))
-        .chain(others.into_iter().map(|s| (s, false)))
+        .chain(judged.others.into_iter().map(|s| (s, false)))
         .map(|((id, v), is_flagged)| {
             let series = &rec.stacks[&id];
-            let resolved = resolve(id);
+            let name = named.get(&id);
             let share = if is_flagged { share_of_process(&v) } else { None };
-            let flagged_after_secs =
-                if is_flagged { first_flagged(&rec.times, &series.live_bytes, &judge_with(&id)) } else { None };
+            let flagged_after_secs = if is_flagged { judge.first_flagged(id, &rec.times, series) } else { None };
             let scale = |rate: f64| share.map_or(rate, |(share, process)| share * process);
             StackReport {
                 id: format!("{id:016x}"),
-                allocator: resolved.allocator,
-                frames: resolved.frames,
-                native_truncated: resolved.native_truncated,
+                allocator: name.map_or_else(|| "?".into(), |n| n.stack.allocator.clone()),
+                frames: name.map(|n| n.stack.frames.clone()).unwrap_or_default(),
+                native_truncated: name.is_some_and(|n| n.stack.native_truncated),
                 live_bytes: series.live_bytes_now(),
                 live_allocations: series.live_allocations_now(),
                 total_allocations: series.latest.allocs,
@@ -137,13 +118,13 @@ pub fn build(rec: &Recording, mut ctx: Context, mut resolve: impl FnMut(u64) -> 
                 growth_bytes_per_sec: scale(v.growth_bytes_per_sec),
                 growth_low_bytes_per_sec: share.map_or(v.growth_low_bytes_per_sec, |_| scale(v.growth_bytes_per_sec)),
                 growth_high_bytes_per_sec: share.map_or(v.growth_high_bytes_per_sec, |_| scale(v.growth_bytes_per_sec)),
-                sampled_growth_bytes_per_sec: ctx.sampled_stacks.as_ref().map(|_| v.growth_bytes_per_sec),
+                sampled_growth_bytes_per_sec: sampled.then_some(v.growth_bytes_per_sec),
                 share_of_growth: share.map(|(share, _)| share),
                 flagged_after_secs,
                 confidence: v.confidence,
                 flagged: is_flagged,
                 reason: v.reason,
-                advice: None,
+                advice: if is_flagged { name.and_then(|n| n.advice.clone()) } else { None },
             }
         })
         .collect();
@@ -187,37 +168,10 @@ pub fn build(rec: &Recording, mut ctx: Context, mut resolve: impl FnMut(u64) -> 
     }
 }
 
-/// When the stack would first have been flagged, had the recording stopped at that sample: the
-/// time leakprobe needs to name it.
-fn first_flagged(times: &[f64], series: &[f64], cfg: &VerdictConfig) -> Option<f64> {
-    (cfg.min_samples.max(3)..=times.len().min(series.len()))
-        .find(|&n| classify(&times[..n], &series[..n], cfg).kind == VerdictKind::Leak)
-        .map(|n| times[n - 1])
-}
-
-/// The process leaks when either what the kernel charges it (RSS) or what its allocators hold
-/// keeps growing: RSS catches leaks outside the hooked allocators, the tracked heap catches
-/// leaks that still fit in memory the allocator had already taken from the kernel.
-pub fn process_verdict(rss: GrowthVerdict, tracked_heap: GrowthVerdict) -> ProcessVerdict {
-    use VerdictKind::*;
-    // (verdict, whether RSS is the series it rests on)
-    let (verdict, on_rss) = match (rss.kind, tracked_heap.kind) {
-        (Leak, _) => (Leak, true),
-        (_, Leak) => (Leak, false),
-        (NoLeak, NoLeak) => (NoLeak, true),
-        (Inconclusive, _) => (Inconclusive, true),
-        (_, Inconclusive) => (Inconclusive, false),
-    };
-    let (from, which) = if on_rss { (&rss, "RSS") } else { (&tracked_heap, "allocator-tracked heap") };
-    let (growth_bytes_per_sec, confidence) = (from.growth_bytes_per_sec, from.confidence);
-    let reason = format!("{which}: {}", from.reason);
-    ProcessVerdict { verdict, growth_bytes_per_sec, confidence, reason, rss, tracked_heap }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{process_memory::ProcessMemory, symbolize::FrameKind};
+    use crate::{process_memory::ProcessMemory, symbolize::FrameKind, verdict::VerdictKind};
     use leakprobe_common::StackCounters;
 
     fn ctx() -> Context {
@@ -236,9 +190,17 @@ mod tests {
             warnings: vec![],
             other_stacks: 5,
             budget: None,
-            sampled_stacks: None,
+            accounting: Accounting::Exact,
+            object_stacks: HashSet::new(),
             verdict: VerdictConfig::default(),
         }
+    }
+
+    /// Judges, names every stack the report needs as `f<id>`, builds.
+    fn build_named(rec: &Recording, ctx: Context) -> Report {
+        let judged = judge(rec, &ctx);
+        let named = judged.stack_ids().map(|id| (id, NamedStack { stack: resolve(id), advice: None })).collect();
+        build(rec, ctx, judged, &named)
     }
 
     fn resolve(id: u64) -> ResolvedStack {
@@ -281,7 +243,7 @@ mod tests {
 
     #[test]
     fn flags_only_the_leaking_stack_with_its_rate() {
-        let report = build(&leaking_recording(), ctx(), resolve);
+        let report = build_named(&leaking_recording(), ctx());
         assert_eq!(report.verdict.verdict, VerdictKind::Leak);
         let flagged: Vec<_> = report.stacks.iter().filter(|s| s.flagged).collect();
         assert_eq!(flagged.len(), 1);
@@ -301,7 +263,7 @@ mod tests {
             let memory = ProcessMemory { rss_bytes: (30 << 20) + (i % 2) * 4096, ..Default::default() };
             rec.push(i as f64, Some(memory), &[], vec![]);
         }
-        let report = build(&rec, ctx(), resolve);
+        let report = build_named(&rec, ctx());
         assert_eq!(report.verdict.verdict, VerdictKind::NoLeak);
         assert!(report.stacks.is_empty());
         assert_eq!(report.memory_limit.unwrap().time_to_limit_seconds, None);

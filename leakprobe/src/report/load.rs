@@ -1,12 +1,12 @@
 //! Reading a saved JSON report back (`leakprobe report FILE.json`): the schema version is checked
 //! first, so a report from an incompatible leakprobe fails with one clear line instead of a
 //! missing-field error. Fields added later (without a bump) are ignored; floats the writer could
-//! not compute were written as `null` and come back as NaN.
+//! not compute were written as `null` and come back as NaN (`serde_helpers`).
 
 use std::path::Path;
 
 use anyhow::{bail, Context as _, Result};
-use serde::{Deserialize, Deserializer};
+use serde::Deserialize;
 
 use super::{Report, SCHEMA_VERSION};
 
@@ -33,16 +33,6 @@ pub fn from_str(json: &str) -> Result<Report> {
 pub fn from_path(path: &Path) -> Result<Report> {
     let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
     from_str(&text).with_context(|| format!("{}", path.display()))
-}
-
-/// A float written as `null` (NaN or infinite when rendered) reads back as NaN.
-pub fn f64_or_nan<'de, D: Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
-    Ok(Option::<f64>::deserialize(d)?.unwrap_or(f64::NAN))
-}
-
-/// [`f64_or_nan`] for every element.
-pub fn vec_f64_or_nan<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<f64>, D::Error> {
-    Ok(Vec::<Option<f64>>::deserialize(d)?.into_iter().map(|v| v.unwrap_or(f64::NAN)).collect())
 }
 
 #[cfg(test)]

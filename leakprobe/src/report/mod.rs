@@ -10,12 +10,14 @@ pub mod flamegraph;
 pub mod html;
 mod html_tables;
 pub mod json;
+pub mod judge;
 pub mod load;
 pub mod output;
 pub mod plot;
 pub mod pprof;
 #[cfg(test)]
 pub(crate) mod sample;
+pub mod serde_helpers;
 pub mod speedscope;
 pub mod text;
 
@@ -41,9 +43,9 @@ pub struct Report {
     pub target: TargetInfo,
     /// Unix time of the first sample.
     pub started_unix_secs: u64,
-    #[serde(deserialize_with = "load::f64_or_nan")]
+    #[serde(deserialize_with = "serde_helpers::f64_or_nan")]
     pub duration_seconds: f64,
-    #[serde(deserialize_with = "load::f64_or_nan")]
+    #[serde(deserialize_with = "serde_helpers::f64_or_nan")]
     pub interval_seconds: f64,
     /// `duration`, `interrupted` or `target-exited`.
     pub ended_because: String,
@@ -73,9 +75,9 @@ pub struct TargetInfo {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ProcessVerdict {
     pub verdict: VerdictKind,
-    #[serde(deserialize_with = "load::f64_or_nan")]
+    #[serde(deserialize_with = "serde_helpers::f64_or_nan")]
     pub growth_bytes_per_sec: f64,
-    #[serde(deserialize_with = "load::f64_or_nan")]
+    #[serde(deserialize_with = "serde_helpers::f64_or_nan")]
     pub confidence: f64,
     pub reason: String,
     /// The two series the verdict is drawn from.
@@ -94,7 +96,7 @@ pub struct LimitProjection {
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct RssPoint {
-    #[serde(deserialize_with = "load::f64_or_nan")]
+    #[serde(deserialize_with = "serde_helpers::f64_or_nan")]
     pub t_secs: f64,
     #[serde(flatten)]
     pub memory: ProcessMemory,
@@ -102,9 +104,9 @@ pub struct RssPoint {
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct SeriesPoint {
-    #[serde(deserialize_with = "load::f64_or_nan")]
+    #[serde(deserialize_with = "serde_helpers::f64_or_nan")]
     pub t_secs: f64,
-    #[serde(deserialize_with = "load::f64_or_nan")]
+    #[serde(deserialize_with = "serde_helpers::f64_or_nan")]
     pub bytes: f64,
 }
 
@@ -122,13 +124,13 @@ pub struct StackReport {
     pub total_allocations: u64,
     pub total_frees: u64,
     /// Live bytes at each sample (aligned with `rss`).
-    #[serde(deserialize_with = "load::vec_f64_or_nan")]
+    #[serde(deserialize_with = "serde_helpers::vec_f64_or_nan")]
     pub series: Vec<f64>,
-    #[serde(deserialize_with = "load::f64_or_nan")]
+    #[serde(deserialize_with = "serde_helpers::f64_or_nan")]
     pub growth_bytes_per_sec: f64,
-    #[serde(deserialize_with = "load::f64_or_nan")]
+    #[serde(deserialize_with = "serde_helpers::f64_or_nan")]
     pub growth_low_bytes_per_sec: f64,
-    #[serde(deserialize_with = "load::f64_or_nan")]
+    #[serde(deserialize_with = "serde_helpers::f64_or_nan")]
     pub growth_high_bytes_per_sec: f64,
     /// Sampling mode: the slope of the stack's sampled live bytes (what the windows saw).
     pub sampled_growth_bytes_per_sec: Option<f64>,
@@ -137,7 +139,7 @@ pub struct StackReport {
     pub share_of_growth: Option<f64>,
     /// Flagged stacks: seconds into the recording at which it would first have been flagged.
     pub flagged_after_secs: Option<f64>,
-    #[serde(deserialize_with = "load::f64_or_nan")]
+    #[serde(deserialize_with = "serde_helpers::f64_or_nan")]
     pub confidence: f64,
     pub flagged: bool,
     pub reason: String,
