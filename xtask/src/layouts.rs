@@ -337,7 +337,7 @@ pub fn run() -> Result<()> {
     let _ = fs::remove_dir_all(&work);
     // Best effort: the test compares the files modulo formatting.
     let _ = Command::new("cargo").current_dir(crate::root()).args(["fmt", "-p", "leakprobe"]).status();
-    eprintln!("gen-layouts: a new version's file is registered by one line in {OUT_DIR}/mod.rs");
+    eprintln!("gen-layouts: a new version's file is registered by its entry in ALL in {OUT_DIR}/mod.rs");
     Ok(())
 }
 

@@ -219,6 +219,13 @@ pub enum VersionTables {
 }
 
 impl VersionTables {
+    pub fn minor(&self) -> u32 {
+        match self {
+            VersionTables::Complete(l) => l.minor,
+            VersionTables::SelfDescribed(s) => s.minor,
+        }
+    }
+
     pub fn objects(&self) -> ObjectLayout {
         match self {
             VersionTables::Complete(l) => l.objects,

@@ -84,7 +84,10 @@ pub fn detect(target: &Target) -> Detection {
         Some(VersionTables::SelfDescribed(_)) => {
             debug_offsets::read_layout(&mem, runtime).map_err(|e| format!("CPython {version}: {e}"))?
         }
-        None => return Err(format!("CPython {version} is not supported (3.10 to 3.14 are): native stacks only")),
+        None => {
+            let supported = layouts::supported();
+            return Err(format!("CPython {version} is not supported ({supported} are): native stacks only"));
+        }
     };
     let mut kernel = layout.kernel_config();
     if let Some(none) = symbols.get("_Py_NoneStruct") {

@@ -1,5 +1,5 @@
 //! One file per CPython version, generated from its headers by `cargo xtask gen-layouts`.
-//! Supporting a new version is its file and one line in `tables`.
+//! Supporting a new version is its file and its entry in `ALL`.
 
 mod v3_10;
 mod v3_11;
@@ -9,16 +9,17 @@ mod v3_14;
 
 use super::layout::{Layout, ObjectLayout, VersionTables};
 
+/// Every supported version, oldest first.
+const ALL: &[VersionTables] = &[v3_10::TABLES, v3_11::TABLES, v3_12::TABLES, v3_13::TABLES, v3_14::TABLES];
+
 /// The tables of CPython 3.`minor`, when it is supported.
 pub fn tables(minor: u32) -> Option<VersionTables> {
-    Some(match minor {
-        10 => v3_10::TABLES,
-        11 => v3_11::TABLES,
-        12 => v3_12::TABLES,
-        13 => v3_13::TABLES,
-        14 => v3_14::TABLES,
-        _ => return None,
-    })
+    ALL.iter().find(|t| t.minor() == minor).copied()
+}
+
+/// "3.10 to 3.14": what the error for an unsupported version says is supported.
+pub fn supported() -> String {
+    format!("3.{} to 3.{}", ALL[0].minor(), ALL[ALL.len() - 1].minor())
 }
 
 /// The object layout of CPython 3.`minor` (what readers of `str`, `bytes` and code objects need).
@@ -54,6 +55,8 @@ mod tests {
             assert!(complete(minor).unwrap().frame.read_size as usize <= leakprobe_common::PYTHON_FRAME_READ);
         }
         assert!(tables(9).is_none() && tables(15).is_none());
+        assert_eq!(supported(), "3.10 to 3.14");
+        assert!(ALL.windows(2).all(|w| w[0].minor() < w[1].minor()), "oldest first, each once");
     }
 
     /// The kernel recipes the hand-typed tables gave before they were generated.
