@@ -18,6 +18,7 @@ pub mod liveness;
 pub mod loader;
 pub mod logs;
 pub mod probe_cost;
+pub mod proc_maps;
 pub mod process_memory;
 pub mod python;
 pub mod record;

@@ -19,7 +19,7 @@ use std::collections::HashMap;
 
 use leakprobe_common::LiveAllocation;
 
-use crate::python::memory::ReadMemory;
+use crate::python::{layout::ObjectLayout, memory::ReadMemory};
 
 /// Where a Python object may start inside a block from the object allocator.
 const HEADER_OFFSETS: [u64; 3] = [0, 16, 32];
@@ -69,8 +69,8 @@ pub struct Pass {
 pub struct Liveness {
     /// Address of `PyType_Type` in the target.
     type_type: u64,
-    /// CPython 3.x minor version (struct sizes of `str`, the layout of `int`).
-    minor: u32,
+    /// The interpreter's `str` and `int` layouts, to size its objects.
+    objects: ObjectLayout,
     /// Per address: the type object there (`None`: not a type).
     types: HashMap<u64, Option<TypeInfo>>,
     sampled: HashMap<u64, Sampled>,
@@ -80,8 +80,8 @@ pub struct Liveness {
 }
 
 impl Liveness {
-    pub fn new(type_type: u64, minor: u32) -> Liveness {
-        Liveness { type_type, minor, types: HashMap::new(), sampled: HashMap::new(), dead: 0, unverifiable: 0 }
+    pub fn new(type_type: u64, objects: ObjectLayout) -> Liveness {
+        Liveness { type_type, objects, types: HashMap::new(), sampled: HashMap::new(), dead: 0, unverifiable: 0 }
     }
 
     /// Checks every sampled allocation in `table` (the kernel's live table, already restricted to
@@ -156,7 +156,7 @@ impl Liveness {
         if len < 16 || mem.read(address, &mut block[..len]).is_err() {
             return None;
         }
-        let minor = self.minor;
+        let objects = self.objects;
         HEADER_OFFSETS.into_iter().filter(|&offset| offset as usize + 16 <= len).find_map(|offset| {
             let start = offset as usize;
             let found = &block[start..start + object_len(size, offset)];
@@ -167,7 +167,7 @@ impl Liveness {
             let info = self.type_info(mem, ob_type)?;
             // The object there must be the one this allocation was for: an object the block was
             // freed to and reused by has its own size.
-            (info.sizes_match(found, size - offset, minor)).then(|| Object {
+            (info.sizes_match(found, size - offset, &objects)).then(|| Object {
                 offset,
                 ob_type,
                 fingerprint: fingerprint(&found[16..]) ^ pre_header(&block, offset),
@@ -226,27 +226,25 @@ impl TypeInfo {
 
     /// Whether an object of this type with header and body `object` needs exactly `size` bytes,
     /// the way CPython sizes it: compact `str`, `int` digits, var-sized objects, fixed ones.
-    fn sizes_match(&self, object: &[u8], size: u64, minor: u32) -> bool {
+    fn sizes_match(&self, object: &[u8], size: u64, layout: &ObjectLayout) -> bool {
         let word = |i: usize| object.get(i..i + 8).map(|b| u64::from_le_bytes(b.try_into().unwrap_or_default()));
         if self.flags & TPFLAGS_UNICODE_SUBCLASS != 0 && self.basicsize >= 40 {
-            let (Some(length), Some(state)) = (word(16), word(32)) else { return false };
+            let (Some(length), Some(state)) = (word(layout.str.length as usize), word(layout.str.state as usize))
+            else {
+                return false;
+            };
             let state = state as u32;
             let (kind, compact, ascii) = ((state >> 2) & 7, (state >> 5) & 1, (state >> 6) & 1);
             if compact == 0 || !matches!(kind, 1 | 2 | 4) {
                 return false;
             }
-            let header = match (minor >= 12, ascii == 1) {
-                (false, true) => 48,
-                (false, false) => 72,
-                (true, true) => 40,
-                (true, false) => 56,
-            };
+            let header = if ascii == 1 { layout.str.ascii_data } else { layout.str.compact_data };
             return length.checked_add(1).and_then(|n| n.checked_mul(kind as u64)).map(|n| n + header) == Some(size);
         }
         if self.flags & TPFLAGS_LONG_SUBCLASS != 0 && self.itemsize > 0 {
-            let Some(tag) = word(16) else { return false };
-            let digits = if minor >= 12 { tag >> 3 } else { (tag as i64).unsigned_abs() };
-            return 24 + self.itemsize * digits.max(1) == size;
+            let Some(tag) = word(layout.int.size as usize) else { return false };
+            let digits = layout.int.digit_count(tag);
+            return layout.int.digits + self.itemsize * digits.max(1) == size;
         }
         if self.itemsize == 0 {
             return self.basicsize == size;
@@ -297,6 +295,7 @@ mod tests {
     use std::{cell::RefCell, io};
 
     use super::*;
+    use crate::python::layouts;
 
     /// Sparse little-endian memory of 8-byte words; a page is mapped (zeros) once written to.
     #[derive(Default)]
@@ -372,7 +371,7 @@ mod tests {
         block(&m, 0x20_000, &[0x7f00_0000_1000, 0x7f00_0000_2000, 3, TUPLE_TYPE, 2, 0x10_000, 0x10_000]); // GC, at 16
         block(&m, 0x30_000, &[0xdead_beef_0000_0000, 7, 9, 11, 13, 15]); // a buffer: no object
         let table = [entry(0x10_000, 1, STR3_SIZE, 5), entry(0x20_000, 2, 16 + 24 + 16, 6), entry(0x30_000, 1, 64, 7)];
-        let mut liveness = Liveness::new(TYPE_TYPE, 11);
+        let mut liveness = Liveness::new(TYPE_TYPE, layouts::objects(11).unwrap());
         let pass = liveness.check(&m, &table, true);
         assert_eq!(pass.live[&1], StackLive { allocations: 1, bytes: STR3_SIZE });
         assert_eq!(pass.live[&2], StackLive { allocations: 1, bytes: 56 });
@@ -393,7 +392,7 @@ mod tests {
     fn a_new_occupant_of_another_type_means_the_sample_died() {
         let m = memory();
         block(&m, 0x10_000, &[1, INT_TYPE, 1, 42]);
-        let mut liveness = Liveness::new(TYPE_TYPE, 11);
+        let mut liveness = Liveness::new(TYPE_TYPE, layouts::objects(11).unwrap());
         assert_eq!(liveness.check(&m, &[entry(0x10_000, 1, 28, 5)], true).live.len(), 1);
         block(&m, 0x10_000, &[1, TUPLE_TYPE, 0, 0]);
         let pass = liveness.check(&m, &[entry(0x10_000, 1, 28, 5)], true);
@@ -408,7 +407,7 @@ mod tests {
     fn a_same_type_occupant_with_other_contents_means_the_sample_died() {
         let m = memory();
         str3(&m, 0x10_000, 1, u64::MAX, 0x0031_3233);
-        let mut liveness = Liveness::new(TYPE_TYPE, 11);
+        let mut liveness = Liveness::new(TYPE_TYPE, layouts::objects(11).unwrap());
         let table = [entry(0x10_000, 1, STR3_SIZE, 5)];
         assert_eq!(liveness.check(&m, &table, true).live.len(), 1);
         // Its hash gets computed and its count moves: still the same object.
@@ -424,13 +423,13 @@ mod tests {
         let m = memory();
         // Sampled as a 3-character str, found holding a 12-character one (same size class).
         block(&m, 0x10_000, &[1, STR_TYPE, 12, u64::MAX, ASCII, 0, 0x2d55_4b53, 0x3837_3732]);
-        let mut liveness = Liveness::new(TYPE_TYPE, 11);
+        let mut liveness = Liveness::new(TYPE_TYPE, layouts::objects(11).unwrap());
         let pass = liveness.check(&m, &[entry(0x10_000, 1, STR3_SIZE, 5)], true);
         assert!(pass.live.is_empty());
         assert_eq!(liveness.unverifiable, 1);
         // 3.12+ str headers are 40 bytes.
         block(&m, 0x20_000, &[1, STR_TYPE, 3, u64::MAX, ASCII, 0x0031_3233]);
-        let mut liveness = Liveness::new(TYPE_TYPE, 12);
+        let mut liveness = Liveness::new(TYPE_TYPE, layouts::objects(12).unwrap());
         assert_eq!(liveness.check(&m, &[entry(0x20_000, 1, 44, 5)], true).live.len(), 1);
     }
 
@@ -438,7 +437,7 @@ mod tests {
     fn a_sample_first_seen_after_the_window_is_not_trusted() {
         let m = memory();
         str3(&m, 0x10_000, 1, u64::MAX, 0x0031_3233);
-        let mut liveness = Liveness::new(TYPE_TYPE, 11);
+        let mut liveness = Liveness::new(TYPE_TYPE, layouts::objects(11).unwrap());
         let pass = liveness.check(&m, &[entry(0x10_000, 1, STR3_SIZE, 5)], false);
         assert!(pass.live.is_empty());
         assert_eq!(pass.forget, vec![0x10_000]);
@@ -447,7 +446,7 @@ mod tests {
     #[test]
     fn unreadable_or_garbage_memory_is_never_alive() {
         let m = memory();
-        let mut liveness = Liveness::new(TYPE_TYPE, 11);
+        let mut liveness = Liveness::new(TYPE_TYPE, layouts::objects(11).unwrap());
         // Unmapped block, a block too small for a header, a "type" that is not a type.
         block(&m, 0x40_000, &[1, 0x9999_0000]);
         m.set(0x9999_0008, 0x1234);
@@ -466,7 +465,7 @@ mod tests {
         m.set(class + 8, meta);
         m.set(class + TP_BASICSIZE, 32);
         block(&m, 0x10_000, &[1, class, 0, 0]);
-        let mut liveness = Liveness::new(TYPE_TYPE, 11);
+        let mut liveness = Liveness::new(TYPE_TYPE, layouts::objects(11).unwrap());
         assert_eq!(liveness.check(&m, &[entry(0x10_000, 1, 32, 1)], true).live[&1].bytes, 32);
     }
 }

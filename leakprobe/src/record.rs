@@ -104,12 +104,13 @@ fn launch(command: &[String]) -> Result<Launched> {
     let launched = Launched(child);
     let pid = launched.0.id();
     let deadline = Instant::now() + Duration::from_secs(10);
-    let mut last = String::new();
+    let mut last = Vec::new();
     while Instant::now() < deadline {
-        let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).unwrap_or_default();
+        let maps = crate::proc_maps::read(pid).unwrap_or_default();
         let exe = std::fs::read_link(format!("/proc/{pid}/exe")).ok();
         let execed = exe.is_some_and(|e| e != std::env::current_exe().unwrap_or_default());
-        if execed && maps == last && (maps.contains("libc.so") || maps.contains("libc-")) {
+        let libc = maps.iter().filter_map(|m| m.path.as_deref()).any(|p| p.contains("libc.so") || p.contains("libc-"));
+        if execed && maps == last && libc {
             return Ok(launched);
         }
         last = maps;
@@ -180,9 +181,11 @@ pub async fn record(opts: RecordOptions) -> Result<Report> {
         warnings.push(why.into());
     }
     let mut windows = Windows::start(&mut probes, pid, opts.max_overhead_percent, opts.window, type_type.is_some())?;
-    let minor = python.as_ref().and_then(|p| p.version.split('.').nth(1)?.parse().ok()).unwrap_or(0);
-    let mut sampled_heap =
-        type_type.filter(|_| accounting == Accounting::Sampled).map(|type_type| SampledHeap::new(type_type, minor));
+    let mut sampled_heap = python
+        .as_ref()
+        .zip(type_type)
+        .filter(|_| accounting == Accounting::Sampled)
+        .map(|(python, type_type)| SampledHeap::new(type_type, &python.layout));
     let (recording, end) = sample_until_done(
         &mut probes,
         &mut windows,

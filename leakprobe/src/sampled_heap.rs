@@ -31,9 +31,13 @@ fn holds_objects(function: Option<AllocFunction>) -> bool {
 }
 
 impl SampledHeap {
-    /// `type_type`: the address of `PyType_Type` in the target; `minor`: its CPython 3.x version.
-    pub fn new(type_type: u64, minor: u32) -> SampledHeap {
-        SampledHeap { liveness: Liveness::new(type_type, minor), functions: HashMap::new(), reported: HashSet::new() }
+    /// `type_type`: the address of `PyType_Type` in the target; `layout`: its interpreter's.
+    pub fn new(type_type: u64, layout: &crate::python::layout::Layout) -> SampledHeap {
+        SampledHeap {
+            liveness: Liveness::new(type_type, layout.objects),
+            functions: HashMap::new(),
+            reported: HashSet::new(),
+        }
     }
 
     /// The stacks whose series are sampled live objects.

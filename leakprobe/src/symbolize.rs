@@ -24,6 +24,8 @@ use blazesym::symbolize::cache;
 use blazesym::symbolize::source::{Process, Source};
 use blazesym::symbolize::{CodeInfo, Input, Symbolized, Symbolizer};
 
+use crate::proc_maps::{self, Mapping};
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum FrameKind {
@@ -56,50 +58,8 @@ impl Frame {
 /// stacks never legitimately contain such addresses, and the Process source cannot resolve them.
 const KERNEL_START: u64 = 0xffff_8000_0000_0000;
 
-/// One line of `/proc/PID/maps`; we keep our own copy to report `object` even for addresses
-/// blazesym cannot resolve, and to know which files to pin in [`NativeSymbolizer::cache`].
-#[derive(Debug, Clone, PartialEq)]
-struct Vma {
-    start: u64,
-    end: u64,
-    exec: bool,
-    /// Pathname column (" (deleted)" stripped), e.g. "/usr/lib/libc.so.6" or "[vdso]".
-    path: Option<String>,
-}
-
-fn parse_maps(text: &str) -> Vec<Vma> {
-    text.lines().filter_map(parse_maps_line).collect()
-}
-
-fn parse_maps_line(line: &str) -> Option<Vma> {
-    // "start-end perms offset dev inode   pathname"; the pathname may contain spaces, so we peel
-    // off the five fixed fields and keep the rest verbatim.
-    let mut rest = line;
-    let mut fields = [""; 5];
-    for field in &mut fields {
-        rest = rest.trim_start();
-        let end = rest.find(char::is_whitespace).unwrap_or(rest.len());
-        *field = &rest[..end];
-        rest = &rest[end..];
-    }
-    let (start, end) = fields[0].split_once('-')?;
-    let start = u64::from_str_radix(start, 16).ok()?;
-    let end = u64::from_str_radix(end, 16).ok()?;
-    let exec = fields[1].as_bytes().get(2) == Some(&b'x');
-    let path = rest.trim_start();
-    let path = path.strip_suffix(" (deleted)").unwrap_or(path);
-    let path = (!path.is_empty()).then(|| path.to_string());
-    Some(Vma { start, end, exec, path })
-}
-
-fn vma_for(vmas: &[Vma], addr: u64) -> Option<&Vma> {
-    vmas.iter().find(|v| v.start <= addr && addr < v.end)
-}
-
-fn read_maps(pid: u32) -> anyhow::Result<Vec<Vma>> {
-    let path = format!("/proc/{pid}/maps");
-    let text = std::fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
-    Ok(parse_maps(&text))
+fn read_maps(pid: u32) -> anyhow::Result<Vec<Mapping>> {
+    proc_maps::read(pid).with_context(|| format!("reading /proc/{pid}/maps"))
 }
 
 /// Symbolizes native addresses of one process. Not `Sync` (blazesym's Symbolizer is not).
@@ -107,7 +67,7 @@ pub struct NativeSymbolizer {
     pid: u32,
     symbolizer: Symbolizer,
     map_files: bool,
-    vmas: Vec<Vma>,
+    vmas: Vec<Mapping>,
     /// Whether `cache()` succeeded at least once; then blazesym no longer re-reads the maps, so
     /// we re-cache when we see addresses outside the known VMAs (e.g. after a `dlopen`).
     cached: bool,
@@ -149,8 +109,7 @@ impl NativeSymbolizer {
     /// cached maps). On failure the previously cached state stays in use.
     pub fn cache(&mut self) -> anyhow::Result<()> {
         let vmas = read_maps(self.pid)?;
-        let file_backed: Vec<&Vma> =
-            vmas.iter().filter(|v| v.exec && v.path.as_deref().is_some_and(|p| p.starts_with('/'))).collect();
+        let file_backed: Vec<&Mapping> = vmas.iter().filter(|v| v.is_executable() && v.file().is_some()).collect();
         // Warm up: symbolizing one address per executable file mapping makes blazesym open and
         // parse each file under its real path (module name, debug-link lookup) rather than
         // under the map_files alias the pinning below would otherwise create it with.
@@ -216,7 +175,7 @@ impl NativeSymbolizer {
                 }
                 Err(_) => {
                     for &addr in &pending {
-                        let object = vma_for(&self.vmas, addr - 1).and_then(|v| v.path.clone());
+                        let object = proc_maps::find(&self.vmas, addr - 1).and_then(|v| v.path.clone());
                         unmemoized.insert(addr, vec![Frame::placeholder(addr, object, FrameKind::Native)]);
                     }
                 }
@@ -235,14 +194,15 @@ impl NativeSymbolizer {
     /// Re-read the maps (cheap) and, only if they now cover such an address and blazesym serves
     /// from cached VMAs, re-cache (expensive). Errors (process gone) are ignored.
     fn refresh_maps_if_needed(&mut self, addrs: &[u64]) {
-        let unknown: Vec<u64> = addrs.iter().map(|a| a - 1).filter(|&a| vma_for(&self.vmas, a).is_none()).collect();
+        let unknown: Vec<u64> =
+            addrs.iter().map(|a| a - 1).filter(|&a| proc_maps::find(&self.vmas, a).is_none()).collect();
         if unknown.is_empty() {
             return;
         }
         let Ok(vmas) = read_maps(self.pid) else {
             return;
         };
-        if !unknown.iter().any(|&a| vma_for(&vmas, a).is_some()) {
+        if !unknown.iter().any(|&a| proc_maps::find(&vmas, a).is_some()) {
             return;
         }
         if self.cached {
@@ -253,13 +213,13 @@ impl NativeSymbolizer {
     }
 }
 
-fn map_file_path(pid: u32, vma: &Vma) -> PathBuf {
+fn map_file_path(pid: u32, vma: &Mapping) -> PathBuf {
     // Must match blazesym's own spelling (unpadded lower-case hex) so cache keys line up.
-    PathBuf::from(format!("/proc/{pid}/map_files/{:x}-{:x}", vma.start, vma.end))
+    PathBuf::from(format!("/proc/{pid}/map_files/{}", vma.map_files_name()))
 }
 
-fn to_frames(addr: u64, lookup: u64, result: Symbolized<'_>, vmas: &[Vma]) -> Vec<Frame> {
-    let object = vma_for(vmas, lookup).and_then(|v| v.path.clone());
+fn to_frames(addr: u64, lookup: u64, result: Symbolized<'_>, vmas: &[Mapping]) -> Vec<Frame> {
+    let object = proc_maps::find(vmas, lookup).and_then(|v| v.path.clone());
     let sym = match result {
         Symbolized::Sym(sym) => sym,
         Symbolized::Unknown(_) => return vec![Frame::placeholder(addr, object, FrameKind::Native)],
@@ -286,26 +246,6 @@ mod tests {
     use super::*;
     use std::io::{BufRead, BufReader};
     use std::process::{Child, Command, Stdio};
-
-    #[test]
-    fn symbolize_parses_maps_lines() {
-        let vmas = parse_maps(
-            "55cb9b0b6000-55cb9b0ba000 r--p 00000000 08:01 1234   /usr/bin/python3.11\n\
-             7f0000001000-7f0000002000 r-xp 00001000 08:01 99     /opt/my app/x.so (deleted)\n\
-             7f0000003000-7f0000004000 rw-p 00000000 00:00 0\ngarbage line",
-        );
-        let summary: Vec<_> = vmas.iter().map(|v| (v.start, v.exec, v.path.as_deref())).collect();
-        assert_eq!(
-            summary,
-            [
-                (0x55cb9b0b6000, false, Some("/usr/bin/python3.11")),
-                (0x7f0000001000, true, Some("/opt/my app/x.so")),
-                (0x7f0000003000, false, None),
-            ]
-        );
-        assert_eq!(vma_for(&vmas, 0x7f0000001fff).map(|v| v.end), Some(0x7f0000002000));
-        assert_eq!(vma_for(&vmas, 0x7f0000002000), None);
-    }
 
     const C_SRC: &str = r#"#include <stdio.h>
 #include <stdlib.h>

@@ -11,7 +11,10 @@ use std::{
 use anyhow::{anyhow, bail, Result};
 use leakprobe_common::AllocFunction;
 
-use crate::elf_symbols;
+use crate::{
+    elf_symbols,
+    proc_maps::{self, Mapping},
+};
 
 /// A file mapped executable in the target, and the allocator functions it defines.
 #[derive(Debug, Clone)]
@@ -39,7 +42,7 @@ impl Target {
     /// Inspects a live process. Errors are one line, written for the person at the terminal.
     pub fn inspect(pid: u32) -> Result<Target> {
         let proc_dir = PathBuf::from(format!("/proc/{pid}"));
-        let maps = match fs::read_to_string(proc_dir.join("maps")) {
+        let text = match fs::read_to_string(proc_dir.join("maps")) {
             Ok(m) => m,
             Err(e) if e.kind() == io::ErrorKind::NotFound => bail!("no process with PID {pid}"),
             Err(e) if e.kind() == io::ErrorKind::PermissionDenied => {
@@ -47,9 +50,10 @@ impl Target {
             }
             Err(e) => bail!("cannot read /proc/{pid}/maps: {e}"),
         };
-        if maps.trim().is_empty() {
+        if text.trim().is_empty() {
             bail!("process {pid} has no user memory (a kernel thread?): nothing to hook");
         }
+        let maps = proc_maps::parse(&text);
         let exe = fs::read_link(proc_dir.join("exe")).map(|p| p.display().to_string()).unwrap_or_default();
         let cmdline = fs::read(proc_dir.join("cmdline"))
             .map(|b| {
@@ -94,19 +98,13 @@ fn reachable_path(proc_dir: &Path, root: &Path, path: &Path, range: &str) -> Pat
 
 /// Files mapped executable, with the address range of their first executable mapping, in order
 /// of first appearance, without duplicates.
-pub fn executable_files(maps: &str) -> Vec<(PathBuf, String)> {
+pub fn executable_files(maps: &[Mapping]) -> Vec<(PathBuf, String)> {
     let mut seen = BTreeSet::new();
     let mut files = Vec::new();
-    for line in maps.lines() {
-        let mut fields = line.split_whitespace();
-        let range = fields.next().unwrap_or("");
-        let perms = fields.next().unwrap_or("");
-        let path = fields.nth(3).unwrap_or("");
-        if !perms.contains('x') || !path.starts_with('/') || line.ends_with("(deleted)") {
-            continue;
-        }
+    for mapping in maps.iter().filter(|m| m.is_executable() && !m.deleted) {
+        let Some(path) = mapping.file() else { continue };
         if seen.insert(path.to_string()) {
-            files.push((PathBuf::from(path), range.to_string()));
+            files.push((PathBuf::from(path), mapping.map_files_name()));
         }
     }
     files
@@ -173,7 +171,7 @@ mod tests {
 
     #[test]
     fn executable_files_are_unique_real_paths() {
-        let files = executable_files(MAPS);
+        let files = executable_files(&proc_maps::parse(MAPS));
         assert_eq!(
             files,
             vec![

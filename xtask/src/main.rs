@@ -1,4 +1,4 @@
-//! Project tasks: `cargo xtask <setup|build|test|demo|bench|deploy-check>`.
+//! Project tasks: `cargo xtask <setup|build|test|demo|bench|deploy-check|gen-layouts>`.
 //!
 //! Everything the project needs on a fresh machine is installed here, idempotently, and cached
 //! under `~/.cache/leakprobe` so a second run costs seconds.
@@ -8,6 +8,7 @@ mod bench_agent;
 mod chroot;
 mod demo;
 mod deploy_checks;
+mod layouts;
 mod setup;
 
 use std::{
@@ -36,6 +37,9 @@ commands:
            setup, then check deploy/ offline: the alert rules and their tests (promtool), the
            Kubernetes manifests (schemas, cross-references), the Dockerfile (also part of test);
            --fix first rewrites deploy/kubernetes/prometheusrule.yaml from the rules file
+  gen-layouts
+           regenerate leakprobe/src/python/layouts/v3_X.rs from the headers of every pyenv
+           CPython 3.10+ installed here (compiles a small C program per version with cc)
 ";
 
 fn main() -> ExitCode {
@@ -47,6 +51,7 @@ fn main() -> ExitCode {
         Some("demo") => demo(&args[1..]),
         Some("bench") => build().and_then(|tools| bench::run(&tools, &leakprobe_bin(), &args[1..])),
         Some("deploy-check") => deploy_check(&args[1..]),
+        Some("gen-layouts") => layouts::run(),
         Some("bench-agent") => build().and_then(|tools| bench_agent::run(&tools, &leakprobe_bin(), &args[1..])),
         _ => {
             eprint!("{USAGE}");

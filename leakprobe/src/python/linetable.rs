@@ -3,18 +3,24 @@
 //! concurrent write, so decoding is a single bounded forward pass that never panics: anything
 //! that does not parse is "no line" rather than an error.
 
+use super::layout::LineTableFormat;
+
 /// Bytes per `_Py_CODEUNIT`: 3.10 tables count bytes, 3.11+ tables count code units.
 const CODE_UNIT: u64 = 2;
 
 /// Source line of the instruction at `instruction` (in code units = 2-byte units, i.e. byte offset / 2) of a code object,
-/// from its line table. `minor` is the CPython 3.x minor version (10..=14). None when the table says "no line" for that
+/// from its line table in `format` (the interpreter's `Layout::linetable`). None when the table says "no line" for that
 /// instruction, when the offset is past the table, or when the table is malformed (garbage read from a live process must
 /// never panic, loop forever or allocate unboundedly).
-pub fn line_for_instruction(minor: u32, linetable: &[u8], first_line: u32, instruction: u64) -> Option<u32> {
-    match minor {
-        10 => line_3_10(linetable, first_line, instruction.checked_mul(CODE_UNIT)?),
-        11..=14 => line_location_table(linetable, first_line, instruction),
-        _ => None,
+pub fn line_for_instruction(
+    format: LineTableFormat,
+    linetable: &[u8],
+    first_line: u32,
+    instruction: u64,
+) -> Option<u32> {
+    match format {
+        LineTableFormat::BytePairs => line_3_10(linetable, first_line, instruction.checked_mul(CODE_UNIT)?),
+        LineTableFormat::Locations => line_location_table(linetable, first_line, instruction),
     }
 }
 
@@ -110,6 +116,12 @@ pub(crate) mod tests {
     use proptest::prelude::*;
 
     use super::*;
+    use crate::python::layouts;
+
+    /// The line as CPython 3.`minor` would compute it; None for an unsupported version.
+    fn line_in_version(minor: u32, linetable: &[u8], first_line: u32, instruction: u64) -> Option<u32> {
+        line_for_instruction(layouts::tables(minor)?.linetable(), linetable, first_line, instruction)
+    }
 
     /// The interpreters to test against, as (minor, path), one per minor version: the ones the
     /// end-to-end suite is given (`LEAKPROBE_PYTHON`, and `LEAKPROBE_EXTRA_PYTHONS` as
@@ -234,26 +246,26 @@ pub(crate) mod tests {
         let want = expand(&entries, 100);
         assert_eq!(want.len(), 16);
         for (i, w) in want.iter().enumerate() {
-            assert_eq!(line_for_instruction(11, &table, 100, i as u64), *w, "unit {i}");
+            assert_eq!(line_in_version(11, &table, 100, i as u64), *w, "unit {i}");
         }
-        assert_eq!(line_for_instruction(12, &table, 100, 0), Some(100));
-        assert_eq!(line_for_instruction(13, &table, 100, 1), Some(102));
-        assert_eq!(line_for_instruction(14, &table, 100, 4), None);
-        assert_eq!(line_for_instruction(11, &table, 100, 6), Some(101));
-        assert_eq!(line_for_instruction(11, &table, 100, 7), Some(601));
-        assert_eq!(line_for_instruction(11, &table, 100, 15), Some(601));
-        assert_eq!(line_for_instruction(11, &table, 100, 16), None, "past the table");
-        assert_eq!(line_for_instruction(9, &table, 100, 0), None, "unknown version");
+        assert_eq!(line_in_version(12, &table, 100, 0), Some(100));
+        assert_eq!(line_in_version(13, &table, 100, 1), Some(102));
+        assert_eq!(line_in_version(14, &table, 100, 4), None);
+        assert_eq!(line_in_version(11, &table, 100, 6), Some(101));
+        assert_eq!(line_in_version(11, &table, 100, 7), Some(601));
+        assert_eq!(line_in_version(11, &table, 100, 15), Some(601));
+        assert_eq!(line_in_version(11, &table, 100, 16), None, "past the table");
+        assert_eq!(line_in_version(9, &table, 100, 0), None, "unknown version");
         // A varint cut off by the end of the table, and a table not starting at an entry.
-        assert_eq!(line_for_instruction(11, &[0x80 | (13 << 3), 0x40], 1, 0), None);
-        assert_eq!(line_for_instruction(11, &[0x01, 0x80], 1, 0), None);
+        assert_eq!(line_in_version(11, &[0x80 | (13 << 3), 0x40], 1, 0), None);
+        assert_eq!(line_in_version(11, &[0x01, 0x80], 1, 0), None);
     }
 
     #[test]
     fn table_3_10_by_hand() {
         // (6 bytes, +0) (0, +127) (254, +73) (254, 0) (4, -128) (2, -3)
         let table = [6u8, 0, 0, 127, 254, 73, 254, 0, 4, 0x80, 2, 0xfd];
-        let line = |i| line_for_instruction(10, &table, 10, i);
+        let line = |i| line_in_version(10, &table, 10, i);
         assert_eq!(line(0), Some(10));
         assert_eq!(line(2), Some(10));
         assert_eq!(line(3), Some(210), "zero-width entry's delta carried into the next range");
@@ -263,16 +275,16 @@ pub(crate) mod tests {
         assert_eq!(line(257), None, "-128: no line");
         assert_eq!(line(259), Some(207), "no-line entries do not move the line");
         assert_eq!(line(260), None, "past the table");
-        assert_eq!(line_for_instruction(10, &[], 1, 0), None);
-        assert_eq!(line_for_instruction(10, &table, 10, u64::MAX), None);
+        assert_eq!(line_in_version(10, &[], 1, 0), None);
+        assert_eq!(line_in_version(10, &table, 10, u64::MAX), None);
     }
 
     proptest! {
         #[test]
         fn garbage_never_panics(table in proptest::collection::vec(any::<u8>(), 0..512), instruction in any::<u64>(),
                                 first_line in any::<u32>(), minor in 9u32..16) {
-            let _ = line_for_instruction(minor, &table, first_line, instruction);
-            let _ = line_for_instruction(minor, &table, first_line, instruction % 600);
+            let _ = line_in_version(minor, &table, first_line, instruction);
+            let _ = line_in_version(minor, &table, first_line, instruction % 600);
         }
 
         #[test]
@@ -280,9 +292,9 @@ pub(crate) mod tests {
             let table = encode(&entries);
             let want = expand(&entries, first_line);
             for (i, w) in want.iter().enumerate() {
-                prop_assert_eq!(line_for_instruction(11, &table, first_line, i as u64), *w);
+                prop_assert_eq!(line_in_version(11, &table, first_line, i as u64), *w);
             }
-            prop_assert_eq!(line_for_instruction(13, &table, first_line, want.len() as u64), None);
+            prop_assert_eq!(line_in_version(13, &table, first_line, want.len() as u64), None);
         }
 
         #[test]
@@ -295,9 +307,9 @@ pub(crate) mod tests {
                 by_byte.extend(std::iter::repeat(value).take(usize::from(width)));
             }
             for i in 0..by_byte.len() / 2 {
-                prop_assert_eq!(line_for_instruction(10, &table, first_line, i as u64), by_byte[2 * i]);
+                prop_assert_eq!(line_in_version(10, &table, first_line, i as u64), by_byte[2 * i]);
             }
-            prop_assert_eq!(line_for_instruction(10, &table, first_line, by_byte.len().div_ceil(2) as u64), None);
+            prop_assert_eq!(line_in_version(10, &table, first_line, by_byte.len().div_ceil(2) as u64), None);
         }
     }
 
@@ -420,10 +432,10 @@ def far_lines(a):
                 let lines: Vec<i64> = f.next().unwrap_or("").split_whitespace().map(|l| l.parse().unwrap()).collect();
                 for (unit, &want) in lines.iter().enumerate() {
                     let want = u32::try_from(want).ok();
-                    let got = line_for_instruction(minor, &table, first_line, unit as u64);
+                    let got = line_in_version(minor, &table, first_line, unit as u64);
                     assert_eq!(got, want, "3.{minor} {name} (first line {first_line}) unit {unit}");
                 }
-                assert_eq!(line_for_instruction(minor, &table, first_line, lines.len() as u64 + (1 << 20)), None);
+                assert_eq!(line_in_version(minor, &table, first_line, lines.len() as u64 + (1 << 20)), None);
                 code_objects += 1;
                 units_checked += lines.len();
             }

@@ -1,6 +1,8 @@
 //! Reading CPython from outside: version and layout detection, thread states, code objects.
 
+pub mod debug_offsets;
 pub mod layout;
+pub mod layouts;
 pub mod linetable;
 pub mod memory;
 pub mod objects;

@@ -2,58 +2,10 @@
 //! from a process that keeps running while we read, so each value is checked (lengths bounded,
 //! bit flags consistent, CPython's trailing NUL present) and anything odd yields `None`.
 
-use super::memory::{ReadMemory, MAX_READ};
-
-/// Offsets needed to read str, bytes and code objects (filled per version by the caller).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ObjectLayout {
-    /// Offset of the `state` bitfield in PyASCIIObject (32 on 3.10-3.14 GIL builds).
-    pub unicode_state: u64,
-    /// `PyASCIIObject.length` (characters).
-    pub unicode_length: u64,
-    /// sizeof(PyASCIIObject): where compact ASCII data starts.
-    pub ascii_data: u64,
-    /// sizeof(PyCompactUnicodeObject): where compact non-ASCII data starts.
-    pub compact_data: u64,
-    /// `PyBytesObject.ob_size`.
-    pub bytes_size: u64,
-    /// `PyBytesObject.ob_sval`.
-    pub bytes_data: u64,
-    pub code_firstlineno: u64,
-    pub code_filename: u64,
-    pub code_name: u64,
-    /// None on 3.10 (no `co_qualname`).
-    pub code_qualname: Option<u64>,
-    pub code_linetable: u64,
-}
-
-impl ObjectLayout {
-    /// GIL builds of CPython 3.10..=14 on 64-bit Linux (python-unwinding.md §2.3/§2.4; checked
-    /// live by this module's tests for 3.10–3.13).
-    pub fn for_version(minor: u32) -> Option<ObjectLayout> {
-        // 3.12 dropped `wstr` (and `wstr_length`), shrinking both str headers by 8 and 16 bytes.
-        let (ascii_data, compact_data) = if minor <= 11 { (48, 72) } else { (40, 56) };
-        let (firstlineno, filename, name, qualname, linetable) = match minor {
-            10 => (40, 104, 112, None, 120),
-            11 => (72, 112, 120, Some(128), 136),
-            12..=14 => (68, 112, 120, Some(128), 136),
-            _ => return None,
-        };
-        Some(ObjectLayout {
-            unicode_state: 32,
-            unicode_length: 16,
-            ascii_data,
-            compact_data,
-            bytes_size: 16,
-            bytes_data: 32,
-            code_firstlineno: firstlineno,
-            code_filename: filename,
-            code_name: name,
-            code_qualname: qualname,
-            code_linetable: linetable,
-        })
-    }
-}
+use super::{
+    layout::{BytesLayout, ObjectLayout, StrLayout},
+    memory::{ReadMemory, MAX_READ},
+};
 
 /// Longest `str` we decode, in characters: names and paths are short, garbage lengths are not.
 pub const MAX_STR_CHARS: u64 = 64 * 1024;
@@ -85,13 +37,13 @@ fn at(base: u64, offset: u64) -> Option<u64> {
 /// A compact `str` (ASCII or latin-1/UCS-2/UCS-4). Legacy (non-compact) strings, which only old C
 /// extension APIs create, are `None`. Lone surrogates (legal in Python strs, e.g. from
 /// `surrogateescape` file names) become U+FFFD.
-pub fn read_str(mem: &impl ReadMemory, layout: &ObjectLayout, address: u64) -> Option<String> {
+pub fn read_str(mem: &impl ReadMemory, layout: &StrLayout, address: u64) -> Option<String> {
     // `length` is a Py_ssize_t: a negative one reads as a huge u64 and is refused here too.
-    let length = mem.read_u64(at(address, layout.unicode_length)?).ok()?;
+    let length = mem.read_u64(at(address, layout.length)?).ok()?;
     if length > MAX_STR_CHARS {
         return None;
     }
-    let state = decode_state(mem.read_u32(at(address, layout.unicode_state)?).ok()?);
+    let state = decode_state(mem.read_u32(at(address, layout.state)?).ok()?);
     if !state.compact || !matches!(state.kind, 1 | 2 | 4) || (state.ascii && state.kind != 1) {
         return None;
     }
@@ -122,13 +74,13 @@ pub fn read_str(mem: &impl ReadMemory, layout: &ObjectLayout, address: u64) -> O
 }
 
 /// The contents of a `bytes` object of at most `max_len` bytes (and at most `MAX_READ`).
-pub fn read_bytes(mem: &impl ReadMemory, layout: &ObjectLayout, address: u64, max_len: usize) -> Option<Vec<u8>> {
-    let size = usize::try_from(mem.read_u64(at(address, layout.bytes_size)?).ok()?).ok()?;
+pub fn read_bytes(mem: &impl ReadMemory, layout: &BytesLayout, address: u64, max_len: usize) -> Option<Vec<u8>> {
+    let size = usize::try_from(mem.read_u64(at(address, layout.size)?).ok()?).ok()?;
     if size > max_len.min(MAX_READ - 1) {
         return None;
     }
     // `ob_sval` holds size + 1 bytes, the last always NUL.
-    let mut data = mem.read_vec(at(address, layout.bytes_data)?, size + 1).ok()?;
+    let mut data = mem.read_vec(at(address, layout.data)?, size + 1).ok()?;
     if data.pop() != Some(0) {
         return None;
     }
@@ -149,16 +101,17 @@ pub struct CodeInfo {
 pub fn read_code(mem: &impl ReadMemory, layout: &ObjectLayout, address: u64) -> Option<CodeInfo> {
     let pointer = |offset: u64| mem.read_u64(at(address, offset)?).ok();
     // `co_firstlineno` is a C int; negative means garbage.
-    let first_line = mem.read_u32(at(address, layout.code_firstlineno)?).ok()?;
+    let code = &layout.code;
+    let first_line = mem.read_u32(at(address, code.firstlineno)?).ok()?;
     if first_line > i32::MAX as u32 {
         return None;
     }
-    let filename = read_str(mem, layout, pointer(layout.code_filename)?)?;
-    let qualname = layout
-        .code_qualname
-        .and_then(|offset| read_str(mem, layout, pointer(offset)?))
-        .or_else(|| read_str(mem, layout, pointer(layout.code_name)?))?;
-    let linetable = read_bytes(mem, layout, pointer(layout.code_linetable)?, MAX_LINETABLE)?;
+    let filename = read_str(mem, &layout.str, pointer(code.filename)?)?;
+    let qualname = code
+        .qualname
+        .and_then(|offset| read_str(mem, &layout.str, pointer(offset)?))
+        .or_else(|| read_str(mem, &layout.str, pointer(code.name)?))?;
+    let linetable = read_bytes(mem, &layout.bytes, pointer(code.linetable)?, MAX_LINETABLE)?;
     Some(CodeInfo { qualname, filename, first_line, linetable })
 }
 
@@ -172,12 +125,12 @@ mod tests {
     use proptest::prelude::*;
 
     use super::*;
-    use crate::python::{linetable::tests::test_interpreters, memory::RemoteMemory, memory::SliceMemory};
+    use crate::python::{layouts, linetable::tests::test_interpreters, memory::RemoteMemory, memory::SliceMemory};
 
     const BASE: u64 = 0x10_000;
 
     /// Lays out a compact str at BASE the way CPython does: header, data, NUL.
-    fn str_object(layout: &ObjectLayout, length: u64, state: u32, data: &[u8]) -> Vec<u8> {
+    fn str_object(layout: &StrLayout, length: u64, state: u32, data: &[u8]) -> Vec<u8> {
         let header = if state & (1 << 6) != 0 { layout.ascii_data } else { layout.compact_data };
         let mut obj = vec![0u8; header as usize];
         obj[16..24].copy_from_slice(&length.to_le_bytes());
@@ -195,7 +148,7 @@ mod tests {
     #[test]
     fn every_kind_by_hand() {
         for minor in [10, 11, 12, 13, 14] {
-            let l = ObjectLayout::for_version(minor).unwrap();
+            let l = layouts::objects(minor).unwrap().str;
             let read = |obj: Vec<u8>| read_str(&SliceMemory { base: BASE, bytes: &obj }, &l, BASE);
             assert_eq!(read(str_object(&l, 5, state(1, true), b"hello")).as_deref(), Some("hello"));
             assert_eq!(read(str_object(&l, 0, state(1, true), b"")).as_deref(), Some(""));
@@ -215,13 +168,13 @@ mod tests {
             assert_eq!(read(str_object(&l, 1 << 40, state(1, true), b"ab")), None);
             assert_eq!(read(str_object(&l, u64::MAX, state(1, true), b"ab")), None);
         }
-        assert_eq!(ObjectLayout::for_version(9), None);
-        assert_eq!(ObjectLayout::for_version(15), None);
+        assert_eq!(layouts::objects(9), None);
+        assert_eq!(layouts::objects(15), None);
     }
 
     #[test]
     fn bytes_and_code_by_hand() {
-        let l = ObjectLayout::for_version(12).unwrap();
+        let l = layouts::objects(12).unwrap();
         // Code object at BASE, then a str "f.py" at +0x100, "Q.f" at +0x200, bytes at +0x300.
         let mut mem = vec![0u8; 0x400];
         mem[68..72].copy_from_slice(&7u32.to_le_bytes());
@@ -229,8 +182,8 @@ mod tests {
             mem[offset..offset + 8].copy_from_slice(&(BASE + target).to_le_bytes());
         }
         let put = |mem: &mut Vec<u8>, at: usize, obj: &[u8]| mem[at..at + obj.len()].copy_from_slice(obj);
-        put(&mut mem, 0x100, &str_object(&l, 4, state(1, true), b"f.py"));
-        put(&mut mem, 0x200, &str_object(&l, 3, state(1, true), b"Q.f"));
+        put(&mut mem, 0x100, &str_object(&l.str, 4, state(1, true), b"f.py"));
+        put(&mut mem, 0x200, &str_object(&l.str, 3, state(1, true), b"Q.f"));
         put(&mut mem, 0x300 + 16, &3u64.to_le_bytes());
         put(&mut mem, 0x300 + 32, &[0x80, 0x00, 0xff, 0]);
         let slice = SliceMemory { base: BASE, bytes: &mem };
@@ -239,11 +192,11 @@ mod tests {
             code,
             CodeInfo { qualname: "Q.f".into(), filename: "f.py".into(), first_line: 7, linetable: vec![0x80, 0, 0xff] }
         );
-        assert_eq!(read_bytes(&slice, &l, BASE + 0x300, 2), None, "longer than max_len");
+        assert_eq!(read_bytes(&slice, &l.bytes, BASE + 0x300, 2), None, "longer than max_len");
         put(&mut mem, 0x300 + 16, &u64::MAX.to_le_bytes());
-        assert_eq!(read_bytes(&SliceMemory { base: BASE, bytes: &mem }, &l, BASE + 0x300, usize::MAX), None);
+        assert_eq!(read_bytes(&SliceMemory { base: BASE, bytes: &mem }, &l.bytes, BASE + 0x300, usize::MAX), None);
         put(&mut mem, 0x300 + 16, &(1u64 << 30).to_le_bytes());
-        assert_eq!(read_bytes(&SliceMemory { base: BASE, bytes: &mem }, &l, BASE + 0x300, usize::MAX), None);
+        assert_eq!(read_bytes(&SliceMemory { base: BASE, bytes: &mem }, &l.bytes, BASE + 0x300, usize::MAX), None);
         put(&mut mem, 68, &(-1i32).to_le_bytes());
         assert_eq!(read_code(&SliceMemory { base: BASE, bytes: &mem }, &l, BASE), None);
         assert_eq!(read_code(&SliceMemory { base: BASE, bytes: &mem }, &l, u64::MAX - 8), None);
@@ -252,10 +205,10 @@ mod tests {
     proptest! {
         #[test]
         fn garbage_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..1024), offset in 0u64..1100, minor in 10u32..=14) {
-            let l = ObjectLayout::for_version(minor).unwrap();
+            let l = layouts::objects(minor).unwrap();
             let mem = SliceMemory { base: BASE, bytes: &bytes };
-            let _ = read_str(&mem, &l, BASE + offset);
-            let _ = read_bytes(&mem, &l, BASE + offset, usize::MAX);
+            let _ = read_str(&mem, &l.str, BASE + offset);
+            let _ = read_bytes(&mem, &l.bytes, BASE + offset, usize::MAX);
             let _ = read_code(&mem, &l, BASE + offset);
         }
     }
@@ -323,7 +276,7 @@ sys.stdin.read()
                     .unwrap(),
             );
             let mem = RemoteMemory { pid: child.0.id() };
-            let layout = ObjectLayout::for_version(minor).unwrap();
+            let layout = layouts::objects(minor).unwrap();
             let (mut codes, mut strs, mut blobs) = (0, 0, 0);
             for line in BufReader::new(child.0.stdout.take().unwrap()).lines() {
                 let line = line.unwrap();
@@ -344,12 +297,12 @@ sys.stdin.read()
                         codes += 1;
                     }
                     "str" => {
-                        let raw_state = mem.read_u32(address + layout.unicode_state).unwrap();
+                        let raw_state = mem.read_u32(address + layout.str.state).unwrap();
                         let s = decode_state(raw_state);
                         let want = StrState { kind: f[3].parse().unwrap(), compact: true, ascii: f[4] == "1" };
                         assert_eq!(s, want, "3.{minor} state {raw_state:#x}");
                         let text = String::from_utf8(unhex(f[2])).unwrap();
-                        assert_eq!(read_str(&mem, &layout, address), Some(text.clone()), "3.{minor}");
+                        assert_eq!(read_str(&mem, &layout.str, address), Some(text.clone()), "3.{minor}");
                         eprintln!(
                             "3.{minor} str state {raw_state:#06x} kind {} ascii {} {:?}",
                             s.kind,
@@ -359,9 +312,9 @@ sys.stdin.read()
                         strs += 1;
                     }
                     "bytes" => {
-                        assert_eq!(read_bytes(&mem, &layout, address, 1 << 16), Some(unhex(f[2])), "3.{minor}");
+                        assert_eq!(read_bytes(&mem, &layout.bytes, address, 1 << 16), Some(unhex(f[2])), "3.{minor}");
                         assert_eq!(
-                            read_bytes(&mem, &layout, address, 1),
+                            read_bytes(&mem, &layout.bytes, address, 1),
                             if f[2].len() <= 3 { Some(unhex(f[2])) } else { None }
                         );
                         blobs += 1;

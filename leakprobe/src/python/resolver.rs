@@ -38,12 +38,9 @@ impl PythonResolver {
     }
 
     fn identity(&self, code: u64) -> Option<(u64, u64)> {
-        let o = &self.python.objects;
+        let o = &self.python.layout.objects.code;
         let mem = &self.python.mem;
-        Some((
-            mem.read_u64(code.wrapping_add(o.code_filename)).ok()?,
-            mem.read_u64(code.wrapping_add(o.code_name)).ok()?,
-        ))
+        Some((mem.read_u64(code.wrapping_add(o.filename)).ok()?, mem.read_u64(code.wrapping_add(o.name)).ok()?))
     }
 
     fn code(&mut self, code: u64) -> Option<&CodeInfo> {
@@ -57,7 +54,7 @@ impl PythonResolver {
             if self.cache.len() >= MAX_CACHED {
                 self.cache.clear();
             }
-            let info = objects::read_code(&self.python.mem, &self.python.objects, code);
+            let info = objects::read_code(&self.python.mem, &self.python.layout.objects, code);
             self.cache.insert(code, Cached { identity: identity.unwrap_or_default(), info });
         }
         self.cache.get(&code).and_then(|c| c.info.as_ref())
@@ -65,12 +62,12 @@ impl PythonResolver {
 
     /// One frame; unreadable code objects become `<unknown>` frames, never an error.
     pub fn frame(&mut self, frame: &PythonFrame) -> Frame {
-        let minor = self.python.layout.minor;
+        let format = self.python.layout.linetable;
         match self.code(frame.code_object) {
             Some(info) => Frame {
                 function: info.qualname.clone(),
                 file: Some(info.filename.clone()),
-                line: linetable::line_for_instruction(minor, &info.linetable, info.first_line, frame.instruction)
+                line: linetable::line_for_instruction(format, &info.linetable, info.first_line, frame.instruction)
                     .or(Some(info.first_line)),
                 object: None,
                 kind: FrameKind::Python,

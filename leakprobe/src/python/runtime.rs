@@ -1,16 +1,21 @@
 //! Finding the CPython interpreter inside a target process: which mapped file holds it, where its
 //! `_PyRuntime` is, which version it is, its layout, and its threads.
 
-use std::{collections::HashMap, fs, path::Path};
+use std::{collections::HashMap, path::Path};
 
 use leakprobe_common::PythonConfig;
 
 use super::{
-    layout::{self, PythonLayout, ThreadId, GLIBC_PTHREAD_TID},
+    debug_offsets,
+    layout::{Layout, ThreadId, VersionTables, GLIBC_PTHREAD_TID},
+    layouts,
     memory::{ReadMemory, RemoteMemory},
-    objects::ObjectLayout,
 };
-use crate::{elf_symbols, target::Target};
+use crate::{
+    elf_symbols,
+    proc_maps::{self, Mapping},
+    target::Target,
+};
 
 /// Most threads (and interpreters) we follow in the target's lists: a bound against garbage.
 const MAX_THREADS: usize = 4096;
@@ -20,8 +25,10 @@ pub struct PythonRuntime {
     pub pid: u32,
     /// `3.11.7` (or `3.10` when only the file name tells).
     pub version: String,
-    pub layout: PythonLayout,
-    pub objects: ObjectLayout,
+    /// Where this interpreter keeps everything leakprobe reads: decided once, here.
+    pub layout: Layout,
+    /// The kernel's walking recipe (the layout's, with this process's addresses).
+    pub kernel: PythonConfig,
     /// Address of `_PyRuntime` in the target.
     pub runtime: u64,
     /// Address of `PyType_Type` in the target, when its symbol is there.
@@ -35,21 +42,12 @@ pub struct PythonRuntime {
 pub type Detection = Result<Option<PythonRuntime>, String>;
 
 /// Start of the mapping of `path` at file offset 0 in the target's maps.
-fn load_base(maps: &str, path: &str) -> Option<u64> {
-    maps.lines().find_map(|line| {
-        let mut f = line.split_whitespace();
-        let range = f.next()?;
-        let offset = f.nth(1)?;
-        let p = f.nth(2)?;
-        (p == path && u64::from_str_radix(offset, 16).ok()? == 0)
-            .then(|| u64::from_str_radix(range.split('-').next()?, 16).ok())
-            .flatten()
-    })
+fn load_base(maps: &[Mapping], path: &str) -> Option<u64> {
+    maps.iter().find(|m| m.offset == 0 && m.path.as_deref() == Some(path)).map(|m| m.start)
 }
 
 pub fn detect(target: &Target) -> Detection {
-    let maps =
-        fs::read_to_string(format!("/proc/{}/maps", target.pid)).map_err(|e| format!("cannot read maps: {e}"))?;
+    let maps = proc_maps::read(target.pid).map_err(|e| format!("cannot read maps: {e}"))?;
     let wanted = ["_PyRuntime", "Py_Version", "_Py_NoneStruct", "_PyEval_EvalFrameDefault", "PyType_Type"];
     let mut found: Option<(HashMap<String, u64>, u64, &crate::target::HookableObject)> = None;
     for object in &target.objects {
@@ -81,23 +79,27 @@ pub fn detect(target: &Target) -> Detection {
             (minor, v)
         }
     };
-    let mut layout = match minor {
-        10..=12 => layout::builtin(minor).ok_or_else(|| format!("no layout for CPython {version}"))?,
-        13..=14 => layout::from_debug_offsets(&mem, runtime).map_err(|e| format!("CPython {version}: {e}"))?,
-        _ => return Err(format!("CPython {version} is not supported (3.10 to 3.14 are): native stacks only")),
+    let layout = match layouts::tables(minor) {
+        Some(VersionTables::Complete(layout)) => layout,
+        Some(VersionTables::SelfDescribed(_)) => {
+            debug_offsets::read_layout(&mem, runtime).map_err(|e| format!("CPython {version}: {e}"))?
+        }
+        None => {
+            let supported = layouts::supported();
+            return Err(format!("CPython {version} is not supported ({supported} are): native stacks only"));
+        }
     };
+    let mut kernel = layout.kernel_config();
     if let Some(none) = symbols.get("_Py_NoneStruct") {
-        layout.kernel.none_address = none.wrapping_add(bias);
+        kernel.none_address = none.wrapping_add(bias);
     }
     // With frame pointers the whole native walk is sound; without, only its first frame is.
     let eval_loop = symbols.get("_PyEval_EvalFrameDefault").map(|v| v.wrapping_add(bias));
     if eval_loop.is_some_and(|address| has_frame_pointer(&mem, address)) {
-        layout.kernel.native_frames_with_python = leakprobe_common::MAX_NATIVE_FRAMES as u32;
+        kernel.native_frames_with_python = leakprobe_common::MAX_NATIVE_FRAMES as u32;
     }
-    let objects = ObjectLayout::for_version(minor).ok_or_else(|| format!("no object layout for CPython {version}"))?;
     let type_type = symbols.get("PyType_Type").map(|v| v.wrapping_add(bias));
-    let python =
-        PythonRuntime { pid: target.pid, version, layout, objects, runtime, type_type, object_path: path, mem };
+    let python = PythonRuntime { pid: target.pid, version, layout, kernel, runtime, type_type, object_path: path, mem };
     // Prove the layout on the live process: its thread list must name its own threads.
     let threads = python.thread_states();
     if threads.is_empty() {
@@ -119,13 +121,13 @@ fn has_frame_pointer(mem: &impl ReadMemory, address: u64) -> bool {
 
 impl PythonRuntime {
     pub fn kernel_config(&self) -> PythonConfig {
-        self.layout.kernel
+        self.kernel
     }
 
     /// (tid, thread state address) of every thread the interpreter knows, keeping only tids that
     /// are threads of the target (anything else is garbage read from a mutating list).
     pub fn thread_states(&self) -> Vec<(u32, u64)> {
-        let l = &self.layout;
+        let l = &self.layout.threads;
         let mut out = Vec::new();
         let Ok(interp) = self.mem.read_u64(self.runtime.wrapping_add(l.runtime_interpreters_head)) else { return out };
         if interp == 0 {
@@ -173,8 +175,8 @@ mod tests {
 
     #[test]
     fn load_base_is_the_offset_zero_mapping() {
-        let maps = "7f00-7f10 r--p 00000000 fe:01 9 /lib/libpython3.11.so.1.0\n7f10-7f20 r-xp 00010000 fe:01 9 /lib/libpython3.11.so.1.0\n";
-        assert_eq!(load_base(maps, "/lib/libpython3.11.so.1.0"), Some(0x7f00));
-        assert_eq!(load_base(maps, "/lib/other.so"), None);
+        let maps = proc_maps::parse("7f00-7f10 r--p 00000000 fe:01 9 /lib/libpython3.11.so.1.0\n7f10-7f20 r-xp 00010000 fe:01 9 /lib/libpython3.11.so.1.0\n");
+        assert_eq!(load_base(&maps, "/lib/libpython3.11.so.1.0"), Some(0x7f00));
+        assert_eq!(load_base(&maps, "/lib/other.so"), None);
     }
 }
