@@ -281,6 +281,11 @@ impl Counter {
     pub fn is_drop(self) -> bool {
         self.name().starts_with("drop_")
     }
+
+    /// Every counter, in index order.
+    pub fn all() -> impl Iterator<Item = Counter> {
+        (0..Self::COUNT).filter_map(Counter::from_u32)
+    }
 }
 
 /// Marks an offset that does not apply to this CPython version.
@@ -322,19 +327,84 @@ pub struct PythonConfig {
     pub reserved: u32,
 }
 
-/// Names of the maps and globals, shared so a rename cannot split the two sides.
+/// Names of the maps, globals and programs, shared so a rename cannot split the two sides. The
+/// kernel's `#[map]` and program macros take the static's or function's own identifier (not a
+/// constant), so `leakprobe-ebpf` spells each name once more: a rename there must be made here too
+/// (`kernel::tests::object_names_match_common` checks the built object against this module).
 pub mod names {
+    // Maps.
     pub const LIVE_ALLOCATIONS: &str = "LIVE_ALLOCATIONS";
     pub const STACKS: &str = "STACKS";
     pub const STACK_COUNTERS: &str = "STACK_COUNTERS";
     pub const PENDING: &str = "PENDING";
+    pub const BRK_CURRENT: &str = "BRK_CURRENT";
     pub const COUNTERS: &str = "COUNTERS";
-    pub const TARGET_TGID: &str = "TARGET_TGID";
     pub const PYTHON_CONFIG: &str = "PYTHON_CONFIG";
     pub const THREAD_STATES: &str = "THREAD_STATES";
     pub const TARGETS: &str = "TARGETS";
     pub const PROCESS_EVENTS: &str = "PROCESS_EVENTS";
+    /// Maps userspace reads or writes (`SCRATCH_STACK` is the kernel's own).
+    pub const MAPS: &[&str] = &[
+        LIVE_ALLOCATIONS,
+        STACKS,
+        STACK_COUNTERS,
+        PENDING,
+        BRK_CURRENT,
+        COUNTERS,
+        PYTHON_CONFIG,
+        THREAD_STATES,
+        TARGETS,
+        PROCESS_EVENTS,
+    ];
+
+    // Globals the loader overrides.
+    pub const TARGET_TGID: &str = "TARGET_TGID";
     pub const FORK_CHILD_PID_OFFSET: &str = "FORK_CHILD_PID_OFFSET";
+
+    // Uprobe programs, one per `CallShape` of entry, and the one return probe.
+    pub const ALLOC_SIZE: &str = "alloc_size";
+    pub const ALLOC_COUNT_SIZE: &str = "alloc_count_size";
+    pub const ALLOC_PTR_SIZE: &str = "alloc_ptr_size";
+    pub const ALLOC_PTR_COUNT_SIZE: &str = "alloc_ptr_count_size";
+    pub const ALLOC_ALIGN_SIZE: &str = "alloc_align_size";
+    pub const ALLOC_POSIX_MEMALIGN: &str = "alloc_posix_memalign";
+    pub const FREE_PTR: &str = "free_ptr";
+    pub const ALLOC_RETURN: &str = "alloc_return";
+    /// Every uprobe program: the ones the budget charges for.
+    pub const UPROBE_PROGRAMS: &[&str] = &[
+        ALLOC_SIZE,
+        ALLOC_COUNT_SIZE,
+        ALLOC_PTR_SIZE,
+        ALLOC_PTR_COUNT_SIZE,
+        ALLOC_ALIGN_SIZE,
+        ALLOC_POSIX_MEMALIGN,
+        FREE_PTR,
+        ALLOC_RETURN,
+    ];
+
+    /// The memory-syscall tracepoint programs and their tracepoints (category `syscalls`).
+    pub const SYSCALL_TRACEPOINTS: &[(&str, &str)] = &[
+        ("mmap_enter", "sys_enter_mmap"),
+        ("mmap_exit", "sys_exit_mmap"),
+        ("munmap_enter", "sys_enter_munmap"),
+        ("mremap_enter", "sys_enter_mremap"),
+        ("mremap_exit", "sys_exit_mremap"),
+        ("brk_enter", "sys_enter_brk"),
+        ("brk_exit", "sys_exit_brk"),
+    ];
+    /// The process-lifecycle tracepoint programs of the agent and their tracepoints (category
+    /// `sched`).
+    pub const SCHED_TRACEPOINTS: &[(&str, &str)] = &[
+        ("process_exec", "sched_process_exec"),
+        ("process_fork", "sched_process_fork"),
+        ("process_exit", "sched_process_exit"),
+    ];
+
+    /// Every program in the kernel object: uprobes, then syscall and sched tracepoints.
+    pub fn programs() -> impl Iterator<Item = &'static str> {
+        let tracepoints = SYSCALL_TRACEPOINTS.iter().chain(SCHED_TRACEPOINTS).map(|&(program, _)| program);
+        UPROBE_PROGRAMS.iter().copied().chain(tracepoints)
+    }
 }
 
 /// What happened to a process, as the node-wide agent hears it from the kernel.

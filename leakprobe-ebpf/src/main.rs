@@ -3,6 +3,10 @@
 //! place, so userspace reads aggregates each interval instead of a stream of events.
 //!
 //! Every program is a thin wrapper: read the arguments, call into `record`.
+//!
+//! Userspace loads each program by its function's name, spelled again in `leakprobe_common::names`
+//! (the program macros take no constant): a program added or renamed here goes there too, where
+//! leakprobe's `kernel::tests::object_names_match_common` checks them against the built object.
 #![no_std]
 #![no_main]
 // Atomic add on map values: the BPF target has no `AtomicU64::fetch_add` in core.

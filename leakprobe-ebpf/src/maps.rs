@@ -1,4 +1,7 @@
 //! The maps shared with userspace. Sizes here are defaults; the loader resizes them before load.
+//! Userspace finds each map by name: `#[map]` takes the static's identifier and no constant, so a
+//! rename here must be made in `leakprobe_common::names` too (leakprobe's
+//! `kernel::tests::object_names_match_common` checks the built object against it).
 
 use aya_ebpf::{
     macros::map,

@@ -1,10 +1,11 @@
 //! leakprobe: find memory leaks in live Python processes with eBPF.
 //!
-//! Data flow: `target` finds what to hook in the process, `loader` loads and attaches the kernel
-//! programs, `sampler` reads their per-stack aggregates and the process's memory each interval into
-//! an `aggregate::Recording`, `verdict` (on top of `trend`) decides leak / no-leak / inconclusive,
-//! `assess` turns that into what record, watch, the agent and logs say of a process, `symbolize`
-//! names the frames, and `report` renders it all.
+//! Data flow: `target` finds what to hook in the process, `kernel` loads the kernel programs and
+//! reads their maps, `loader` attaches them to the process, the recording reads their per-stack
+//! aggregates and the process's memory each interval into an `aggregate::Recording`, `verdict`
+//! (on top of `trend`) decides leak / no-leak / inconclusive, `assess` turns that into what
+//! record, watch, the agent and logs say of a process, `symbolize` names the frames, and `report`
+//! renders it all.
 
 pub mod accounting;
 pub mod advice;
@@ -14,6 +15,7 @@ pub mod assess;
 pub mod budget;
 pub mod cgroup;
 pub mod elf_symbols;
+pub mod kernel;
 pub mod liveness;
 pub mod loader;
 pub mod logs;
@@ -24,7 +26,6 @@ pub mod python;
 pub mod record;
 pub mod report;
 pub mod sampled_heap;
-pub mod sampler;
 pub mod stack_names;
 pub mod symbolize;
 pub mod target;

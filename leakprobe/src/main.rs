@@ -5,7 +5,7 @@ use std::{path::PathBuf, process::ExitCode, time::Duration};
 use clap::{Parser, Subcommand};
 use leakprobe::{
     agent::{self, escalation::EscalationPolicy, AgentOptions},
-    loader::TableSizes,
+    kernel::TableSizes,
     record::{self, RecordOptions},
     report::{self, Format},
     stack_names::StackView,

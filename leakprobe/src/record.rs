@@ -18,7 +18,8 @@ use crate::{
     advice::{StackAdvisor, TargetSources},
     aggregate::{LowWater, Recording},
     cgroup,
-    loader::{self, Probes, TableSizes},
+    kernel::TableSizes,
+    loader::{self, Probes},
     process_memory,
     python::{self, resolver::PythonResolver, runtime::PythonRuntime},
     report::{
@@ -26,7 +27,6 @@ use crate::{
         HookInfo, Report, TargetInfo,
     },
     sampled_heap::SampledHeap,
-    sampler,
     stack_names::{StackNamer, StackView},
     symbolize::NativeSymbolizer,
     target::{self, Target},
@@ -163,7 +163,7 @@ pub async fn record(opts: RecordOptions) -> Result<Report> {
             target.exe,
             probes.hooks.len(),
             objects.join(", "),
-            loader::SYSCALL_TRACEPOINTS.len(),
+            leakprobe_common::names::SYSCALL_TRACEPOINTS.len(),
             opts.duration.map(|d| format!("for {}, ", humantime::format_duration(d))).unwrap_or_default()
         );
     }
@@ -280,13 +280,13 @@ async fn sample_until_done(
             }
             _ = thread_refresh.tick() => {
                 if let Some(python) = python {
-                    probes.set_thread_states(&python.thread_states())?;
+                    probes.kernel_mut().set_thread_states(&python.thread_states())?;
                 }
                 continue;
             }
             _ = low_water_read.tick(), if low_water.is_some() => {
                 if let Some(low) = low_water.as_mut() {
-                    low.observe(&sampler::stack_counters(probes)?);
+                    low.observe(&probes.kernel().stack_counters()?);
                 }
                 continue;
             }
@@ -305,7 +305,7 @@ async fn sample_until_done(
             snapshot = low.finish(&snapshot);
         }
         namer.learn(probes, snapshot.iter().map(|(id, _)| *id));
-        recording.push(t, memory, &snapshot, sampler::counters(probes)?);
+        recording.push(t, memory, &snapshot, probes.kernel().counters()?.named());
         if opts.progress {
             progress_line(&recording, t);
         }
@@ -327,7 +327,7 @@ async fn sample_until_done(
         if let Some(low) = low_water.as_mut() {
             snapshot = low.finish(&snapshot);
         }
-        recording.push(t, process_memory::read(target.pid), &snapshot, sampler::counters(probes)?);
+        recording.push(t, process_memory::read(target.pid), &snapshot, probes.kernel().counters()?.named());
     }
     drop(launched);
     Ok((recording, end))
@@ -341,7 +341,7 @@ fn stack_snapshot(
 ) -> Result<Vec<(u64, leakprobe_common::StackCounters)>> {
     match (heap, python) {
         (Some(heap), Some(python)) => heap.snapshot(probes, &python.mem),
-        _ => sampler::stack_counters(probes),
+        _ => probes.kernel().stack_counters(),
     }
 }
 

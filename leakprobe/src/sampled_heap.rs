@@ -4,15 +4,13 @@
 
 use std::collections::{HashMap, HashSet};
 
-use anyhow::{anyhow, Result};
-use aya::maps::{HashMap as BpfHashMap, MapData};
-use leakprobe_common::{names, AllocFunction, CallShape, LiveAllocation, LiveKey, StackCounters};
+use anyhow::Result;
+use leakprobe_common::{AllocFunction, CallShape, LiveAllocation, LiveKey, StackCounters};
 
 use crate::{
     liveness::{Liveness, Pass},
     loader::Probes,
     python::memory::ReadMemory,
-    sampler,
 };
 
 pub struct SampledHeap {
@@ -54,14 +52,14 @@ impl SampledHeap {
     /// it is best taken while the window is still open, before the target runs at full speed and
     /// frees and reuses blocks (CPython's free lists reuse them without calling the allocator).
     pub fn look(&mut self, probes: &mut Probes, mem: &impl ReadMemory) -> Result<()> {
-        let counters = sampler::stack_counters(probes)?;
+        let counters = probes.kernel().stack_counters()?;
         self.check(probes, mem, &counters, true).map(|_| ())
     }
 
     /// Per-stack counters: live sampled objects for object stacks, the kernel's counters for
     /// syscall stacks. Dead and unjudgeable samples are removed from the kernel's table.
     pub fn snapshot(&mut self, probes: &mut Probes, mem: &impl ReadMemory) -> Result<Vec<(u64, StackCounters)>> {
-        let counters = sampler::stack_counters(probes)?;
+        let counters = probes.kernel().stack_counters()?;
         let pass = self.check(probes, mem, &counters, false)?;
         let mut out: Vec<(u64, StackCounters)> = counters
             .into_iter()
@@ -89,21 +87,15 @@ impl SampledHeap {
     ) -> Result<Pass> {
         for (id, _) in counters {
             if !self.functions.contains_key(id) {
-                let function = sampler::stack_trace(probes, *id).and_then(|t| AllocFunction::from_u32(t.function));
-                self.functions.insert(*id, function);
+                self.functions.insert(*id, probes.kernel().stack_function(*id));
             }
         }
-        let mut table: BpfHashMap<&mut MapData, LiveKey, LiveAllocation> = BpfHashMap::try_from(
-            probes
-                .ebpf
-                .map_mut(names::LIVE_ALLOCATIONS)
-                .ok_or_else(|| anyhow!("map {} missing", names::LIVE_ALLOCATIONS))?,
-        )?;
         // One process per table here (`record`): the key's process is the target.
         let mut tgid = 0;
-        let sampled: Vec<(u64, LiveAllocation)> = table
-            .iter()
-            .filter_map(|entry| entry.ok())
+        let sampled: Vec<(u64, LiveAllocation)> = probes
+            .kernel()
+            .live_allocations()?
+            .into_iter()
             .filter(|(_, a)| holds_objects(self.functions.get(&a.stack_id).copied().flatten()))
             .map(|(key, a)| {
                 tgid = key.tgid;
@@ -111,9 +103,8 @@ impl SampledHeap {
             })
             .collect();
         let pass = self.liveness.check(mem, &sampled, first_looks);
-        for &address in &pass.forget {
-            let _ = table.remove(&LiveKey { address, tgid, reserved: 0 });
-        }
+        let forget: Vec<LiveKey> = pass.forget.iter().map(|&address| LiveKey { address, tgid, reserved: 0 }).collect();
+        probes.kernel_mut().remove_live_allocations(&forget)?;
         Ok(pass)
     }
 }

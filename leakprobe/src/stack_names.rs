@@ -12,7 +12,6 @@ use crate::{
     loader::Probes,
     python::resolver::PythonResolver,
     report::build::ResolvedStack,
-    sampler,
     symbolize::{Frame, FrameKind, NativeSymbolizer},
 };
 
@@ -52,7 +51,7 @@ impl StackNamer {
         }
         for id in stack_ids {
             if !self.python_frames.contains_key(&id) {
-                if let Some(trace) = sampler::stack_trace(probes, id) {
+                if let Some(trace) = probes.kernel().stack_trace(id) {
                     self.python_frames_of(id, &trace);
                 }
             }
@@ -71,7 +70,7 @@ impl StackNamer {
         probes_hooks_object: impl Fn(AllocFunction) -> Option<String>,
         id: u64,
     ) -> ResolvedStack {
-        let Some(trace) = sampler::stack_trace(probes, id) else {
+        let Some(trace) = probes.kernel().stack_trace(id) else {
             return ResolvedStack { allocator: "?".into(), frames: Vec::new(), native_truncated: false };
         };
         let function = AllocFunction::from_u32(trace.function);

@@ -18,10 +18,11 @@ use tokio::signal::unix::{signal, SignalKind};
 use crate::{
     aggregate::Recording,
     assess::{self, memory_kind, window_growth, MemoryKind},
-    cgroup, loader, process_memory,
+    cgroup,
+    kernel::TableSizes,
+    loader, process_memory,
     python::{self, resolver::PythonResolver},
     report::{human_bytes, human_duration},
-    sampler,
     stack_names::{StackNamer, StackView},
     symbolize::NativeSymbolizer,
     target::{self, Target},
@@ -78,7 +79,7 @@ pub async fn watch(opts: WatchOptions) -> Result<()> {
         None
     });
     // The loader attaches the syscall tracepoints; allocator uprobes are never attached here.
-    let mut probes = loader::attach(&target, loader::TableSizes::default(), python.as_ref())?;
+    let mut probes = loader::attach(&target, TableSizes::default(), python.as_ref())?;
     let mut namer =
         StackNamer::new(NativeSymbolizer::new(opts.pid)?, python.clone().map(PythonResolver::new), StackView::Merged);
     let limit = cgroup::memory_limit(opts.pid).ok().flatten();
@@ -104,7 +105,7 @@ pub async fn watch(opts: WatchOptions) -> Result<()> {
             _ = ticker.tick() => {}
             _ = threads.tick() => {
                 if let Some(python) = &python {
-                    probes.set_thread_states(&python.thread_states())?;
+                    probes.kernel_mut().set_thread_states(&python.thread_states())?;
                 }
                 continue;
             }
@@ -112,13 +113,11 @@ pub async fn watch(opts: WatchOptions) -> Result<()> {
             _ = terminate.recv() => break,
         }
         let Some(memory) = process_memory::read(opts.pid) else { break };
-        let counters = sampler::stack_counters(&probes)?;
+        let counters = probes.kernel().stack_counters()?;
         for (id, _) in &counters {
-            functions.entry(*id).or_insert_with(|| {
-                sampler::stack_trace(&probes, *id).and_then(|t| AllocFunction::from_u32(t.function))
-            });
+            functions.entry(*id).or_insert_with(|| probes.kernel().stack_function(*id));
         }
-        recording.push(start.elapsed().as_secs_f64(), Some(memory), &counters, sampler::counters(&probes)?);
+        recording.push(start.elapsed().as_secs_f64(), Some(memory), &counters, probes.kernel().counters()?.named());
         let snapshot = snapshot(&recording, &functions, &opts, limit.as_ref(), |id| {
             sites.entry(id).or_insert_with(|| assess::site(&namer.resolve(&probes, |_| None, id).frames)).clone()
         });

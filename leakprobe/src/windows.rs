@@ -5,12 +5,12 @@
 use std::time::{Duration, Instant};
 
 use anyhow::Result;
+use leakprobe_common::Counter;
 
 use crate::{
     budget::{Budget, BudgetSummary},
     loader::Probes,
     probe_cost::{self, ProgramStats},
-    sampler,
 };
 
 /// Cost of a hit assumed when it cannot be measured (~10 µs per uprobe on a VM: anchors.md).
@@ -43,9 +43,9 @@ impl Windows {
         can_sample: bool,
     ) -> Result<Windows> {
         let stats = ProgramStats::enable();
-        let stats_start = stats.as_ref().map_or((0, 0), |s| s.totals(&probes.ebpf));
+        let stats_start = stats.as_ref().map_or((0, 0), |s| s.totals(probes.kernel()));
         let mut budget = Budget::new(max_overhead_percent, window, 0.0, cpu_time_ns(pid).unwrap_or(0));
-        let trap_ns = probe_cost::trap_ns(&mut probes.ebpf).unwrap_or_else(|e| {
+        let trap_ns = probe_cost::trap_ns(probes.kernel_mut()).unwrap_or_else(|e| {
             // A stripped leakprobe has no calibration symbol: price hits as measured on a VM.
             eprintln!(
                 "leakprobe: warning: cannot measure the cost of a probe hit ({e:#}); assuming {} µs",
@@ -110,7 +110,7 @@ impl Windows {
     }
 
     fn charge(&mut self, probes: &Probes) -> Result<()> {
-        let hits = sampler::counters(probes)?.into_iter().find(|(n, _)| *n == "probe_hits").map_or(0, |(_, v)| v);
+        let hits = probes.kernel().counters()?.get(Counter::ProbeHits);
         let new = hits.saturating_sub(self.charged_hits);
         self.budget.charge(new);
         // While a closed window's probes are being unregistered, an entry probe whose program is
@@ -121,7 +121,7 @@ impl Windows {
         }
         self.charged_hits = self.charged_hits.max(hits);
         if let Some(stats) = &self.stats {
-            let (time, runs) = stats.totals(&probes.ebpf);
+            let (time, runs) = stats.totals(probes.kernel());
             let (time0, runs0) = self.stats_start;
             if runs > runs0 {
                 self.budget.set_cost_per_hit(self.trap_ns + (time - time0) as f64 / (runs - runs0) as f64);

@@ -130,32 +130,16 @@ pub fn load_report(json: &[u8]) -> anyhow::Result<Report> {
     leakprobe::report::load::from_str(text)
 }
 
-/// Names of the BPF programs of leakprobe's that the kernel still has loaded.
+/// Names of the BPF programs of leakprobe's that the kernel still has loaded. The list is every
+/// program of the kernel object (`leakprobe_common::names::programs`, checked against the built
+/// object by leakprobe's unit tests), so a new program cannot be left out.
 pub fn leakprobe_programs_loaded() -> Vec<String> {
-    const OURS: &[&str] = &[
-        "alloc_size",
-        "alloc_count_size",
-        "alloc_ptr_size",
-        "alloc_ptr_count_",
-        "alloc_align_siz",
-        "alloc_posix_mem",
-        "alloc_return",
-        "free_ptr",
-        "mmap_enter",
-        "mmap_exit",
-        "munmap_enter",
-        "mremap_enter",
-        "mremap_exit",
-        "brk_enter",
-        "brk_exit",
-        "process_exec",
-        "process_fork",
-        "process_exit",
-    ];
+    // The kernel keeps the first 15 bytes of a program's name.
+    let ours: Vec<&str> = leakprobe_common::names::programs().map(|name| &name[..name.len().min(15)]).collect();
     aya::programs::loaded_programs()
         .filter_map(|p| p.ok())
         .filter_map(|p| p.name_as_str().map(str::to_string))
-        .filter(|name| OURS.iter().any(|ours| name.starts_with(ours)))
+        .filter(|name| ours.iter().any(|ours| name.starts_with(ours)))
         .collect()
 }
 

@@ -26,12 +26,12 @@ use std::{
 };
 
 use anyhow::{Context as _, Result};
-use leakprobe_common::{AllocFunction, ProcessEventKind, StackCounters};
+use leakprobe_common::{AllocFunction, Counter, ProcessEventKind, StackCounters};
 use tokio::signal::unix::{signal, SignalKind};
 
 use crate::{
     assess, cgroup,
-    loader::TableSizes,
+    kernel::TableSizes,
     process_memory,
     python::{self, resolver::PythonResolver},
     target::{self, Target},
@@ -147,10 +147,7 @@ pub async fn run(opts: AgentOptions) -> Result<()> {
             }
             ready = probes.events.readable_mut() => {
                 let mut guard = ready.context("process events")?;
-                let mut events = Vec::new();
-                while let Some(item) = guard.get_inner_mut().next() {
-                    events.extend(node_probes::decode(&item));
-                }
+                let events = guard.get_inner_mut().drain();
                 guard.clear_ready();
                 for event in events {
                     agent.on_event(event);
@@ -324,7 +321,7 @@ impl Agent<'_> {
     fn refresh_threads(&mut self, probes: &mut NodeProbes) {
         let threads: Vec<(u32, u64)> =
             self.watched.values().filter_map(|w| w.python.as_ref()).flat_map(|r| r.runtime().thread_states()).collect();
-        if let Err(e) = probes.set_thread_states(&threads) {
+        if let Err(e) = probes.kernel_mut().set_thread_states(&threads) {
             eprintln!("leakprobe agent: cannot update thread states: {e:#}");
         }
     }
@@ -362,11 +359,11 @@ impl Agent<'_> {
         self.rename();
         let t = self.start.elapsed().as_secs_f64();
         let mut by_process: HashMap<u32, Vec<(u64, StackCounters)>> = HashMap::new();
-        for (id, counters) in probes.stack_counters()? {
+        for (id, counters) in probes.kernel().stack_counters()? {
             let owner = match self.stack_owner.get(&id) {
                 Some(pid) => *pid,
                 None => {
-                    let Some(trace) = probes.stack_trace(id) else { continue };
+                    let Some(trace) = probes.kernel().stack_trace(id) else { continue };
                     self.stack_owner.insert(id, trace.tgid);
                     trace.tgid
                 }
@@ -482,16 +479,12 @@ impl Agent<'_> {
         sites.dedup_by(|a, b| a.labels == b.labels && a.site == b.site && a.kind == b.kind);
         sites.truncate(self.opts.max_sites);
 
-        let counters = probes.counters().unwrap_or_default();
-        let events = counters
-            .iter()
-            .filter(|(n, _)| matches!(*n, "allocations" | "frees" | "untracked_frees"))
-            .map(|(_, v)| *v)
-            .sum();
-        let mut drops: Vec<(String, u64)> = counters
-            .iter()
-            .filter(|(n, _)| n.starts_with("drop_"))
-            .map(|(n, v)| (n.trim_start_matches("drop_").to_string(), *v))
+        let counters = probes.kernel().counters().unwrap_or_default();
+        let events =
+            [Counter::Allocations, Counter::Frees, Counter::UntrackedFrees].map(|c| counters.get(c)).iter().sum();
+        let mut drops: Vec<(String, u64)> = Counter::all()
+            .filter(|c| c.is_drop())
+            .map(|c| (c.name().trim_start_matches("drop_").to_string(), counters.get(c)))
             .collect();
         drops.push(("targets_over_cap".into(), self.evictions.get("targets").copied().unwrap_or(0)));
         let own = process_memory::read(self.own_pid).unwrap_or_default();
@@ -523,7 +516,7 @@ fn describe(
     python: Option<&mut PythonResolver>,
     id: u64,
 ) -> (Option<AllocFunction>, Option<String>) {
-    let Some(trace) = probes.stack_trace(id) else { return (None, None) };
+    let Some(trace) = probes.kernel().stack_trace(id) else { return (None, None) };
     let function = AllocFunction::from_u32(trace.function);
     let frames = &trace.python[..(trace.python_len as usize).min(trace.python.len())];
     // The agent names no native frames: a stack without Python frames is named by its allocator

@@ -5,83 +5,55 @@
 
 use std::collections::HashSet;
 
-use anyhow::{anyhow, Context as _, Result};
-use aya::{
-    maps::{HashMap as BpfHashMap, MapData, RingBuf},
-    Ebpf,
-};
-use leakprobe_common::{names, LiveAllocation, LiveKey, ProcessEvent, StackCounters, StackTrace};
+use anyhow::{anyhow, Result};
+use leakprobe_common::{names, LiveKey};
 use tokio::io::unix::AsyncFd;
 
 use crate::{
-    loader::{self, TableSizes, SYSCALL_TRACEPOINTS},
+    kernel::{Kernel, ProcessEvents, TableSizes},
     python::runtime::PythonRuntime,
-    sampler, tracefs,
+    tracefs,
 };
 
-const SCHED_TRACEPOINTS: &[(&str, &str)] = &[
-    ("process_exec", "sched_process_exec"),
-    ("process_fork", "sched_process_fork"),
-    ("process_exit", "sched_process_exit"),
-];
-
 pub struct NodeProbes {
-    ebpf: Ebpf,
-    pub events: AsyncFd<RingBuf<MapData>>,
+    kernel: Kernel,
+    pub events: AsyncFd<ProcessEvents>,
     pub mounted_tracefs: bool,
-}
-
-fn map<'a, K: aya::Pod, V: aya::Pod>(ebpf: &'a mut Ebpf, name: &str) -> Result<BpfHashMap<&'a mut MapData, K, V>> {
-    let map = ebpf.map_mut(name).ok_or_else(|| anyhow!("map {name} missing"))?;
-    Ok(BpfHashMap::try_from(map)?)
-}
-
-/// Deletes `keys` from the hash map `name` (absent keys are fine).
-fn remove_keys<'k, K: aya::Pod + 'k, V: aya::Pod>(
-    ebpf: &mut Ebpf,
-    name: &str,
-    keys: impl Iterator<Item = &'k K>,
-) -> Result<()> {
-    let mut m = map::<K, V>(ebpf, name)?;
-    for key in keys {
-        let _ = m.remove(key);
-    }
-    Ok(())
 }
 
 impl NodeProbes {
     pub fn load(sizes: TableSizes) -> Result<NodeProbes> {
         let mounted_tracefs = tracefs::ensure_mounted()?;
         let fork_offset = tracefs::field_offset("sched", "sched_process_fork", "child_pid").unwrap_or(0);
-        let mut ebpf = loader::load(0, sizes, fork_offset)?;
-        loader::attach_tracepoints(&mut ebpf, "syscalls", SYSCALL_TRACEPOINTS)?;
-        loader::attach_tracepoints(&mut ebpf, "sched", SCHED_TRACEPOINTS)?;
-        let ring =
-            ebpf.take_map(names::PROCESS_EVENTS).ok_or_else(|| anyhow!("map {} missing", names::PROCESS_EVENTS))?;
+        let mut kernel = Kernel::for_node(sizes, fork_offset)?;
+        kernel.attach_tracepoints("syscalls", names::SYSCALL_TRACEPOINTS)?;
+        kernel.attach_tracepoints("sched", names::SCHED_TRACEPOINTS)?;
         // SAFETY: the ring buffer owns its map's file descriptor, which stays open (and is not
         // replaced) for as long as the AsyncFd owns the ring buffer.
-        let events = unsafe { AsyncFd::register(RingBuf::try_from(ring)?) }
+        let events = unsafe { AsyncFd::register(kernel.take_process_events()?) }
             .map_err(|e| anyhow!("cannot poll the process-event ring buffer: {}", e.into_parts().1))?;
-        Ok(NodeProbes { ebpf, events, mounted_tracefs })
+        Ok(NodeProbes { kernel, events, mounted_tracefs })
     }
 
-    /// Kernel programs attached.
+    pub fn kernel(&self) -> &Kernel {
+        &self.kernel
+    }
+
+    pub fn kernel_mut(&mut self) -> &mut Kernel {
+        &mut self.kernel
+    }
+
+    /// Kernel programs attached: every program the agent loads is a tracepoint it attached.
     pub fn programs_attached(&self) -> usize {
-        SYSCALL_TRACEPOINTS.len() + SCHED_TRACEPOINTS.len()
+        self.kernel.program_names().len()
     }
 
     /// Starts following `pid` (with its Python frames when `python` is known).
     pub fn add_target(&mut self, pid: u32, python: Option<&PythonRuntime>) -> Result<()> {
         if let Some(python) = python {
-            map::<u32, leakprobe_common::PythonConfig>(&mut self.ebpf, names::PYTHON_CONFIG)?.insert(
-                pid,
-                python.kernel_config(),
-                0,
-            )?;
+            self.kernel.set_python_config(pid, python.kernel_config())?;
         }
-        map::<u32, u8>(&mut self.ebpf, names::TARGETS)?
-            .insert(pid, 1, 0)
-            .with_context(|| format!("cannot watch PID {pid} (too many targets?)"))
+        self.kernel.add_target(pid)
     }
 
     /// Stops following `pids` and releases everything the kernel holds for them: their entry in
@@ -90,39 +62,9 @@ impl NodeProbes {
         if pids.is_empty() {
             return Ok(());
         }
-        remove_keys::<u32, u8>(&mut self.ebpf, names::TARGETS, pids.iter())?;
-        remove_keys::<u32, leakprobe_common::PythonConfig>(&mut self.ebpf, names::PYTHON_CONFIG, pids.iter())?;
-        remove_keys::<u32, u64>(&mut self.ebpf, "BRK_CURRENT", pids.iter())?;
-        remove_keys::<u64, StackTrace>(&mut self.ebpf, names::STACKS, stacks.iter())?;
-        remove_keys::<u64, StackCounters>(&mut self.ebpf, names::STACK_COUNTERS, stacks.iter())?;
-        let live = map::<LiveKey, LiveAllocation>(&mut self.ebpf, names::LIVE_ALLOCATIONS)?;
-        let gone: Vec<LiveKey> = live.keys().filter_map(|k| k.ok()).filter(|k| pids.contains(&k.tgid)).collect();
-        remove_keys::<LiveKey, LiveAllocation>(&mut self.ebpf, names::LIVE_ALLOCATIONS, gone.iter())
+        self.kernel.remove_processes(pids)?;
+        self.kernel.remove_stacks(stacks)?;
+        let gone: Vec<LiveKey> = self.kernel.live_keys()?.into_iter().filter(|k| pids.contains(&k.tgid)).collect();
+        self.kernel.remove_live_allocations(&gone)
     }
-
-    pub fn set_thread_states(&mut self, threads: &[(u32, u64)]) -> Result<()> {
-        loader::write_thread_states(&mut self.ebpf, threads)
-    }
-
-    pub fn stack_counters(&self) -> Result<Vec<(u64, StackCounters)>> {
-        sampler::stack_counters_of(&self.ebpf)
-    }
-
-    pub fn stack_trace(&self, id: u64) -> Option<StackTrace> {
-        sampler::stack_trace_of(&self.ebpf, id)
-    }
-
-    pub fn counters(&self) -> Result<Vec<(&'static str, u64)>> {
-        sampler::counters_of(&self.ebpf)
-    }
-}
-
-/// Decodes one ring-buffer record.
-pub fn decode(bytes: &[u8]) -> Option<ProcessEvent> {
-    if bytes.len() < std::mem::size_of::<ProcessEvent>() {
-        return None;
-    }
-    // SAFETY: ProcessEvent is repr(C) plain data and the record is at least that long; the ring
-    // buffer gives no alignment guarantee, hence the unaligned read.
-    Some(unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast::<ProcessEvent>()) })
 }
