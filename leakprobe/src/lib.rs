@@ -1,8 +1,8 @@
 //! leakprobe: find memory leaks in live Python processes with eBPF.
 //!
 //! Data flow: `target` finds what to hook in the process, `loader` loads and attaches the kernel
-//! programs, `sampler` reads their per-stack aggregates and the process's memory each interval into
-//! an `aggregate::Recording`, `verdict` (on top of `trend`) decides leak / no-leak / inconclusive,
+//! programs, `sampler` reads their per-stack aggregates and the process's memory each interval of
+//! `sampling_loop` (the one loop of record, watch and the agent) into an `aggregate::Recording`, `verdict` (on top of `trend`) decides leak / no-leak / inconclusive,
 //! `assess` turns that into what record, watch, the agent and logs say of a process, `symbolize`
 //! names the frames, and `report` renders it all.
 
@@ -24,6 +24,7 @@ pub mod record;
 pub mod report;
 pub mod sampled_heap;
 pub mod sampler;
+pub mod sampling_loop;
 pub mod stack_names;
 pub mod symbolize;
 pub mod target;
