@@ -300,10 +300,7 @@ async fn sample_until_done(
         let memory = sampling_loop::live_memory(target.pid, launched.as_mut().map(|l| &mut l.0));
         let alive = memory.is_some();
         let t = ticks.elapsed_secs();
-        let mut snapshot = stack_snapshot(probes, sampled_heap.as_deref_mut(), python)?;
-        if let Some(low) = low_water.as_mut() {
-            snapshot = low.finish(&snapshot);
-        }
+        let snapshot = stack_snapshot(probes, sampled_heap.as_deref_mut(), python, low_water.as_mut())?;
         namer.learn(probes, snapshot.iter().map(|(id, _)| *id));
         recording.push(t, memory, &snapshot, sampler::counters(probes)?);
         if opts.progress {
@@ -323,26 +320,29 @@ async fn sample_until_done(
     if end == End::Interrupted {
         close_window(windows, sampled_heap.as_deref_mut(), python, probes)?;
         let t = ticks.elapsed_secs();
-        let mut snapshot = stack_snapshot(probes, sampled_heap.as_deref_mut(), python)?;
-        if let Some(low) = low_water.as_mut() {
-            snapshot = low.finish(&snapshot);
-        }
+        let snapshot = stack_snapshot(probes, sampled_heap.as_deref_mut(), python, low_water.as_mut())?;
         recording.push(t, process_memory::read(target.pid), &snapshot, sampler::counters(probes)?);
     }
     drop(launched);
     Ok((recording, end))
 }
 
-/// Per-stack counters now: the sampled live objects in sampling mode, the kernel's otherwise.
+/// Per-stack counters of a sample: the sampled live objects in sampling mode, the kernel's
+/// otherwise (as the low water of this interval's reads, when there is one).
 fn stack_snapshot(
     probes: &mut Probes,
     heap: Option<&mut SampledHeap>,
     python: Option<&PythonRuntime>,
+    low_water: Option<&mut LowWater>,
 ) -> Result<Vec<(u64, leakprobe_common::StackCounters)>> {
-    match (heap, python) {
-        (Some(heap), Some(python)) => heap.snapshot(probes, &python.mem),
-        _ => sampler::stack_counters(probes),
-    }
+    let now = match (heap, python) {
+        (Some(heap), Some(python)) => heap.snapshot(probes, &python.mem)?,
+        _ => sampler::stack_counters(probes)?,
+    };
+    Ok(match low_water {
+        Some(low) => low.finish(&now),
+        None => now,
+    })
 }
 
 /// Closes the open window (if any), first taking a look at the new samples while the target is

@@ -4,7 +4,12 @@
 //! does (record's sampling windows and low-water reads, the agent's rescans and process events)
 //! stays with that mode and comes in through `Ticks::next` as a mode event.
 
-use std::{collections::HashMap, future::Future, process::Child, time::Duration};
+use std::{
+    collections::{hash_map::Entry, HashMap, HashSet},
+    future::Future,
+    process::Child,
+    time::Duration,
+};
 
 use anyhow::{Context as _, Result};
 use leakprobe_common::{AllocFunction, StackTrace};
@@ -151,16 +156,17 @@ impl StackCache {
         trace: impl FnOnce(u64) -> Option<StackTrace>,
         site_of: impl FnOnce(&StackTrace) -> Option<String>,
     ) -> Option<&StackIdentity> {
-        if !self.known.contains_key(&id) {
-            let trace = trace(id)?;
-            let identity = StackIdentity {
-                tgid: trace.tgid,
-                function: AllocFunction::from_u32(trace.function),
-                site: site_of(&trace),
-            };
-            self.known.insert(id, identity);
+        match self.known.entry(id) {
+            Entry::Occupied(known) => Some(known.into_mut()),
+            Entry::Vacant(new) => {
+                let trace = trace(id)?;
+                Some(new.insert(StackIdentity {
+                    tgid: trace.tgid,
+                    function: AllocFunction::from_u32(trace.function),
+                    site: site_of(&trace),
+                }))
+            }
         }
-        self.known.get(&id)
     }
 
     /// What stack `id` is, if identified before.
@@ -186,7 +192,7 @@ impl StackCache {
     }
 
     /// The ids of the stacks captured in `tgids`.
-    pub fn stacks_of<'a>(&'a self, tgids: &'a std::collections::HashSet<u32>) -> impl Iterator<Item = u64> + 'a {
+    pub fn stacks_of<'a>(&'a self, tgids: &'a HashSet<u32>) -> impl Iterator<Item = u64> + 'a {
         self.known.iter().filter(|(_, s)| tgids.contains(&s.tgid)).map(|(id, _)| *id)
     }
 
@@ -200,7 +206,7 @@ impl StackCache {
 
 #[cfg(test)]
 mod tests {
-    use std::{collections::HashSet, process::Command};
+    use std::process::Command;
 
     use leakprobe_common::{PythonFrame, MAX_NATIVE_FRAMES, MAX_PYTHON_FRAMES};
 
