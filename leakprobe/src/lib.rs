@@ -1,11 +1,11 @@
 //! leakprobe: find memory leaks in live Python processes with eBPF.
 //!
 //! Data flow: `target` finds what to hook in the process, `kernel` loads the kernel programs and
-//! reads their maps, `loader` attaches them to the process, the recording reads their per-stack
-//! aggregates and the process's memory each interval into an `aggregate::Recording`, `verdict`
-//! (on top of `trend`) decides leak / no-leak / inconclusive, `assess` turns that into what
-//! record, watch, the agent and logs say of a process, `symbolize` names the frames, and `report`
-//! renders it all.
+//! reads their maps, `loader` attaches them to the process, and each interval of `sampling_loop`
+//! (the one loop of record, watch and the agent) reads their per-stack aggregates and the
+//! process's memory into an `aggregate::Recording`; `verdict` (on top of `trend`) decides leak /
+//! no-leak / inconclusive, `assess` turns that into what record, watch, the agent and logs say of
+//! a process, `symbolize` names the frames, and `report` renders it all.
 
 pub mod accounting;
 pub mod advice;
@@ -26,6 +26,7 @@ pub mod python;
 pub mod record;
 pub mod report;
 pub mod sampled_heap;
+pub mod sampling_loop;
 pub mod stack_names;
 pub mod symbolize;
 pub mod target;

@@ -11,7 +11,7 @@ use std::{
 
 use anyhow::{anyhow, bail, Context as _, Result};
 use leakprobe_common::AllocFunction;
-use tokio::signal::unix::{signal, SignalKind};
+use tokio::time::MissedTickBehavior;
 
 use crate::{
     accounting::Accounting,
@@ -27,6 +27,7 @@ use crate::{
         HookInfo, Report, TargetInfo,
     },
     sampled_heap::SampledHeap,
+    sampling_loop::{self, Event, Ticks},
     stack_names::{StackNamer, StackView},
     symbolize::NativeSymbolizer,
     target::{self, Target},
@@ -51,7 +52,6 @@ pub struct RecordOptions {
     pub window: Duration,
 }
 
-const THREAD_REFRESH: Duration = Duration::from_millis(500);
 /// Reads of the per-stack counters per interval for the low water (see `LowWater`).
 const LOW_WATER_READS: u32 = 5;
 
@@ -242,6 +242,14 @@ pub async fn record(opts: RecordOptions) -> Result<Report> {
     Ok(report)
 }
 
+/// What only `record` wakes up for.
+enum RecordTick {
+    /// Open, keep or close a sampling window.
+    Window,
+    /// Read the per-stack counters for the low water.
+    LowWater,
+}
+
 async fn sample_until_done(
     probes: &mut Probes,
     windows: &mut Windows,
@@ -252,25 +260,26 @@ async fn sample_until_done(
     mut launched: Option<Launched>,
     opts: &RecordOptions,
 ) -> Result<(Recording, End)> {
-    let mut interrupt = signal(SignalKind::interrupt()).context("cannot handle SIGINT")?;
-    let mut terminate = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
-    let start = Instant::now();
-    let deadline = opts.duration.map(|d| start + d);
+    // A slow sample delays the next one rather than bunching samples up.
+    let mut ticks = Ticks::new(opts.interval, opts.duration)?.missed_samples(MissedTickBehavior::Delay);
     let mut recording = Recording::default();
-    let mut ticker = tokio::time::interval(opts.interval);
-    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    // New threads (a thread pool growing) get their Python stacks within this period.
-    let mut thread_refresh = tokio::time::interval(THREAD_REFRESH);
     let mut window_tick = tokio::time::interval(windows::TICK);
     // Without sampling windows the per-stack series are low waters over several reads per
     // interval (see `LowWater`); the sampled heap already counts only objects that stay alive.
     let mut low_water = sampled_heap.is_none().then(LowWater::default);
     let mut low_water_read = tokio::time::interval((opts.interval / LOW_WATER_READS).max(Duration::from_millis(100)));
-    low_water_read.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    low_water_read.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let end = loop {
-        tokio::select! {
-            _ = ticker.tick() => {}
-            _ = window_tick.tick() => {
+        let reading_low_water = low_water.is_some();
+        let record_tick = async {
+            tokio::select! {
+                _ = window_tick.tick() => RecordTick::Window,
+                _ = low_water_read.tick(), if reading_low_water => RecordTick::LowWater,
+            }
+        };
+        match ticks.next(record_tick).await {
+            Event::Sample => {}
+            Event::Mode(RecordTick::Window) => {
                 if windows.due() {
                     close_window(windows, sampled_heap.as_deref_mut(), python, probes)?;
                 } else {
@@ -278,32 +287,23 @@ async fn sample_until_done(
                 }
                 continue;
             }
-            _ = thread_refresh.tick() => {
-                if let Some(python) = python {
-                    probes.kernel_mut().set_thread_states(&python.thread_states())?;
-                }
+            Event::RefreshThreads => {
+                sampling_loop::refresh_threads(probes, python)?;
                 continue;
             }
-            _ = low_water_read.tick(), if low_water.is_some() => {
+            Event::Mode(RecordTick::LowWater) => {
                 if let Some(low) = low_water.as_mut() {
                     low.observe(&probes.kernel().stack_counters()?);
                 }
                 continue;
             }
-            _ = interrupt.recv() => break End::Interrupted,
-            _ = terminate.recv() => break End::Interrupted,
+            Event::Stop => break End::Interrupted,
         }
         close_window(windows, sampled_heap.as_deref_mut(), python, probes)?;
-        // A process we launched is gone once reaped; any other once its memory is unreadable
-        // (exited, or a zombie).
-        let exited = launched.as_mut().is_some_and(|child| !matches!(child.0.try_wait(), Ok(None)));
-        let memory = if exited { None } else { process_memory::read(target.pid) };
+        let memory = sampling_loop::live_memory(target.pid, launched.as_mut().map(|l| &mut l.0));
         let alive = memory.is_some();
-        let t = start.elapsed().as_secs_f64();
-        let mut snapshot = stack_snapshot(probes, sampled_heap.as_deref_mut(), python)?;
-        if let Some(low) = low_water.as_mut() {
-            snapshot = low.finish(&snapshot);
-        }
+        let t = ticks.elapsed_secs();
+        let snapshot = stack_snapshot(probes, sampled_heap.as_deref_mut(), python, low_water.as_mut())?;
         namer.learn(probes, snapshot.iter().map(|(id, _)| *id));
         recording.push(t, memory, &snapshot, probes.kernel().counters()?.named());
         if opts.progress {
@@ -312,7 +312,7 @@ async fn sample_until_done(
         if !alive {
             break End::TargetExited;
         }
-        if deadline.is_some_and(|d| Instant::now() >= d) {
+        if ticks.past_deadline() {
             break End::Duration;
         }
         // Windows open right after a sample, so the next one (and its stack naming) falls
@@ -322,27 +322,30 @@ async fn sample_until_done(
     // An interrupted recording still ends with a last sample.
     if end == End::Interrupted {
         close_window(windows, sampled_heap.as_deref_mut(), python, probes)?;
-        let t = start.elapsed().as_secs_f64();
-        let mut snapshot = stack_snapshot(probes, sampled_heap.as_deref_mut(), python)?;
-        if let Some(low) = low_water.as_mut() {
-            snapshot = low.finish(&snapshot);
-        }
+        let t = ticks.elapsed_secs();
+        let snapshot = stack_snapshot(probes, sampled_heap.as_deref_mut(), python, low_water.as_mut())?;
         recording.push(t, process_memory::read(target.pid), &snapshot, probes.kernel().counters()?.named());
     }
     drop(launched);
     Ok((recording, end))
 }
 
-/// Per-stack counters now: the sampled live objects in sampling mode, the kernel's otherwise.
+/// Per-stack counters of a sample: the sampled live objects in sampling mode, the kernel's
+/// otherwise (as the low water of this interval's reads, when there is one).
 fn stack_snapshot(
     probes: &mut Probes,
     heap: Option<&mut SampledHeap>,
     python: Option<&PythonRuntime>,
+    low_water: Option<&mut LowWater>,
 ) -> Result<Vec<(u64, leakprobe_common::StackCounters)>> {
-    match (heap, python) {
-        (Some(heap), Some(python)) => heap.snapshot(probes, &python.mem),
-        _ => probes.kernel().stack_counters(),
-    }
+    let now = match (heap, python) {
+        (Some(heap), Some(python)) => heap.snapshot(probes, &python.mem)?,
+        _ => probes.kernel().stack_counters()?,
+    };
+    Ok(match low_water {
+        Some(low) => low.finish(&now),
+        None => now,
+    })
 }
 
 /// Closes the open window (if any), first taking a look at the new samples while the target is

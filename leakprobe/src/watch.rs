@@ -5,24 +5,20 @@
 //! other mappings) and which Python lines the growth comes through: coarse (whoever allocates when
 //! the heap must grow is blamed, see docs/overhead.md), but cheap enough to leave running.
 
-use std::{
-    collections::HashMap,
-    time::{Duration, Instant},
-};
+use std::{collections::HashMap, time::Duration};
 
-use anyhow::{bail, Context as _, Result};
-use leakprobe_common::AllocFunction;
+use anyhow::{bail, Result};
 use serde::Serialize;
-use tokio::signal::unix::{signal, SignalKind};
 
 use crate::{
     aggregate::Recording,
     assess::{self, memory_kind, window_growth, MemoryKind},
     cgroup,
     kernel::TableSizes,
-    loader, process_memory,
+    loader,
     python::{self, resolver::PythonResolver},
     report::{human_bytes, human_duration},
+    sampling_loop::{self, Event, StackCache, Ticks},
     stack_names::{StackNamer, StackView},
     symbolize::NativeSymbolizer,
     target::{self, Target},
@@ -91,51 +87,45 @@ pub async fn watch(opts: WatchOptions) -> Result<()> {
             humantime::format_duration(opts.interval)
         );
     }
-    let mut interrupt = signal(SignalKind::interrupt()).context("cannot handle SIGINT")?;
-    let mut terminate = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
-    let mut ticker = tokio::time::interval(opts.interval);
-    let mut threads = tokio::time::interval(Duration::from_millis(500));
-    let start = Instant::now();
+    let mut ticks = Ticks::new(opts.interval, opts.duration)?;
     let mut recording = Recording::default();
-    let mut functions: HashMap<u64, Option<AllocFunction>> = HashMap::new();
-    // A stack's site never changes: named once.
-    let mut sites: HashMap<u64, String> = HashMap::new();
+    // What each stack is (its allocator, and its site once shown): never changes, read once.
+    let mut stacks = StackCache::default();
     loop {
-        tokio::select! {
-            _ = ticker.tick() => {}
-            _ = threads.tick() => {
-                if let Some(python) = &python {
-                    probes.kernel_mut().set_thread_states(&python.thread_states())?;
-                }
+        match ticks.next(sampling_loop::no_mode_events()).await {
+            Event::Sample => {}
+            Event::RefreshThreads => {
+                sampling_loop::refresh_threads(&mut probes, python.as_ref())?;
                 continue;
             }
-            _ = interrupt.recv() => break,
-            _ = terminate.recv() => break,
+            Event::Mode(never) => match never {},
+            Event::Stop => break,
         }
-        let Some(memory) = process_memory::read(opts.pid) else { break };
+        let Some(memory) = sampling_loop::live_memory(opts.pid, None) else { break };
         let counters = probes.kernel().stack_counters()?;
         for (id, _) in &counters {
-            functions.entry(*id).or_insert_with(|| probes.kernel().stack_function(*id));
+            stacks.identify(*id, |id| probes.kernel().stack_trace(id), |_| None);
         }
-        recording.push(start.elapsed().as_secs_f64(), Some(memory), &counters, probes.kernel().counters()?.named());
-        let snapshot = snapshot(&recording, &functions, &opts, limit.as_ref(), |id| {
-            sites.entry(id).or_insert_with(|| assess::site(&namer.resolve(&probes, |_| None, id).frames)).clone()
+        recording.push(ticks.elapsed_secs(), Some(memory), &counters, probes.kernel().counters()?.named());
+        let snapshot = snapshot(&recording, &mut stacks, &opts, limit.as_ref(), |id| {
+            assess::site(&namer.resolve(&probes, |_| None, id).frames)
         });
         if opts.json {
             println!("{}", serde_json::to_string(&snapshot)?);
         } else {
             print!("{}", render(&snapshot));
         }
-        if opts.duration.is_some_and(|d| start.elapsed() >= d) {
+        if ticks.past_deadline() {
             break;
         }
     }
     Ok(())
 }
 
+/// `name` names the site of a stack shown (once per stack: `stacks` keeps it).
 fn snapshot(
     rec: &Recording,
-    functions: &HashMap<u64, Option<AllocFunction>>,
+    stacks: &mut StackCache,
     opts: &WatchOptions,
     limit: Option<&cgroup::MemoryLimit>,
     mut name: impl FnMut(u64) -> String,
@@ -155,7 +145,7 @@ fn snapshot(
     let mut growth_by_kind: HashMap<MemoryKind, f64> = HashMap::new();
     let mut growing = Vec::new();
     for (&id, series) in &rec.stacks {
-        let Some(function) = functions.get(&id).copied().flatten() else { continue };
+        let Some(function) = stacks.function(id) else { continue };
         let kind = memory_kind(function, series.latest.allocs, series.latest.alloc_bytes);
         let rate = if series.live_bytes.len() == n {
             window_growth(&rec.times, &series.live_bytes, opts.rate_window)
@@ -176,7 +166,7 @@ fn snapshot(
             growth_bytes_per_sec: rate,
             live_bytes,
             kind,
-            site: name(id),
+            site: stacks.site(id, || name(id)),
         })
         .collect();
     Snapshot {
@@ -235,7 +225,10 @@ fn render(s: &Snapshot) -> String {
 
 #[cfg(test)]
 mod tests {
+    use leakprobe_common::AllocFunction;
+
     use super::*;
+    use crate::sampling_loop::StackIdentity;
 
     #[test]
     fn snapshot_attributes_growth_and_names_the_kind() {
@@ -246,7 +239,8 @@ mod tests {
         for i in 0..10u64 {
             rec.push(i as f64, memory((100 << 20) + (i << 20)), &[(7, arena(i + 1))], vec![]);
         }
-        let functions = HashMap::from([(7, Some(AllocFunction::Mmap))]);
+        let mut stacks = StackCache::default();
+        stacks.insert(7, StackIdentity { tgid: 1, function: Some(AllocFunction::Mmap), site: None });
         let opts = WatchOptions {
             pid: 1,
             interval: Duration::from_secs(1),
@@ -255,7 +249,7 @@ mod tests {
             json: true,
             top: 3,
         };
-        let s = snapshot(&rec, &functions, &opts, None, |id| format!("stack {id}"));
+        let s = snapshot(&rec, &mut stacks, &opts, None, |id| format!("stack {id}"));
         assert_eq!(s.verdict, VerdictKind::Leak);
         assert!((s.growth_bytes_per_sec - (1 << 20) as f64).abs() < 1.0);
         assert_eq!(s.memory[&MemoryKind::PymallocArenas], 10 << 20);

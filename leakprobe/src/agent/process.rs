@@ -10,6 +10,7 @@ use leakprobe_common::{AllocFunction, StackCounters};
 use crate::{
     assess::{self, memory_kind, window_growth, MemoryKind},
     process_memory::ProcessMemory,
+    sampling_loop::StackIdentity,
     verdict::VerdictKind,
 };
 
@@ -82,13 +83,13 @@ impl ProcessHistory {
 
     /// Adds a sample: the time (seconds), the process's memory, and its stacks' counters (the
     /// stacks of this process only). `describe` is asked once per new stack for its allocator
-    /// and site.
+    /// and site (the agent's `StackCache` knows them).
     pub fn push(
         &mut self,
         t: f64,
         memory: ProcessMemory,
         counters: &[(u64, StackCounters)],
-        mut describe: impl FnMut(u64) -> (Option<AllocFunction>, Option<String>),
+        mut describe: impl FnMut(u64) -> StackIdentity,
     ) {
         let index = self.times.len();
         self.times.push_back(t);
@@ -96,7 +97,7 @@ impl ProcessHistory {
         self.memory = Some(memory);
         for (id, c) in counters {
             let stack = self.stacks.entry(*id).or_insert_with(|| {
-                let (function, site) = describe(*id);
+                let StackIdentity { function, site, .. } = describe(*id);
                 StackHistory { function, site, latest: StackCounters::default(), live: vec![0.0; index].into() }
             });
             stack.latest = *c;
@@ -194,6 +195,10 @@ mod tests {
         ProcessMemory { rss_bytes: rss, ..Default::default() }
     }
 
+    fn mmap(site: Option<&str>) -> StackIdentity {
+        StackIdentity { tgid: 1, function: Some(AllocFunction::Mmap), site: site.map(String::from) }
+    }
+
     fn arenas(n: u64) -> StackCounters {
         StackCounters { allocs: n, frees: 0, alloc_bytes: n << 20, free_bytes: 0 }
     }
@@ -202,9 +207,7 @@ mod tests {
     fn a_growing_process_is_a_leak_with_its_site_and_time_to_limit() {
         let mut h = ProcessHistory::new(60, 6);
         for i in 0..20u64 {
-            h.push(i as f64, memory((50 << 20) + (i << 20)), &[(7, arenas(i + 1))], |_| {
-                (Some(AllocFunction::Mmap), Some("leak app.py:12".into()))
-            });
+            h.push(i as f64, memory((50 << 20) + (i << 20)), &[(7, arenas(i + 1))], |_| mmap(Some("leak app.py:12")));
         }
         let a = h.assess(Some((200 << 20, None)), 3).unwrap();
         assert_eq!(a.verdict, VerdictKind::Leak);
@@ -221,7 +224,7 @@ mod tests {
         let mut h = ProcessHistory::new(30, 6);
         for i in 0..100u64 {
             let wobble = if i % 2 == 0 { 0 } else { 4096 };
-            h.push(i as f64, memory((80 << 20) + wobble), &[(1, arenas(3))], |_| (Some(AllocFunction::Mmap), None));
+            h.push(i as f64, memory((80 << 20) + wobble), &[(1, arenas(3))], |_| mmap(None));
         }
         assert_eq!(h.samples(), 30);
         let a = h.assess(None, 3).unwrap();
@@ -235,7 +238,7 @@ mod tests {
     fn stacks_beyond_the_cap_are_evicted_least_live_first() {
         let mut h = ProcessHistory::new(10, 5);
         let counters: Vec<(u64, StackCounters)> = (0..(MAX_STACKS as u64 + 10)).map(|id| (id, arenas(id))).collect();
-        h.push(0.0, memory(1), &counters, |_| (Some(AllocFunction::Mmap), None));
+        h.push(0.0, memory(1), &counters, |_| mmap(None));
         assert_eq!(h.stacks.len(), MAX_STACKS);
         assert_eq!(h.evicted_stacks, 10);
         assert!(!h.stacks.contains_key(&0) && h.stacks.contains_key(&(MAX_STACKS as u64 + 9)));
@@ -245,9 +248,7 @@ mod tests {
     fn sites_on_one_line_are_summed() {
         let mut h = ProcessHistory::new(30, 6);
         for i in 0..10u64 {
-            h.push(i as f64, memory(i << 20), &[(1, arenas(i)), (2, arenas(2 * i))], |_| {
-                (Some(AllocFunction::Mmap), Some("f x.py:3".into()))
-            });
+            h.push(i as f64, memory(i << 20), &[(1, arenas(i)), (2, arenas(2 * i))], |_| mmap(Some("f x.py:3")));
         }
         let a = h.assess(None, 5).unwrap();
         assert_eq!(a.top.len(), 1);
