@@ -44,7 +44,8 @@ struct Attachment {
     what: String,
 }
 
-fn entry_program(shape: CallShape) -> Option<&'static str> {
+/// The entry program for an allocator function of `shape`; `None` for the syscalls (tracepoints).
+pub fn entry_program(shape: CallShape) -> Option<&'static str> {
     Some(match shape {
         CallShape::Size => names::ALLOC_SIZE,
         CallShape::CountSize => names::ALLOC_COUNT_SIZE,
