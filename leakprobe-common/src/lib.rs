@@ -103,6 +103,17 @@ impl AllocFunction {
         }
     }
 
+    /// The entry point known by `symbol` (the report names stacks by it).
+    pub fn from_symbol(symbol: &str) -> Option<Self> {
+        (0..Self::COUNT).filter_map(Self::from_u32).find(|f| f.symbol() == symbol)
+    }
+
+    /// A memory syscall (mmap, munmap, mremap, brk): its stacks say where the heap grows, not
+    /// which allocation keeps it.
+    pub fn is_syscall(self) -> bool {
+        self.shape() == CallShape::Syscall
+    }
+
     /// Whether this is one of CPython's allocator functions (as opposed to libc's or the kernel's).
     pub fn is_python(self) -> bool {
         (self as u32) >= AllocFunction::PyObjectMalloc as u32 && (self as u32) <= AllocFunction::PyMemRawFree as u32
@@ -280,6 +291,18 @@ impl Counter {
 
     pub fn is_drop(self) -> bool {
         self.name().starts_with("drop_")
+    }
+
+    /// A drop that sampling windows make by design rather than a loss: frees are not hooked, so a
+    /// freed block's address allocated again shows as a missed free, and a window can close
+    /// between a call's entry and its return.
+    pub fn is_by_design_in_windows(self) -> bool {
+        matches!(self, Counter::DropMissedFree | Counter::DropMissedReturn)
+    }
+
+    /// The counter called `name`.
+    pub fn from_name(name: &str) -> Option<Self> {
+        Self::all().find(|c| c.name() == name)
     }
 
     /// Every counter, in index order.

@@ -307,7 +307,7 @@ async fn sample_until_done(
         namer.learn(probes, snapshot.iter().map(|(id, _)| *id));
         recording.push(t, memory, &snapshot, probes.kernel().counters()?.named());
         if opts.progress {
-            progress_line(&recording, t);
+            progress_line(&recording, t, sampled_heap.is_some());
         }
         if !alive {
             break End::TargetExited;
@@ -362,15 +362,19 @@ fn close_window(
     windows.pause(probes)
 }
 
-fn progress_line(rec: &Recording, t: f64) {
-    use crate::report::human_bytes;
+/// `windowed`: the allocators are hooked only in sampling windows (see `split_drops`).
+fn progress_line(rec: &Recording, t: f64, windowed: bool) {
+    use crate::report::{facts::split_drops, human_bytes};
     let rss = rec.memory.last().copied().flatten().map_or("-".into(), |m| human_bytes(m.rss_bytes as f64));
     let tracked = rec.tracked_live_bytes.last().copied().unwrap_or(0.0);
+    let (lost, by_design) = split_drops(rec.counters.iter().copied(), windowed);
+    let sum = |drops: &[(&str, u64)]| drops.iter().map(|(_, v)| v).sum::<u64>();
+    let unfollowed = if by_design.is_empty() { String::new() } else { format!("  not followed {}", sum(&by_design)) };
     eprintln!(
-        "  t={t:>6.1}s  RSS {rss:>9}  tracked live {:>9}  stacks {:>6}  allocations {:>9}  drops {}",
+        "  t={t:>6.1}s  RSS {rss:>9}  tracked live {:>9}  stacks {:>6}  allocations {:>9}  lost {}{unfollowed}",
         human_bytes(tracked),
         rec.stacks.len(),
         rec.counter("allocations"),
-        rec.counters.iter().filter(|(n, _)| n.starts_with("drop_")).map(|(_, v)| v).sum::<u64>()
+        sum(&lost)
     );
 }

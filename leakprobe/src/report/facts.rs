@@ -2,6 +2,8 @@
 //! memory did, the events and drops counted, what the probes cost.
 
 use super::{human_bytes, human_duration, Report};
+use leakprobe_common::Counter;
+
 use crate::{
     advice::{Relation, StackAdvice},
     budget::BudgetSummary,
@@ -34,19 +36,56 @@ pub fn events(report: &Report) -> String {
     events.join(", ")
 }
 
-/// The events lost, by reason, or `none`.
-pub fn drops(report: &Report) -> String {
-    let drops: Vec<String> = report
-        .counters
+/// Drop counters split into real losses and what sampling windows leave unfollowed by design
+/// (`Counter::is_by_design_in_windows`), each as (name, value) with a value above 0. `windowed`:
+/// the recording hooked the allocators only in sampling windows.
+pub fn split_drops<'a>(
+    counters: impl IntoIterator<Item = (&'a str, u64)>,
+    windowed: bool,
+) -> (Vec<(&'a str, u64)>, Vec<(&'a str, u64)>) {
+    counters
+        .into_iter()
+        .filter(|(name, value)| name.starts_with("drop_") && *value > 0)
+        .partition(|(name, _)| !(windowed && Counter::from_name(name).is_some_and(Counter::is_by_design_in_windows)))
+}
+
+/// Whether the report's allocator hooks were attached only in sampling windows.
+pub fn windowed(report: &Report) -> bool {
+    report.budget.as_ref().is_some_and(|b| b.max_overhead_percent < 100.0)
+}
+
+fn drop_list(drops: &[(&str, u64)]) -> String {
+    let named: Vec<String> = drops
         .iter()
-        .filter(|c| c.is_drop && c.value > 0)
-        .map(|c| format!("{} {}", c.value, c.name.trim_start_matches("drop_").replace('_', " ")))
+        .map(|(name, value)| format!("{value} {}", name.trim_start_matches("drop_").replace('_', " ")))
         .collect();
-    if drops.is_empty() {
+    named.join(", ")
+}
+
+fn counter_pairs(report: &Report) -> impl Iterator<Item = (&str, u64)> {
+    report.counters.iter().map(|c| (c.name.as_str(), c.value))
+}
+
+/// The events lost, by reason, or `none`: real losses only (see `unfollowed_by_design`).
+pub fn drops(report: &Report) -> String {
+    let (lost, _) = split_drops(counter_pairs(report), windowed(report));
+    if lost.is_empty() {
         "none".to_string()
     } else {
-        drops.join(", ")
+        drop_list(&lost)
     }
+}
+
+/// What sampling windows did not follow by design (not a loss), if anything.
+pub fn unfollowed_by_design(report: &Report) -> Option<String> {
+    let (_, by_design) = split_drops(counter_pairs(report), windowed(report));
+    (!by_design.is_empty()).then(|| {
+        format!(
+            "{} (frees are not hooked in sampling windows — liveness reads the sampled blocks instead — \
+             and a window can close between a call and its return)",
+            drop_list(&by_design)
+        )
+    })
 }
 
 /// What the probes cost and how they were attached.

@@ -220,16 +220,33 @@ pub fn location(f: &Frame) -> String {
 }
 
 fn growing(report: &Report) -> String {
-    let flagged: Vec<&StackReport> = report.stacks.iter().filter(|s| s.flagged).collect();
-    if flagged.is_empty() {
+    let (syscalls, allocations): (Vec<&StackReport>, Vec<&StackReport>) =
+        report.stacks.iter().filter(|s| s.flagged).partition(|s| super::text::is_syscall_stack(s));
+    if allocations.is_empty() && syscalls.is_empty() {
         return "<h2>Growing stacks</h2><p>None flagged: no stack kept growing until the end of the recording.</p>"
             .into();
     }
-    let mut out = format!("<h2>Growing stacks ({}), fastest first</h2>", flagged.len());
     // Series are aligned with the samples; their times are the tracked heap's.
     let times: Vec<f64> = report.tracked_live_bytes.iter().map(|p| p.t_secs).collect();
-    for (i, s) in flagged.iter().enumerate() {
-        out.push_str(&card(i + 1, s, &times));
+    let cards = |stacks: &[&StackReport]| -> String {
+        stacks.iter().enumerate().map(|(i, s)| card(i + 1, s, &times)).collect()
+    };
+    if allocations.is_empty() {
+        return format!(
+            "<h2>Growing stacks ({}), fastest first</h2><p>Memory syscalls only: where the heap grows, not who \
+             keeps it (no allocator stack grew; <code>--max-overhead 100</code> hooks every allocation).</p>{}",
+            syscalls.len(),
+            cards(&syscalls)
+        );
+    }
+    let mut out = format!("<h2>Growing stacks ({}), fastest first</h2>{}", allocations.len(), cards(&allocations));
+    if !syscalls.is_empty() {
+        out.push_str(&format!(
+            "<h2>Where the heap grows ({} memory-syscall stacks)</h2><p>Not who keeps it: the allocation stacks \
+             above are.</p>{}",
+            syscalls.len(),
+            cards(&syscalls)
+        ));
     }
     out
 }

@@ -5,7 +5,7 @@
 
 pub mod build;
 pub mod collapsed;
-mod facts;
+pub(crate) mod facts;
 pub mod flamegraph;
 pub mod html;
 mod html_tables;

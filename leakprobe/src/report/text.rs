@@ -3,6 +3,8 @@
 
 use std::fmt::Write;
 
+use leakprobe_common::AllocFunction;
+
 use super::{facts, human_bytes, human_duration, Report, StackReport};
 use crate::{symbolize::Frame, verdict::VerdictKind};
 
@@ -72,13 +74,33 @@ pub fn render(report: &Report) -> String {
     }
     let _ = writeln!(out);
 
-    let flagged: Vec<&StackReport> = report.stacks.iter().filter(|s| s.flagged).collect();
-    if flagged.is_empty() {
+    // Allocation stacks say who keeps the memory; memory-syscall stacks only where the heap grows,
+    // so they get a section of their own unless they are all there is.
+    let (syscalls, allocations): (Vec<&StackReport>, Vec<&StackReport>) =
+        report.stacks.iter().filter(|s| s.flagged).partition(|s| is_syscall_stack(s));
+    if allocations.is_empty() && syscalls.is_empty() {
         let _ = writeln!(out, "GROWING STACKS: none flagged");
-    } else {
-        let _ = writeln!(out, "GROWING STACKS ({}), fastest first:", flagged.len());
-        for (i, s) in flagged.iter().enumerate() {
+    } else if allocations.is_empty() {
+        let _ = writeln!(
+            out,
+            "GROWING STACKS ({}), fastest first — memory syscalls only: where the heap grows, not who keeps it \
+             (no allocator stack grew; --max-overhead 100 hooks every allocation):",
+            syscalls.len()
+        );
+        for (i, s) in syscalls.iter().enumerate() {
             write_stack(&mut out, i + 1, s);
+        }
+    } else {
+        let _ = writeln!(out, "GROWING STACKS ({}), fastest first:", allocations.len());
+        for (i, s) in allocations.iter().enumerate() {
+            write_stack(&mut out, i + 1, s);
+        }
+        if !syscalls.is_empty() {
+            let _ =
+                writeln!(out, "\nWHERE THE HEAP GROWS ({} memory-syscall stacks; not who keeps it):", syscalls.len());
+            for (i, s) in syscalls.iter().enumerate() {
+                write_stack(&mut out, i + 1, s);
+            }
         }
     }
     let others: Vec<&StackReport> = report.stacks.iter().filter(|s| !s.flagged).take(OTHERS_SHOWN).collect();
@@ -95,6 +117,9 @@ pub fn render(report: &Report) -> String {
         let _ = writeln!(out, "overhead: {}", facts::overhead(b));
     }
     let _ = writeln!(out, "dropped: {}", facts::drops(report));
+    if let Some(unfollowed) = facts::unfollowed_by_design(report) {
+        let _ = writeln!(out, "not followed, by design: {unfollowed}");
+    }
     for w in &report.warnings {
         let _ = writeln!(out, "warning: {w}");
     }
@@ -142,6 +167,11 @@ fn write_stack(out: &mut String, rank: usize, s: &StackReport) {
     }
 }
 
+/// A stack of a memory syscall (mmap, brk, ...) rather than of an allocator call.
+pub fn is_syscall_stack(s: &StackReport) -> bool {
+    AllocFunction::from_symbol(&s.allocator).is_some_and(AllocFunction::is_syscall)
+}
+
 fn frame_line(f: &Frame) -> String {
     let location = match (&f.file, f.line) {
         (Some(file), Some(line)) => format!("  {file}:{line}"),
@@ -176,5 +206,56 @@ mod tests {
         assert!(advice.contains("Fix: Bound it: cachetools.TTLCache"));
         // Only the stack with advice has a block.
         assert_eq!(text.matches("Leak pattern:").count(), 1);
+    }
+
+    /// A flagged stack of the given allocator, copied from the sample's first flagged one.
+    fn flagged_via(report: &Report, allocator: &str) -> StackReport {
+        let mut s = report.stacks.iter().find(|s| s.flagged).unwrap().clone();
+        s.allocator = allocator.into();
+        s.frames[0].function = allocator.into();
+        s
+    }
+
+    #[test]
+    fn memory_syscall_stacks_get_their_own_section_after_the_allocation_stacks() {
+        let mut report = sample::leaking();
+        let mmap = flagged_via(&report, "mmap");
+        report.stacks.insert(0, mmap);
+        let text = render(&report);
+        let growing = text.find("GROWING STACKS (2)").expect(&text);
+        let heap = text.find("WHERE THE HEAP GROWS (1 memory-syscall stacks").expect(&text);
+        assert!(growing < heap, "{text}");
+        assert!(!text[growing..heap].contains("      mmap"), "{text}");
+    }
+
+    #[test]
+    fn memory_syscall_stacks_alone_are_listed_and_said_to_be_only_that() {
+        let mut report = sample::leaking();
+        let brk = flagged_via(&report, "brk");
+        report.stacks.retain(|s| !s.flagged);
+        report.stacks.push(brk);
+        let text = render(&report);
+        assert!(text.contains("GROWING STACKS (1), fastest first — memory syscalls only"), "{text}");
+        assert!(!text.contains("WHERE THE HEAP GROWS"), "{text}");
+    }
+
+    #[test]
+    fn drops_that_windows_make_by_design_are_not_called_losses() {
+        use crate::report::CounterValue;
+        let mut report = sample::leaking();
+        let counter = |name: &str, value| CounterValue { name: name.into(), value, is_drop: true };
+        report.counters.retain(|c| !c.is_drop);
+        report.counters.push(counter("drop_missed_free", 44_910));
+        report.counters.push(counter("drop_stack_capture", 3));
+        // With every allocation hooked, a missed free is a loss.
+        report.budget.as_mut().unwrap().max_overhead_percent = 100.0;
+        let text = render(&report);
+        assert!(text.contains("dropped: 44910 missed free, 3 stack capture"), "{text}");
+        assert!(!text.contains("not followed, by design"), "{text}");
+        // In sampling windows it is what not hooking frees means.
+        report.budget.as_mut().unwrap().max_overhead_percent = 5.0;
+        let text = render(&report);
+        assert!(text.contains("dropped: 3 stack capture\n"), "{text}");
+        assert!(text.contains("not followed, by design: 44910 missed free (frees are not hooked"), "{text}");
     }
 }
