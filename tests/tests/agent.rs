@@ -97,6 +97,11 @@ fn agent_flags_only_the_leaker_names_its_line_and_follows_process_churn() {
     assert!(named, "the report does not name py_leak.py: {:#?}", recorded.stacks);
     let svg = std::fs::read_to_string(report.with_extension("svg")).unwrap();
     assert!(svg.contains("<svg") && svg.contains("py_leak.py"));
+    // Reports hold other people's command lines and source: root's eyes only.
+    use std::os::unix::fs::PermissionsExt;
+    let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&reports), 0o700, "{}", reports.display());
+    assert_eq!((mode(&report), mode(&report.with_extension("svg"))), (0o600, 0o600), "{}", report.display());
     // What kind of leak, from the recording's advice, is exported for the leaker alone: a module-level
     // list appended to per request, at the marked line.
     let line = std::fs::read_to_string(fixture("py_leak.py"))
