@@ -32,6 +32,7 @@ pub mod symbolize;
 pub mod target;
 pub mod tracefs;
 pub mod trend;
+pub mod untrusted;
 pub mod verdict;
 pub mod watch;
 pub mod windows;

@@ -198,7 +198,7 @@ fn main() -> ExitCode {
         Ok(code) => code,
         Err(err) => {
             // One line: the chain of causes, joined.
-            eprintln!("leakprobe: error: {}", format!("{err:#}").replace('\n', " "));
+            eprintln!("leakprobe: error: {}", leakprobe::untrusted::terminal(&format!("{err:#}").replace('\n', " ")));
             ExitCode::FAILURE
         }
     }

@@ -160,7 +160,7 @@ pub async fn record(opts: RecordOptions) -> Result<Report> {
         let objects: Vec<String> = target.objects.iter().map(|o| o.path.display().to_string()).collect();
         eprintln!(
             "leakprobe: recording PID {pid} ({}): {} allocator hooks in {}, {} syscall tracepoints; {}Ctrl-C to stop",
-            target.exe,
+            crate::untrusted::terminal(&target.exe),
             probes.hooks.len(),
             objects.join(", "),
             leakprobe_common::names::SYSCALL_TRACEPOINTS.len(),

@@ -113,7 +113,8 @@ pub async fn watch(opts: WatchOptions) -> Result<()> {
         if opts.json {
             println!("{}", serde_json::to_string(&snapshot)?);
         } else {
-            print!("{}", render(&snapshot));
+            // Sites are names read from the target: no control characters to the terminal.
+            print!("{}", crate::untrusted::terminal_lines(render(&snapshot)));
         }
         if ticks.past_deadline() {
             break;

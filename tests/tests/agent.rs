@@ -97,6 +97,11 @@ fn agent_flags_only_the_leaker_names_its_line_and_follows_process_churn() {
     assert!(named, "the report does not name py_leak.py: {:#?}", recorded.stacks);
     let svg = std::fs::read_to_string(report.with_extension("svg")).unwrap();
     assert!(svg.contains("<svg") && svg.contains("py_leak.py"));
+    // Reports hold other people's command lines and source: root's eyes only.
+    use std::os::unix::fs::PermissionsExt;
+    let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&reports), 0o700, "{}", reports.display());
+    assert_eq!((mode(&report), mode(&report.with_extension("svg"))), (0o600, 0o600), "{}", report.display());
     // What kind of leak, from the recording's advice, is exported for the leaker alone: a module-level
     // list appended to per request, at the marked line.
     let line = std::fs::read_to_string(fixture("py_leak.py"))
@@ -258,4 +263,50 @@ fn agent_works_with_only_its_documented_capabilities() {
     assert!(agent.stop().success());
     drop(leak);
     let _ = std::fs::remove_dir_all(&reports);
+}
+
+/// A tenant's process named to break the exposition (issue 14's reproduction: `exec -a` with a
+/// quote, a newline and a forged series): the scrape keeps it inside one label value, forges
+/// nothing, and stays valid for Prometheus' own parser.
+#[test]
+fn a_hostile_process_name_cannot_forge_or_break_the_metrics() {
+    use std::os::unix::process::CommandExt;
+    let hostile = "x\"} 1\nleakprobe_forged{namespace=\"prod\"} 60\n#";
+    let target = spawn_ready(Command::new(python()).arg0(hostile).args([
+        "-u",
+        "-c",
+        "import time\nprint('ready', flush=True)\ntime.sleep(120)\n",
+    ]));
+    let agent = Agent::start(&["--no-escalation"]);
+    let mut metrics = String::new();
+    let exported = eventually(Duration::from_secs(30), || {
+        metrics = agent.metrics();
+        metrics.contains("leakprobe_process_rss_bytes{") && metrics.contains("leakprobe_forged")
+    });
+    assert!(exported, "the hostile process was never exported:\n{metrics}\nstderr:\n{}", agent.stderr());
+    assert!(agent.said(&format!("watching PID {}", target.pid())).is_some(), "{}", agent.stderr());
+    assert!(!metrics.lines().any(|l| l.starts_with("leakprobe_forged")), "a series was forged:\n{metrics}");
+    assert!(
+        metrics.contains(r#"command="x\"} 1\nleakprobe_forged{namespace=\"prod\"} 60\n#""#),
+        "the name is not one escaped label value:\n{metrics}"
+    );
+    // Prometheus' parser: exit 1 and "error while linting" on a scrape it cannot parse (3 is its
+    // lint's style remarks, such as counters' help text).
+    let Some(prometheus) = std::env::var_os("LEAKPROBE_PROMETHEUS") else {
+        eprintln!("skipped the promtool check: LEAKPROBE_PROMETHEUS not set");
+        return;
+    };
+    let promtool = std::path::PathBuf::from(prometheus).with_file_name("promtool");
+    let mut check = Command::new(&promtool)
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot run {}: {e}", promtool.display()));
+    use std::io::Write;
+    check.stdin.take().unwrap().write_all(metrics.as_bytes()).unwrap();
+    let out = check.wait_with_output().unwrap();
+    let said = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.code() != Some(1) && !said.contains("error while linting"), "promtool: {said}\n{metrics}");
 }

@@ -44,3 +44,28 @@ fn scan_text_is_quiet_on_the_look_alikes_and_bad_input_is_one_line() {
         assert!(stderr.starts_with("leakprobe: error: "), "{stderr}");
     }
 }
+
+#[test]
+fn scan_survives_hostile_nesting_and_control_characters() {
+    let dir = scratch().join(format!("scan-hostile-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    // 200,000 nested brackets aborted the scan with a stack overflow (exit 134).
+    let deep = format!("x = {}{}\n", "[".repeat(200_000), "]".repeat(200_000));
+    std::fs::write(dir.join("deep.py"), deep).unwrap();
+    // A leak whose code line carries a terminal escape sequence: reported, the escape not printed.
+    std::fs::write(
+        dir.join("app.py"),
+        "from fastapi import FastAPI\napp = FastAPI()\n_SEEN = {}\n@app.get('/')\ndef seen(k: str):\n    _SEEN[k] = '\u{1b}[2J'  # \u{1b}]0;owned\u{7}\n",
+    )
+    .unwrap();
+    let out = scan(&[dir.to_str().unwrap()]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains("app.py"), "the leak is still found: {stdout}");
+    assert!(
+        !stdout.contains('\u{1b}') && !stdout.contains('\u{7}'),
+        "control characters reached the terminal: {stdout:?}"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -216,7 +216,7 @@ pub fn run(args: ScanArgs) -> anyhow::Result<ExitCode> {
     report.findings.retain(|f| f.advice.confidence >= args.min_confidence);
     let out = match args.format {
         ScanFormat::Json => serde_json::to_string_pretty(&report)? + "\n",
-        ScanFormat::Text => render_text(&report, args.min_confidence),
+        ScanFormat::Text => crate::untrusted::terminal_lines(render_text(&report, args.min_confidence)),
     };
     print!("{out}");
     Ok(if args.fail_on_findings && !report.findings.is_empty() {

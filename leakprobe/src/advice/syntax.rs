@@ -3,11 +3,40 @@
 
 use tree_sitter::{Node, Parser, Tree};
 
+/// Deepest syntax tree the classifier walks. Its walks recurse over the tree; CPython itself
+/// refuses code nested past 200 parentheses or 100 blocks, so this only turns away hostile or
+/// generated files (`x = [[[...]]]` 200,000 deep overflowed the stack).
+pub const MAX_TREE_DEPTH: usize = 1000;
+
 /// Parses Python source (tree-sitter recovers from syntax errors: the tree is always usable).
+/// None when it cannot, or when the tree is deeper than `MAX_TREE_DEPTH`.
 pub fn parse(source: &str) -> Option<Tree> {
     let mut parser = Parser::new();
     parser.set_language(&tree_sitter_python::LANGUAGE.into()).ok()?;
-    parser.parse(source, None)
+    let tree = parser.parse(source, None)?;
+    (depth(tree.root_node()) <= MAX_TREE_DEPTH).then_some(tree)
+}
+
+/// How deep the tree under `root` goes (the root alone: 1), walked without recursion.
+fn depth(root: Node<'_>) -> usize {
+    let mut cursor = root.walk();
+    let (mut depth, mut deepest) = (1, 1);
+    loop {
+        if cursor.goto_first_child() {
+            depth += 1;
+            deepest = deepest.max(depth);
+            continue;
+        }
+        loop {
+            if cursor.goto_next_sibling() {
+                break;
+            }
+            if !cursor.goto_parent() {
+                return deepest;
+            }
+            depth -= 1;
+        }
+    }
 }
 
 /// The source text of a node ("" if it is not valid UTF-8, which a &str source cannot produce).

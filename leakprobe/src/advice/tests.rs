@@ -445,3 +445,20 @@ fn an_unbounded_cache_decorator_on_a_function_called_per_request() {
         "import functools\n@functools.cache\ndef load(k):\n    return k * 2\nTABLE = [load(i) for i in range(10)]\n";
     assert_eq!(only(at_import), vec![]);
 }
+
+#[test]
+fn deeply_nested_source_is_turned_away_not_a_stack_overflow() {
+    // The reproduction: `x = [[[...]]]` 200,000 deep aborted `leakprobe scan` (exit 134).
+    let deep =
+        format!("_CACHE = {{}}\nx = {}{}\ndef f(k, v):\n    _CACHE[k] = v\n", "[".repeat(200_000), "]".repeat(200_000));
+    assert!(super::syntax::parse(&deep).is_none());
+    assert!(scan_source(Path::new("deep.py"), &deep).is_empty());
+    assert_eq!(advise(&deep, 4), None);
+    // Ordinary nesting is far below the bound and still classified.
+    let nested = format!(
+        "_CACHE = {{}}\nx = {}{}\n@app.get('/')\ndef f(k, v):\n    _CACHE[k] = v\n",
+        "[".repeat(150),
+        "]".repeat(150)
+    );
+    assert!(super::syntax::parse(&nested).is_some());
+}

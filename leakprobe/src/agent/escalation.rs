@@ -84,14 +84,21 @@ impl Escalations {
                 return Ok(false);
             }
         }
-        fs::create_dir_all(&self.policy.reports_dir)
-            .with_context(|| format!("cannot create {}", self.policy.reports_dir.display()))?;
+        private_dir(&self.policy.reports_dir)?;
         let stamp = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
-        let safe: String =
-            name.chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' { c } else { '_' }).take(80).collect();
-        let json = self.policy.reports_dir.join(format!("{stamp}-{safe}-{pid}.json"));
+        let json = self.policy.reports_dir.join(report_name(stamp, name, pid));
         let exe = std::env::current_exe().context("cannot find the leakprobe binary")?;
-        let child = Command::new(exe)
+        let mut command = Command::new(exe);
+        // Reports hold command lines, paths and source lines of other people's processes: the
+        // recorder writes them for root's eyes only.
+        // SAFETY: umask is async-signal-safe and touches nothing but the child's own state.
+        unsafe {
+            command.pre_exec(|| {
+                libc::umask(0o077);
+                Ok(())
+            });
+        }
+        let child = command
             .args(["record", "--quiet", "--format", "json", "--pid", &pid.to_string()])
             .arg("--duration")
             .arg(humantime::format_duration(self.policy.record_duration).to_string())
@@ -194,18 +201,60 @@ pub fn write_flame_graph(json: &Path) -> Result<PathBuf> {
     let report = crate::report::load::from_path(json)?;
     let svg = json.with_extension("svg");
     let drawn = crate::report::flamegraph::render(&report, &crate::report::flamegraph::Style::Standalone)?;
-    fs::write(&svg, drawn).with_context(|| format!("cannot write {}", svg.display()))?;
+    use std::{io::Write, os::unix::fs::OpenOptionsExt};
+    fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&svg)
+        .and_then(|mut f| f.write_all(drawn.as_bytes()))
+        .with_context(|| format!("cannot write {}", svg.display()))?;
     Ok(svg)
 }
 
-/// Keeps the newest `max_reports` JSON reports (and their flame graphs), deleting the rest.
+/// Creates the reports directory (and its parents), or takes it over: mode 0700 either way.
+fn private_dir(dir: &Path) -> Result<()> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .with_context(|| format!("cannot create {}", dir.display()))?;
+    fs::set_permissions(dir, fs::Permissions::from_mode(0o700))
+        .with_context(|| format!("cannot make {} private", dir.display()))
+}
+
+/// `leakprobe-<unix secs>-<name>-<pid>.json`: the only names retention ever deletes.
+fn report_name(stamp: u64, name: &str, pid: u32) -> String {
+    let safe: String =
+        name.chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' { c } else { '_' }).take(80).collect();
+    format!("leakprobe-{stamp}-{safe}-{pid}.json")
+}
+
+/// Whether `file_name` is a report name of ours (`report_name`).
+fn is_report_name(file_name: &str) -> bool {
+    let Some(middle) = file_name.strip_prefix("leakprobe-").and_then(|n| n.strip_suffix(".json")) else {
+        return false;
+    };
+    let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+    match (middle.split_once('-'), middle.rsplit_once('-')) {
+        (Some((stamp, _)), Some((_, pid))) => digits(stamp) && digits(pid),
+        _ => false,
+    }
+}
+
+/// Keeps the newest `max_reports` reports (and their flame graphs), deleting the rest. Only
+/// regular files with names leakprobe gives its reports are considered: never anybody else's
+/// `*.json`, never a link.
 pub fn apply_retention(dir: &Path, max_reports: usize) {
     let Ok(entries) = fs::read_dir(dir) else { return };
     let mut reports: Vec<(SystemTime, PathBuf)> = entries
         .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_str().is_some_and(is_report_name))
+        .filter(|e| e.file_type().is_ok_and(|t| t.is_file()))
         .map(|e| e.path())
-        .filter(|p| p.extension().is_some_and(|x| x == "json"))
-        .filter_map(|p| Some((fs::metadata(&p).ok()?.modified().ok()?, p)))
+        .filter_map(|p| Some((fs::symlink_metadata(&p).ok()?.modified().ok()?, p)))
         .collect();
     reports.sort();
     let excess = reports.len().saturating_sub(max_reports);
@@ -231,6 +280,33 @@ mod tests {
     }
 
     #[test]
+    fn report_names_are_ours_and_recognised() {
+        let name = report_name(1_700_000_000, "shop-api-1-python app.py", 4242);
+        assert_eq!(name, "leakprobe-1700000000-shop-api-1-python_app_py-4242.json");
+        assert!(is_report_name(&name));
+        for other in ["1700000000-x-1.json", "leakprobe-.json", "leakprobe-1-x-.json", "leakprobe-1-x-2.svg"] {
+            assert!(!is_report_name(other), "{other}");
+        }
+    }
+
+    #[test]
+    fn the_reports_directory_is_private() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = std::env::temp_dir().join(format!("leakprobe-private-{}", std::process::id()));
+        fs::create_dir_all(&dir).unwrap();
+        fs::set_permissions(&dir, fs::Permissions::from_mode(0o755)).unwrap();
+        private_dir(&dir.join("reports")).unwrap();
+        private_dir(&dir).unwrap();
+        for d in [dir.join("reports"), dir.clone()] {
+            assert_eq!(fs::metadata(&d).unwrap().permissions().mode() & 0o777, 0o700, "{}", d.display());
+        }
+        fs::write(dir.join("r.json"), crate::report::json::render(&crate::report::sample::leaking())).unwrap();
+        let svg = write_flame_graph(&dir.join("r.json")).unwrap();
+        assert_eq!(fs::metadata(svg).unwrap().permissions().mode() & 0o777, 0o600);
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
     fn rate_limits_cooldown_and_hourly_cap() {
         let mut e = Escalations::new(policy(Path::new("/nonexistent")));
         let now = Instant::now();
@@ -249,17 +325,34 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("leakprobe-retention-{}", std::process::id()));
         fs::create_dir_all(&dir).unwrap();
         for (i, name) in ["a", "b", "c"].iter().enumerate() {
-            let json = dir.join(format!("{name}.json"));
+            let json = dir.join(report_name(1_000 + i as u64, name, 7));
             fs::write(&json, "{}").unwrap();
             fs::write(json.with_extension("svg"), "<svg/>").unwrap();
             let t = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000 + i as u64);
             fs::File::options().write(true).open(&json).unwrap().set_modified(t).unwrap();
         }
+        // Somebody else's files, older than all of ours: never touched.
+        for other in ["old.json", "leakprobe-x-a-7.json", "leakprobe-5-a-7.json.bak"] {
+            fs::write(dir.join(other), "{}").unwrap();
+            let t = SystemTime::UNIX_EPOCH + Duration::from_secs(1);
+            fs::File::options().write(true).open(dir.join(other)).unwrap().set_modified(t).unwrap();
+        }
         apply_retention(&dir, 2);
         let mut left: Vec<String> =
             fs::read_dir(&dir).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
         left.sort();
-        assert_eq!(left, vec!["b.json", "b.svg", "c.json", "c.svg"]);
+        assert_eq!(
+            left,
+            vec![
+                "leakprobe-1001-b-7.json",
+                "leakprobe-1001-b-7.svg",
+                "leakprobe-1002-c-7.json",
+                "leakprobe-1002-c-7.svg",
+                "leakprobe-5-a-7.json.bak",
+                "leakprobe-x-a-7.json",
+                "old.json"
+            ]
+        );
         fs::remove_dir_all(&dir).unwrap();
     }
 

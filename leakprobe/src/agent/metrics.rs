@@ -13,7 +13,7 @@ use prometheus_client::{
     registry::Registry,
 };
 
-use crate::{assess::MemoryKind, verdict::VerdictKind};
+use crate::{assess::MemoryKind, untrusted::label_value, verdict::VerdictKind};
 
 /// Who a process is, as far as metrics may say.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
@@ -25,12 +25,15 @@ pub struct Labels {
 }
 
 impl Labels {
+    /// The label pairs, values escaped: every one of them can come from a tenant (argv[0] of any
+    /// process on the node; pod and container names), and prometheus-client writes label values
+    /// as they are.
     fn pairs(&self) -> Vec<(String, String)> {
         vec![
-            ("namespace".into(), self.namespace.clone()),
-            ("pod".into(), self.pod.clone()),
-            ("container".into(), self.container.clone()),
-            ("command".into(), self.command.clone()),
+            ("namespace".into(), label_value(&self.namespace)),
+            ("pod".into(), label_value(&self.pod)),
+            ("container".into(), label_value(&self.container)),
+            ("command".into(), label_value(&self.command)),
         ]
     }
 }
@@ -155,7 +158,8 @@ fn counter_family(registry: &mut Registry, name: &str, help: &str) -> Labelled<C
 
 fn with(labels: &Labels, extra: &[(&str, &str)]) -> Vec<(String, String)> {
     let mut pairs = labels.pairs();
-    pairs.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+    // Sites are code object and file names read from the target: escaped like the rest.
+    pairs.extend(extra.iter().map(|(k, v)| (k.to_string(), label_value(v))));
     pairs
 }
 
@@ -281,6 +285,27 @@ mod tests {
             memory_limit_bytes: Some(1 << 30),
             heap: vec![(MemoryKind::PymallocArenas, 1 << 20)],
         }
+    }
+
+    #[test]
+    fn hostile_names_stay_inside_their_label_values() {
+        let mut p = process("api-1", 100, VerdictKind::Leak, Some(60.0));
+        p.labels.command = "x\"} 1\nleakprobe_forged{namespace=\"prod\"} 60\n#".into();
+        let site = SiteMetric {
+            labels: p.labels.clone(),
+            site: "handler\"}\n /srv/app.py:3".into(),
+            kind: MemoryKind::OtherMmaps,
+            growth_bytes_per_sec: 1.0,
+        };
+        let text = render(&Snapshot { processes: vec![p], sites: vec![site], ..Default::default() });
+        assert!(!text.lines().any(|l| l.starts_with("leakprobe_forged")), "{text}");
+        // Every sample line is `name{labels} value`: the labels end where the last `"}` is.
+        for line in text.lines().filter(|l| !l.starts_with('#')) {
+            let (name, rest) = line.split_once('{').unwrap_or((line, ""));
+            assert!(name.starts_with("leakprobe_"), "{line}");
+            assert!(rest.is_empty() || rest.rsplit_once("} ").is_some(), "{line}");
+        }
+        assert!(text.contains(r#"command="x\"} 1\nleakprobe_forged{namespace=\"prod\"} 60\n#""#), "{text}");
     }
 
     #[test]

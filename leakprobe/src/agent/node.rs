@@ -24,6 +24,7 @@ use crate::{
     python::{self, resolver::PythonResolver},
     sampling_loop::{self, StackCache},
     target::Target,
+    untrusted::terminal,
     verdict::VerdictKind,
 };
 
@@ -151,11 +152,11 @@ impl<'a> Agent<'a> {
                     }
                     eprintln!(
                         "leakprobe agent: watching PID {pid} ({}{})",
-                        watched.labels.command,
+                        terminal(&watched.labels.command),
                         if watched.labels.container.is_empty() {
                             String::new()
                         } else {
-                            format!(", container {}", watched.labels.container)
+                            format!(", container {}", terminal(&watched.labels.container))
                         }
                     );
                     self.watched.insert(pid, watched);
@@ -294,7 +295,7 @@ impl<'a> Agent<'a> {
             if a.verdict != w.verdict {
                 eprintln!(
                     "leakprobe agent: PID {pid} ({}) is now {}: {}",
-                    w.labels.command,
+                    terminal(&w.labels.command),
                     a.verdict.as_str(),
                     a.reason
                 );
@@ -322,7 +323,9 @@ impl<'a> Agent<'a> {
                     for d in &found {
                         eprintln!(
                             "leakprobe agent: PID {pid}: {} at {} (confidence {:.2})",
-                            d.pattern, d.site, d.confidence
+                            d.pattern,
+                            terminal(&d.site),
+                            d.confidence
                         );
                     }
                     if let Some(w) = self.watched.get_mut(&pid) {
@@ -348,7 +351,9 @@ impl<'a> Agent<'a> {
                 .collect::<Vec<_>>()
                 .join("-");
             match escalations.consider(pid, &name) {
-                Ok(true) => eprintln!("leakprobe agent: recording PID {pid} ({}) to name the leak", labels.command),
+                Ok(true) => {
+                    eprintln!("leakprobe agent: recording PID {pid} ({}) to name the leak", terminal(&labels.command))
+                }
                 Ok(false) => {}
                 Err(e) => eprintln!("leakprobe agent: cannot record PID {pid}: {e:#}"),
             }

@@ -13,7 +13,13 @@ const FRAMES_SHOWN: usize = 12;
 /// Non-flagged stacks shown for context.
 const OTHERS_SHOWN: usize = 5;
 
+/// The text report. Function, file and command names and source lines come from the target:
+/// control characters are replaced before it reaches a terminal.
 pub fn render(report: &Report) -> String {
+    crate::untrusted::terminal_lines(render_raw(report))
+}
+
+fn render_raw(report: &Report) -> String {
     let mut out = String::new();
     let t = &report.target;
     let command = if t.cmdline.is_empty() { t.exe.clone() } else { t.cmdline.join(" ") };
