@@ -21,8 +21,13 @@ pub enum ErrorKind {
     OomKill,
     /// Python's `MemoryError`.
     MemoryError,
-    /// `std::bad_alloc`, `Cannot allocate memory`, `ENOMEM`, `malloc(): ... failed`.
+    /// `std::bad_alloc`, `Cannot allocate memory`, `ENOMEM`, `malloc(): ... failed`,
+    /// `memory allocation failed`.
     AllocationFailure,
+    /// A runtime saying garbage collection takes over: `GC overhead ... exceeds`.
+    GcOverhead,
+    /// A request timing out with memory high: `memory ... 812MB ... timeout after 30s`.
+    MemoryTimeout,
 }
 
 impl ErrorKind {
@@ -31,6 +36,8 @@ impl ErrorKind {
             ErrorKind::OomKill => "oom-kill",
             ErrorKind::MemoryError => "memory-error",
             ErrorKind::AllocationFailure => "allocation-failure",
+            ErrorKind::GcOverhead => "gc-overhead",
+            ErrorKind::MemoryTimeout => "memory-timeout",
         }
     }
 }
@@ -90,16 +97,23 @@ impl ErrorDetector {
             patterns: vec![
                 (
                     re(
-                        r"(?i)out of memory: kill|\boom-kill|\bOOMKilled\b|memory cgroup out of memory|Perhaps out of memory\?|killed by the OOM killer",
+                        // The kernel's report, runtimes' echoes of it, and the manual guide's
+                        // signatures: `Killed (OutOfMemory)`, `killed due to oom`, `OutOfMemory`.
+                        r"(?i)out of memory: kill|\boom-kill|\bOOMKilled\b|memory cgroup out of memory|Perhaps out of memory\?|killed by the OOM killer|\bKilled\s+\(|killed due to oom|\bOutOfMemory",
                     ),
                     ErrorKind::OomKill,
                 ),
                 (re(r"\bMemoryError\b"), ErrorKind::MemoryError),
                 (
                     re(
-                        r"std::bad_alloc|(?i:cannot allocate memory)|\bENOMEM\b|\b(?:malloc|calloc|realloc)\(\)[^\n]*\bfail|(?i:failed to allocate)",
+                        r"std::bad_alloc|(?i:cannot allocate memory)|\bENOMEM\b|\b(?:malloc|calloc|realloc)\(\)[^\n]*\bfail|(?i:failed to allocate)|(?i:memory allocation failed)",
                     ),
                     ErrorKind::AllocationFailure,
+                ),
+                (re(r"(?i)\bGC overhead\b.*\bexceeds?\b"), ErrorKind::GcOverhead),
+                (
+                    re(r"(?i)\bmemory\b.*\d+(?:\.\d+)?\s*[MG]i?B\b.*\btimeout after \d+(?:\.\d+)?\s*s\b"),
+                    ErrorKind::MemoryTimeout,
                 ),
             ],
             killed: re(r"(?i)killed process (\d+)|\(pid:(\d+)\) was sent SIGKILL"),

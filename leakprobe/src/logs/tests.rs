@@ -283,3 +283,25 @@ fn process_tags() {
     assert!(!parse::tag_matches("pid 12345", "1234"));
     assert_eq!(parse::tag_pid("app[42]"), Some(42));
 }
+
+#[test]
+fn the_guides_failure_signatures_are_each_one_event_after_the_growth_seen() {
+    for (name, kind) in [
+        ("guide_killed_outofmemory.log", ErrorKind::OomKill),
+        ("guide_killed_due_to_oom.log", ErrorKind::OomKill),
+        ("guide_outofmemory.log", ErrorKind::OomKill),
+        ("guide_memory_allocation_failed.log", ErrorKind::AllocationFailure),
+        ("guide_gc_overhead.log", ErrorKind::GcOverhead),
+        ("guide_memory_timeout.log", ErrorKind::MemoryTimeout),
+    ] {
+        let report = analyze(name, LogsOptions::default());
+        assert_eq!(report.errors_total, 1, "{name}");
+        assert_eq!(report.errors[0].kind, kind, "{name}");
+        // Four samples are too few for a verdict; the growth seen and the error after it are shown.
+        assert_eq!(report.verdict.verdict, VerdictKind::Inconclusive, "{name}");
+        let text = render::text(&report);
+        assert!(text.contains("RSS 400.0 MB -> 570.5 MB"), "{name}: {text}");
+        assert!(text.contains(&format!("(line 5) {}", kind.as_str())), "{name}: {text}");
+        assert!(text.contains("last sample of worker[7]: 570.5 MB, 20s before"), "{name}: {text}");
+    }
+}
