@@ -15,6 +15,7 @@ pub mod liveness;
 pub mod loader;
 pub mod logs;
 pub mod probe_cost;
+pub mod probe_site;
 pub mod process_memory;
 pub mod python;
 pub mod record;
