@@ -44,10 +44,12 @@
 //! direct tail call, so no site there is in a tail-called function. Hooking `_PyObject_Free`
 //! directly is cheap but also sees the `PyMem_*` domain, which uses the same functions.
 
+mod in_file;
 mod kernel_emulation;
 #[cfg(test)]
 mod tests;
 
+pub use in_file::{attach_cookie, choose_in_file, running_kernel};
 pub use kernel_emulation::{KernelEmulation, NopEmulation};
 
 use std::fmt;

@@ -94,6 +94,9 @@ pub fn render(report: &Report) -> String {
     if let Some(b) = &report.budget {
         let _ = writeln!(out, "overhead: {}", facts::overhead(b));
     }
+    if let Some(sites) = facts::probe_sites(report) {
+        let _ = writeln!(out, "probes: {sites}");
+    }
     let _ = writeln!(out, "dropped: {}", facts::drops(report));
     for w in &report.warnings {
         let _ = writeln!(out, "warning: {w}");
