@@ -35,43 +35,34 @@ fn cookie<C: EbpfContext>(ctx: &C) -> u64 {
     unsafe { bpf_get_attach_cookie(ctx.as_ptr()) }
 }
 
-/// Argument `n` of the hooked call, from the register the cookie names (the breakpoint may sit
-/// after the function copied it). One constant-offset read per arm: the verifier rejects reads of
-/// the context at a variable offset, and the volatile reads keep the compiler from merging the
-/// arms into one such read.
+/// The general-purpose registers at the breakpoint, by hardware number (rax = 0 ... r15 = 15).
+/// The verifier rejects reads of the context at a variable offset, and a `match` over the
+/// register number is compiled into one such read (the arms' loads are merged), so every register
+/// is read at its constant offset into a stack array, which may be indexed at a variable offset.
+/// The volatile reads keep the compiler from turning the copy back into a read of the context.
 #[inline(always)]
-fn arg(ctx: &ProbeContext, cookie: u64, n: usize) -> u64 {
+fn registers(ctx: &ProbeContext) -> [u64; 16] {
     let regs = ctx.regs;
     macro_rules! read {
-        ($field:ident) => {
-            unsafe { core::ptr::read_volatile(&raw const (*regs).$field) }
+        ($($field:ident),*) => {
+            [$(unsafe { core::ptr::read_volatile(&raw const (*regs).$field) }),*]
         };
     }
-    match cookie::register(cookie, n) {
-        0 => read!(rax),
-        1 => read!(rcx),
-        2 => read!(rdx),
-        3 => read!(rbx),
-        4 => read!(rsp),
-        5 => read!(rbp),
-        6 => read!(rsi),
-        7 => read!(rdi),
-        8 => read!(r8),
-        9 => read!(r9),
-        10 => read!(r10),
-        11 => read!(r11),
-        12 => read!(r12),
-        13 => read!(r13),
-        14 => read!(r14),
-        _ => read!(r15),
-    }
+    read!(rax, rcx, rdx, rbx, rsp, rbp, rsi, rdi, r8, r9, r10, r11, r12, r13, r14, r15)
 }
 
-/// Whether an entry hit belongs to the target (counting it), and the cookie.
+/// Argument `n` of the hooked call, from the register the cookie names (the breakpoint may sit
+/// after the function copied it).
 #[inline(always)]
-fn entry(ctx: &ProbeContext) -> Option<u64> {
+fn arg(registers: &[u64; 16], cookie: u64, n: usize) -> u64 {
+    registers[(cookie::register(cookie, n) & 0xf) as usize]
+}
+
+/// Whether an entry hit belongs to the target (counting it): then the cookie and the registers.
+#[inline(always)]
+fn entry(ctx: &ProbeContext) -> Option<(u64, [u64; 16])> {
     let cookie = cookie(ctx);
-    record::hooked(cookie::stepped(cookie)).then_some(cookie)
+    record::hooked(cookie::stepped(cookie)).then(|| (cookie, registers(ctx)))
 }
 
 // ---- allocator entry points (uprobes) ----
@@ -79,8 +70,8 @@ fn entry(ctx: &ProbeContext) -> Option<u64> {
 /// `malloc(size)`, `valloc`, `pvalloc`, `PyObject_Malloc`, `PyMem_Malloc`, `PyMem_RawMalloc`.
 #[uprobe]
 pub fn alloc_size(ctx: ProbeContext) -> u32 {
-    if let Some(c) = entry(&ctx) {
-        record::enter(cookie::function(c), arg(&ctx, c, 0), 0);
+    if let Some((c, r)) = entry(&ctx) {
+        record::enter(cookie::function(c), arg(&r, c, 0), 0);
     }
     0
 }
@@ -88,8 +79,8 @@ pub fn alloc_size(ctx: ProbeContext) -> u32 {
 /// `calloc(n, size)` and CPython's `*_Calloc`.
 #[uprobe]
 pub fn alloc_count_size(ctx: ProbeContext) -> u32 {
-    if let Some(c) = entry(&ctx) {
-        record::enter(cookie::function(c), arg(&ctx, c, 0).wrapping_mul(arg(&ctx, c, 1)), 0);
+    if let Some((c, r)) = entry(&ctx) {
+        record::enter(cookie::function(c), arg(&r, c, 0).wrapping_mul(arg(&r, c, 1)), 0);
     }
     0
 }
@@ -97,8 +88,8 @@ pub fn alloc_count_size(ctx: ProbeContext) -> u32 {
 /// `realloc(ptr, size)` and CPython's `*_Realloc`.
 #[uprobe]
 pub fn alloc_ptr_size(ctx: ProbeContext) -> u32 {
-    if let Some(c) = entry(&ctx) {
-        record::enter(cookie::function(c), arg(&ctx, c, 1), arg(&ctx, c, 0));
+    if let Some((c, r)) = entry(&ctx) {
+        record::enter(cookie::function(c), arg(&r, c, 1), arg(&r, c, 0));
     }
     0
 }
@@ -106,8 +97,8 @@ pub fn alloc_ptr_size(ctx: ProbeContext) -> u32 {
 /// `reallocarray(ptr, n, size)`.
 #[uprobe]
 pub fn alloc_ptr_count_size(ctx: ProbeContext) -> u32 {
-    if let Some(c) = entry(&ctx) {
-        record::enter(cookie::function(c), arg(&ctx, c, 1).wrapping_mul(arg(&ctx, c, 2)), arg(&ctx, c, 0));
+    if let Some((c, r)) = entry(&ctx) {
+        record::enter(cookie::function(c), arg(&r, c, 1).wrapping_mul(arg(&r, c, 2)), arg(&r, c, 0));
     }
     0
 }
@@ -115,8 +106,8 @@ pub fn alloc_ptr_count_size(ctx: ProbeContext) -> u32 {
 /// `aligned_alloc(align, size)`, `memalign(align, size)`.
 #[uprobe]
 pub fn alloc_align_size(ctx: ProbeContext) -> u32 {
-    if let Some(c) = entry(&ctx) {
-        record::enter(cookie::function(c), arg(&ctx, c, 1), 0);
+    if let Some((c, r)) = entry(&ctx) {
+        record::enter(cookie::function(c), arg(&r, c, 1), 0);
     }
     0
 }
@@ -124,8 +115,8 @@ pub fn alloc_align_size(ctx: ProbeContext) -> u32 {
 /// `posix_memalign(void **out, align, size)`: the address comes back through `out`.
 #[uprobe]
 pub fn alloc_posix_memalign(ctx: ProbeContext) -> u32 {
-    if let Some(c) = entry(&ctx) {
-        record::enter(cookie::function(c), arg(&ctx, c, 2), arg(&ctx, c, 0));
+    if let Some((c, r)) = entry(&ctx) {
+        record::enter(cookie::function(c), arg(&r, c, 2), arg(&r, c, 0));
     }
     0
 }
@@ -165,8 +156,8 @@ pub fn alloc_return(ctx: RetProbeContext) -> u32 {
 /// `free(ptr)` and CPython's `*_Free`. No return hook: the block is gone at entry.
 #[uprobe]
 pub fn free_ptr(ctx: ProbeContext) -> u32 {
-    if let Some(c) = entry(&ctx) {
-        record::free(arg(&ctx, c, 0));
+    if let Some((c, r)) = entry(&ctx) {
+        record::free(arg(&r, c, 0));
     }
     0
 }

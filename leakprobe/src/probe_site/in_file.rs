@@ -10,7 +10,11 @@ use std::{
 
 use leakprobe_common::{cookie, AllocFunction};
 
-use super::{choose, KernelEmulation, ProbeSite};
+use super::{choose, instruction_at, KernelEmulation, ProbeSite};
+
+/// Set (to anything) in leakprobe's environment, every breakpoint goes on its function's entry:
+/// to measure what placement saves (docs/overhead.md).
+pub const AT_ENTRY_VARIABLE: &str = "LEAKPROBE_PROBE_AT_ENTRY";
 
 /// What the running kernel emulates, from its release (`uname -r`); a release that cannot be
 /// read emulates nothing, so every breakpoint stays on its entry and is priced as single-stepped.
@@ -32,7 +36,11 @@ pub fn choose_in_file(path: &Path, entry: u64, args: usize, kernel: &KernelEmula
         file.take(len as u64).read_to_end(&mut bytes).ok()?;
         (!bytes.is_empty()).then_some(bytes)
     };
-    choose(&code, entry, args, kernel)
+    let site = choose(&code, entry, args, kernel);
+    if std::env::var_os(AT_ENTRY_VARIABLE).is_some() {
+        return site.at_entry(entry, instruction_at(&code, entry));
+    }
+    site
 }
 
 /// The attach cookie of `function`'s probes at `site`.

@@ -180,6 +180,8 @@ pub enum Fallback {
     ArgumentLost { arg: usize, vaddr: u64, instruction: String },
     /// [`MAX_INSTRUCTIONS`] or [`MAX_BYTES`] reached without an emulated instruction.
     BoundReached,
+    /// The entry was asked for (`LEAKPROBE_PROBE_AT_ENTRY`, to measure what placement saves).
+    EntryAsked,
 }
 
 impl fmt::Display for Fallback {
@@ -196,6 +198,7 @@ impl fmt::Display for Fallback {
             Fallback::BoundReached => {
                 write!(f, "no emulated instruction within {MAX_INSTRUCTIONS} instructions / {MAX_BYTES} bytes")
             }
+            Fallback::EntryAsked => write!(f, "the entry was asked for (LEAKPROBE_PROBE_AT_ENTRY)"),
         }
     }
 }
@@ -281,6 +284,36 @@ pub fn choose(
         tail_called: false,
         fallback: Some(fallback),
     }
+}
+
+impl ProbeSite {
+    /// This site moved back to the entry of the hooked function: what a breakpoint costs without
+    /// placement. The entry is emulated only when it was the site already (the scan stops at the
+    /// first emulated instruction).
+    pub fn at_entry(self, entry_vaddr: u64, entry_instruction: String) -> ProbeSite {
+        if self.vaddr == entry_vaddr {
+            return self;
+        }
+        ProbeSite {
+            vaddr: entry_vaddr,
+            function_entry: entry_vaddr,
+            instruction: entry_instruction,
+            emulated: false,
+            args: ARGUMENT_REGISTERS[..self.args.len()].to_vec(),
+            tail_called: false,
+            fallback: Some(Fallback::EntryAsked),
+        }
+    }
+}
+
+/// The instruction at `vaddr` in AT&T syntax (empty when none decodes there).
+pub fn instruction_at(code: &dyn Fn(u64, usize) -> Option<Vec<u8>>, vaddr: u64) -> String {
+    let Some(bytes) = code(vaddr, MAX_BYTES) else { return String::new() };
+    let instruction = Decoder::with_ip(64, &bytes, vaddr, DecoderOptions::NONE).decode();
+    if instruction.is_invalid() {
+        return String::new();
+    }
+    att(&instruction)
 }
 
 /// What the scan knows after the instructions before the current one have executed.

@@ -378,3 +378,16 @@ fn pt_regs_offsets() {
     assert_eq!((Gpr::R15.pt_regs_offset(), Gpr::Rdi.pt_regs_offset(), Gpr::Rsp.pt_regs_offset()), (0, 112, 152));
     assert_eq!(Gpr::R9.to_string(), "%r9");
 }
+
+#[test]
+fn moved_back_to_the_entry_for_measurements() {
+    let code = image(&[LIBC_FREE]);
+    let site = choose(&code, LIBC_FREE.0, 1, &KERNEL_6_18);
+    assert_eq!(site.offset_in_function(), 3);
+    let entry = site.at_entry(LIBC_FREE.0, instruction_at(&code, LIBC_FREE.0));
+    assert_eq!((entry.vaddr, entry.emulated, entry.fallback), (LIBC_FREE.0, false, Some(Fallback::EntryAsked)));
+    assert!(entry.instruction.starts_with("test %rdi,%rdi"), "{}", entry.instruction);
+    // A site on the entry already stays as it was.
+    let malloc = choose(&image(&[LIBC_MALLOC]), LIBC_MALLOC.0, 1, &KERNEL_6_18);
+    assert_eq!(malloc.clone().at_entry(LIBC_MALLOC.0, String::new()), malloc);
+}
