@@ -146,6 +146,18 @@ pub enum CallShape {
     Syscall,
 }
 
+impl CallShape {
+    /// Integer arguments the entry program reads.
+    pub fn integer_args(self) -> usize {
+        match self {
+            CallShape::Size | CallShape::Free => 1,
+            CallShape::CountSize | CallShape::PtrSize | CallShape::AlignSize => 2,
+            CallShape::PtrCountSize | CallShape::OutPtrAlignSize => 3,
+            CallShape::Syscall => 0,
+        }
+    }
+}
+
 /// An allocator call in flight on one thread, between its entry and its return.
 /// Keyed by thread id (not tgid) so concurrent threads never pair each other's calls.
 #[repr(C)]
@@ -254,6 +266,9 @@ pub enum Counter {
     DropMissedFree,
     /// Uprobe and uretprobe hits in the target: what the budget charges for.
     ProbeHits,
+    /// The part of `ProbeHits` that were entry hits at a single-stepped site (`cookie::STEPPED`):
+    /// each costs a second trap, so the budget charges them apart.
+    SteppedProbeHits,
     /// Drop: the process-event ring buffer was full (the agent rescans /proc to catch up).
     DropProcessEvents,
 }
@@ -285,6 +300,7 @@ impl Counter {
             DropPendingFull => "drop_pending_full",
             DropMissedFree => "drop_missed_free",
             ProbeHits => "probe_hits",
+            SteppedProbeHits => "stepped_probe_hits",
             DropProcessEvents => "drop_process_events",
         }
     }
@@ -308,6 +324,94 @@ impl Counter {
     /// Every counter, in index order.
     pub fn all() -> impl Iterator<Item = Counter> {
         (0..Self::COUNT).filter_map(Counter::from_u32)
+    }
+}
+
+/// The attach cookie of every allocator uprobe: which function it is (low 32 bits, an
+/// `AllocFunction`), which register holds each argument at the breakpoint (userspace moves the
+/// breakpoint past instructions that may copy an argument elsewhere), and whether the kernel
+/// single-steps the instruction under it.
+///
+/// Bits 32..56 hold 4 bits per argument slot 0..6: the hardware number of the register (rax = 0,
+/// rcx = 1, ... r15 = 15, as in the ModRM encoding) XOR that of the slot's System V register, so
+/// 0 means "where the ABI puts it" and a cookie of a plain `AllocFunction` reads every argument
+/// from its usual register. Bit 63 is [`cookie::STEPPED`].
+pub mod cookie {
+    /// Set when the breakpoint's instruction is single-stepped (counted in `SteppedProbeHits`).
+    pub const STEPPED: u64 = 1 << 63;
+    /// Argument slots the cookie can place.
+    pub const ARG_SLOTS: usize = 6;
+    const REGISTERS_SHIFT: u32 = 32;
+    /// Hardware numbers of the System V integer argument registers: rdi, rsi, rdx, rcx, r8, r9.
+    pub const SYSV_ARGUMENTS: [u8; ARG_SLOTS] = [7, 6, 2, 1, 8, 9];
+
+    /// The cookie of `function` whose argument `n` is in the register numbered `registers[n]`
+    /// (slots past `registers.len()` stay where the ABI puts them).
+    pub fn encode(function: u32, registers: &[u8], stepped: bool) -> u64 {
+        let mut cookie = function as u64;
+        for (slot, &register) in registers.iter().take(ARG_SLOTS).enumerate() {
+            let nibble = ((register ^ SYSV_ARGUMENTS[slot]) & 0xf) as u64;
+            cookie |= nibble << (REGISTERS_SHIFT + 4 * slot as u32);
+        }
+        if stepped {
+            cookie |= STEPPED;
+        }
+        cookie
+    }
+
+    /// The `AllocFunction` number.
+    #[inline(always)]
+    pub fn function(cookie: u64) -> u32 {
+        cookie as u32
+    }
+
+    /// The hardware number of the register holding argument `slot` (< `ARG_SLOTS`).
+    #[inline(always)]
+    pub fn register(cookie: u64, slot: usize) -> u8 {
+        ((cookie >> (REGISTERS_SHIFT + 4 * slot as u32)) as u8 & 0xf) ^ SYSV_ARGUMENTS[slot]
+    }
+
+    #[inline(always)]
+    pub fn stepped(cookie: u64) -> bool {
+        cookie & STEPPED != 0
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+
+        #[test]
+        fn a_plain_function_reads_the_abi_registers() {
+            let cookie = encode(13, &[], false);
+            assert_eq!(cookie, 13);
+            assert_eq!(function(cookie), 13);
+            assert!(!stepped(cookie));
+            for slot in 0..ARG_SLOTS {
+                assert_eq!(register(cookie, slot), SYSV_ARGUMENTS[slot]);
+            }
+        }
+
+        #[test]
+        fn moved_arguments_and_the_stepped_bit_round_trip() {
+            // size moved to rsi (6), the second argument to r15 (15), the third left in rdx.
+            let cookie = encode(10, &[6, 15, 2], true);
+            assert_eq!(function(cookie), 10);
+            assert!(stepped(cookie));
+            assert_eq!((register(cookie, 0), register(cookie, 1), register(cookie, 2)), (6, 15, 2));
+            assert_eq!(register(cookie, 5), 9);
+            // Every register in every slot.
+            for slot in 0..ARG_SLOTS {
+                for reg in 0..16u8 {
+                    let mut regs = [0u8; ARG_SLOTS];
+                    regs.copy_from_slice(&SYSV_ARGUMENTS);
+                    regs[slot] = reg;
+                    let cookie = encode(u32::MAX, &regs, false);
+                    assert_eq!(function(cookie), u32::MAX);
+                    assert_eq!(register(cookie, slot), reg);
+                    assert!(!stepped(cookie));
+                }
+            }
+        }
     }
 }
 

@@ -24,19 +24,45 @@ use aya_ebpf::{
     programs::{ProbeContext, RetProbeContext, TracePointContext},
     EbpfContext,
 };
-use leakprobe_common::{AllocFunction, CallShape, Counter, ProcessEvent, ProcessEventKind};
+use leakprobe_common::{cookie, AllocFunction, CallShape, Counter, ProcessEvent, ProcessEventKind};
 
 use crate::maps::{count, BRK_CURRENT, PROCESS_EVENTS, TARGETS};
 
-/// The hooked function, which userspace passes as the attach cookie.
+/// The attach cookie userspace gives every uprobe (`leakprobe_common::cookie`): the hooked
+/// function, where its arguments are at the breakpoint, whether the breakpoint is single-stepped.
 #[inline(always)]
-fn cookie<C: EbpfContext>(ctx: &C) -> u32 {
-    unsafe { bpf_get_attach_cookie(ctx.as_ptr()) as u32 }
+fn cookie<C: EbpfContext>(ctx: &C) -> u64 {
+    unsafe { bpf_get_attach_cookie(ctx.as_ptr()) }
 }
 
+/// The general-purpose registers at the breakpoint, by hardware number (rax = 0 ... r15 = 15).
+/// The verifier rejects reads of the context at a variable offset, and a `match` over the
+/// register number is compiled into one such read (the arms' loads are merged), so every register
+/// is read at its constant offset into a stack array, which may be indexed at a variable offset.
+/// The volatile reads keep the compiler from turning the copy back into a read of the context.
 #[inline(always)]
-fn arg(ctx: &ProbeContext, n: usize) -> u64 {
-    ctx.arg::<u64>(n).unwrap_or(0)
+fn registers(ctx: &ProbeContext) -> [u64; 16] {
+    let regs = ctx.regs;
+    macro_rules! read {
+        ($($field:ident),*) => {
+            [$(unsafe { core::ptr::read_volatile(&raw const (*regs).$field) }),*]
+        };
+    }
+    read!(rax, rcx, rdx, rbx, rsp, rbp, rsi, rdi, r8, r9, r10, r11, r12, r13, r14, r15)
+}
+
+/// Argument `n` of the hooked call, from the register the cookie names (the breakpoint may sit
+/// after the function copied it).
+#[inline(always)]
+fn arg(registers: &[u64; 16], cookie: u64, n: usize) -> u64 {
+    registers[(cookie::register(cookie, n) & 0xf) as usize]
+}
+
+/// Whether an entry hit belongs to the target (counting it): then the cookie and the registers.
+#[inline(always)]
+fn entry(ctx: &ProbeContext) -> Option<(u64, [u64; 16])> {
+    let cookie = cookie(ctx);
+    record::hooked(cookie::stepped(cookie)).then(|| (cookie, registers(ctx)))
 }
 
 // ---- allocator entry points (uprobes) ----
@@ -44,8 +70,8 @@ fn arg(ctx: &ProbeContext, n: usize) -> u64 {
 /// `malloc(size)`, `valloc`, `pvalloc`, `PyObject_Malloc`, `PyMem_Malloc`, `PyMem_RawMalloc`.
 #[uprobe]
 pub fn alloc_size(ctx: ProbeContext) -> u32 {
-    if record::hooked() {
-        record::enter(cookie(&ctx), arg(&ctx, 0), 0);
+    if let Some((c, r)) = entry(&ctx) {
+        record::enter(cookie::function(c), arg(&r, c, 0), 0);
     }
     0
 }
@@ -53,8 +79,8 @@ pub fn alloc_size(ctx: ProbeContext) -> u32 {
 /// `calloc(n, size)` and CPython's `*_Calloc`.
 #[uprobe]
 pub fn alloc_count_size(ctx: ProbeContext) -> u32 {
-    if record::hooked() {
-        record::enter(cookie(&ctx), arg(&ctx, 0).wrapping_mul(arg(&ctx, 1)), 0);
+    if let Some((c, r)) = entry(&ctx) {
+        record::enter(cookie::function(c), arg(&r, c, 0).wrapping_mul(arg(&r, c, 1)), 0);
     }
     0
 }
@@ -62,8 +88,8 @@ pub fn alloc_count_size(ctx: ProbeContext) -> u32 {
 /// `realloc(ptr, size)` and CPython's `*_Realloc`.
 #[uprobe]
 pub fn alloc_ptr_size(ctx: ProbeContext) -> u32 {
-    if record::hooked() {
-        record::enter(cookie(&ctx), arg(&ctx, 1), arg(&ctx, 0));
+    if let Some((c, r)) = entry(&ctx) {
+        record::enter(cookie::function(c), arg(&r, c, 1), arg(&r, c, 0));
     }
     0
 }
@@ -71,8 +97,8 @@ pub fn alloc_ptr_size(ctx: ProbeContext) -> u32 {
 /// `reallocarray(ptr, n, size)`.
 #[uprobe]
 pub fn alloc_ptr_count_size(ctx: ProbeContext) -> u32 {
-    if record::hooked() {
-        record::enter(cookie(&ctx), arg(&ctx, 1).wrapping_mul(arg(&ctx, 2)), arg(&ctx, 0));
+    if let Some((c, r)) = entry(&ctx) {
+        record::enter(cookie::function(c), arg(&r, c, 1).wrapping_mul(arg(&r, c, 2)), arg(&r, c, 0));
     }
     0
 }
@@ -80,8 +106,8 @@ pub fn alloc_ptr_count_size(ctx: ProbeContext) -> u32 {
 /// `aligned_alloc(align, size)`, `memalign(align, size)`.
 #[uprobe]
 pub fn alloc_align_size(ctx: ProbeContext) -> u32 {
-    if record::hooked() {
-        record::enter(cookie(&ctx), arg(&ctx, 1), 0);
+    if let Some((c, r)) = entry(&ctx) {
+        record::enter(cookie::function(c), arg(&r, c, 1), 0);
     }
     0
 }
@@ -89,8 +115,8 @@ pub fn alloc_align_size(ctx: ProbeContext) -> u32 {
 /// `posix_memalign(void **out, align, size)`: the address comes back through `out`.
 #[uprobe]
 pub fn alloc_posix_memalign(ctx: ProbeContext) -> u32 {
-    if record::hooked() {
-        record::enter(cookie(&ctx), arg(&ctx, 2), arg(&ctx, 0));
+    if let Some((c, r)) = entry(&ctx) {
+        record::enter(cookie::function(c), arg(&r, c, 2), arg(&r, c, 0));
     }
     0
 }
@@ -98,7 +124,8 @@ pub fn alloc_posix_memalign(ctx: ProbeContext) -> u32 {
 /// Return of every allocating function: pairs with the entry recorded on this thread.
 #[uretprobe]
 pub fn alloc_return(ctx: RetProbeContext) -> u32 {
-    if !record::hooked() {
+    // A return is never single-stepped: the kernel's return trampoline takes one trap.
+    if !record::hooked(false) {
         return 0;
     }
     let Some(call) = record::exit() else { return 0 };
@@ -129,8 +156,8 @@ pub fn alloc_return(ctx: RetProbeContext) -> u32 {
 /// `free(ptr)` and CPython's `*_Free`. No return hook: the block is gone at entry.
 #[uprobe]
 pub fn free_ptr(ctx: ProbeContext) -> u32 {
-    if record::hooked() {
-        record::free(arg(&ctx, 0));
+    if let Some((c, r)) = entry(&ctx) {
+        record::free(arg(&r, c, 0));
     }
     0
 }

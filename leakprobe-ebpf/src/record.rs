@@ -46,12 +46,15 @@ fn key(address: u64) -> LiveKey {
 }
 
 /// Whether a uprobe hit belongs to the target; counts the hit, which is what the overhead budget
-/// charges for.
+/// charges for, and apart those at a breakpoint the kernel single-steps (a second, dearer trap).
 #[inline(always)]
-pub fn hooked() -> bool {
+pub fn hooked(stepped: bool) -> bool {
     let target = is_target();
     if target {
         count(Counter::ProbeHits);
+        if stepped {
+            count(Counter::SteppedProbeHits);
+        }
     }
     target
 }

@@ -21,6 +21,7 @@ pub mod loader;
 pub mod logs;
 pub mod probe_cost;
 pub mod proc_maps;
+pub mod probe_site;
 pub mod process_memory;
 pub mod python;
 pub mod record;

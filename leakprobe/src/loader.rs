@@ -9,16 +9,18 @@ use leakprobe_common::{names, AllocFunction, CallShape};
 
 use crate::{
     kernel::{Kernel, TableSizes, UprobeLink},
+    probe_site::{self, ProbeSite},
     python::runtime::PythonRuntime,
     target::Target,
     tracefs,
 };
 
-/// A hooked function: where, and which.
+/// A hooked function: where, which, and where in it the breakpoint sits.
 #[derive(Debug, Clone)]
 pub struct Hook {
     pub function: AllocFunction,
     pub object: String,
+    pub site: ProbeSite,
 }
 
 pub struct Probes {
@@ -102,6 +104,7 @@ pub fn attach(target: &Target, sizes: TableSizes, python: Option<&PythonRuntime>
     }
 
     kernel.load_uprobes()?;
+    let emulation = probe_site::running_kernel();
     let mut hooks = Vec::new();
     let mut plan = Vec::new();
     for object in &target.objects {
@@ -109,19 +112,23 @@ pub fn attach(target: &Target, sizes: TableSizes, python: Option<&PythonRuntime>
             let Some(entry) = entry_program(function.shape()) else {
                 continue;
             };
+            // Entry and return probe both at the site: the stack pointer is unmoved there, so the
+            // return probe still finds the return address.
+            let site =
+                probe_site::choose_in_file(&object.host_path, offset, function.shape().integer_args(), &emulation);
             let place = format!("{} in {}", function.symbol(), object.path.display());
             let attachment = |program, what: &str| Attachment {
                 program,
-                offset,
+                offset: site.vaddr,
                 path: object.host_path.clone(),
-                cookie: function as u64,
+                cookie: probe_site::attach_cookie(function, &site),
                 what: format!("{what}{place}"),
             };
             plan.push(attachment(entry, ""));
             if function.shape() != CallShape::Free {
                 plan.push(attachment(names::ALLOC_RETURN, "the return of "));
             }
-            hooks.push(Hook { function, object: object.path.display().to_string() });
+            hooks.push(Hook { function, object: object.path.display().to_string(), site });
         }
     }
     // Return probes before entry probes: an entry seen without its return would leave its thread
@@ -201,6 +208,11 @@ impl Probes {
     /// `WINDOW_FUNCTIONS`), or none at all.
     pub fn narrow_to_window_functions(&mut self, any: bool) {
         self.plan.retain(|a| any && heat_rank(a.cookie) < WINDOW_FUNCTIONS.len());
+    }
+
+    /// Whether any entry probe the windows attach sits on a single-stepped instruction.
+    pub fn window_sites_stepped(&self) -> bool {
+        self.plan.iter().any(|a| a.program != names::ALLOC_RETURN && leakprobe_common::cookie::stepped(a.cookie))
     }
 
     /// Whether there is any uprobe to attach.

@@ -24,7 +24,7 @@ use crate::{
     python::{self, resolver::PythonResolver, runtime::PythonRuntime},
     report::{
         build::{self, NamedStack},
-        HookInfo, Report, TargetInfo,
+        probe_sites, HookInfo, Report, TargetInfo,
     },
     sampled_heap::SampledHeap,
     sampling_loop::{self, Event, Ticks},
@@ -221,6 +221,10 @@ pub async fn record(opts: RecordOptions) -> Result<Report> {
         other_stacks: opts.other_stacks,
         verdict: VerdictConfig::default(),
         budget: Some(budget),
+        probe_sites: probe_sites::rows(
+            probes.hooks.iter().map(|h| (h.function.symbol(), h.object.as_str(), &h.site)),
+            windows.costs(),
+        ),
         accounting,
         object_stacks: sampled_heap.as_ref().map(SampledHeap::object_stacks).unwrap_or_default(),
     };

@@ -8,13 +8,14 @@ use anyhow::Result;
 use leakprobe_common::Counter;
 
 use crate::{
-    budget::{Budget, BudgetSummary},
+    budget::{Budget, BudgetSummary, HitCosts},
     loader::Probes,
-    probe_cost::{self, ProgramStats},
+    probe_cost::{self, ProgramStats, TrapCosts},
 };
 
-/// Cost of a hit assumed when it cannot be measured (~10 µs per uprobe on a VM: anchors.md).
-const FALLBACK_TRAP_NS: f64 = 10_000.0;
+/// Cost of a hit assumed when it cannot be measured (~10 µs per uprobe on a VM: anchors.md; a
+/// single-stepped one ~15 µs: toolchain.md).
+const FALLBACK_TRAPS: TrapCosts = TrapCosts { emulated_ns: 10_000.0, stepped_ns: 15_000.0 };
 
 /// How often the scheduler looks at the budget.
 pub const TICK: Duration = Duration::from_millis(50);
@@ -22,12 +23,13 @@ pub const TICK: Duration = Duration::from_millis(50);
 pub struct Windows {
     budget: Budget,
     pid: u32,
-    trap_ns: f64,
+    traps: TrapCosts,
     stats: Option<ProgramStats>,
     /// Program run time and runs when the recording started (the stats are global counters).
     stats_start: (u64, u64),
     opened_at: Option<Instant>,
     charged_hits: u64,
+    charged_stepped_hits: u64,
 }
 
 impl Windows {
@@ -45,22 +47,24 @@ impl Windows {
         let stats = ProgramStats::enable();
         let stats_start = stats.as_ref().map_or((0, 0), |s| s.totals(probes.kernel()));
         let mut budget = Budget::new(max_overhead_percent, window, 0.0, cpu_time_ns(pid).unwrap_or(0));
-        let trap_ns = probe_cost::trap_ns(probes.kernel_mut()).unwrap_or_else(|e| {
-            // A stripped leakprobe has no calibration symbol: price hits as measured on a VM.
+        let traps = probe_cost::trap_ns(probes.kernel_mut()).unwrap_or_else(|e| {
+            // A stripped leakprobe has no calibration symbols: price hits as measured on a VM.
             eprintln!(
-                "leakprobe: warning: cannot measure the cost of a probe hit ({e:#}); assuming {} µs",
-                FALLBACK_TRAP_NS / 1000.0
+                "leakprobe: warning: cannot measure the cost of a probe hit ({e:#}); assuming {} µs ({} µs at a \
+                 single-stepped site)",
+                FALLBACK_TRAPS.emulated_ns / 1000.0,
+                FALLBACK_TRAPS.stepped_ns / 1000.0
             );
-            FALLBACK_TRAP_NS
+            FALLBACK_TRAPS
         });
-        budget.set_cost_per_hit(trap_ns);
+        budget.set_costs(HitCosts { emulated_ns: traps.emulated_ns, stepped_ns: traps.stepped_ns });
         if budget.is_unlimited() {
             probes.attach_uprobes()?;
         } else {
             probes.narrow_to_window_functions(can_sample);
         }
         let opened_at = probes.uprobes_attached().then(Instant::now);
-        Ok(Windows { budget, pid, trap_ns, stats, stats_start, opened_at, charged_hits: 0 })
+        Ok(Windows { budget, pid, traps, stats, stats_start, opened_at, charged_hits: 0, charged_stepped_hits: 0 })
     }
 
     pub fn is_unlimited(&self) -> bool {
@@ -110,24 +114,38 @@ impl Windows {
     }
 
     fn charge(&mut self, probes: &Probes) -> Result<()> {
-        let hits = probes.kernel().counters()?.get(Counter::ProbeHits);
+        let counters = probes.kernel().counters()?;
+        let (hits, stepped) = (counters.get(Counter::ProbeHits), counters.get(Counter::SteppedProbeHits));
         let new = hits.saturating_sub(self.charged_hits);
-        self.budget.charge(new);
+        let new_stepped = stepped.saturating_sub(self.charged_stepped_hits);
+        self.budget.charge(new, new_stepped);
         // While a closed window's probes are being unregistered, an entry probe whose program is
         // already detached still traps (uncounted) until its breakpoint goes; the return hits of
-        // those calls are counted, one per uncounted entry trap.
+        // those calls are counted, one per uncounted entry trap. Which site each stood for is not
+        // counted: they are priced at the dearest kind of the window's entry sites, never less.
         if self.opened_at.is_none() && probes.detaching() {
-            self.budget.charge_inferred(new);
+            let inferred_stepped = if probes.window_sites_stepped() { new } else { 0 };
+            self.budget.charge_inferred(new, inferred_stepped);
         }
         self.charged_hits = self.charged_hits.max(hits);
+        self.charged_stepped_hits = self.charged_stepped_hits.max(stepped);
         if let Some(stats) = &self.stats {
             let (time, runs) = stats.totals(probes.kernel());
             let (time0, runs0) = self.stats_start;
             if runs > runs0 {
-                self.budget.set_cost_per_hit(self.trap_ns + (time - time0) as f64 / (runs - runs0) as f64);
+                let run_ns = (time - time0) as f64 / (runs - runs0) as f64;
+                self.budget.set_costs(HitCosts {
+                    emulated_ns: self.traps.emulated_ns + run_ns,
+                    stepped_ns: self.traps.stepped_ns + run_ns,
+                });
             }
         }
         Ok(())
+    }
+
+    /// The price of a hit at each kind of site, as charged.
+    pub fn costs(&self) -> HitCosts {
+        self.budget.costs()
     }
 
     /// Ends the recording's windows and sums them up.

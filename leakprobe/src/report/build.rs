@@ -14,7 +14,7 @@ use crate::{
     cgroup::MemoryLimit,
     report::{
         judge::{judge_stacks, Judged, StackJudge, MAX_FLAGGED},
-        CounterValue, HookInfo, LimitProjection, Report, RssPoint, SeriesPoint, StackReport, TargetInfo,
+        CounterValue, HookInfo, LimitProjection, ProbeSiteInfo, Report, RssPoint, SeriesPoint, StackReport, TargetInfo,
         SCHEMA_VERSION,
     },
     symbolize::Frame,
@@ -35,6 +35,8 @@ pub struct Context {
     pub verdict: VerdictConfig,
     /// The overhead budget and what the probes cost.
     pub budget: Option<BudgetSummary>,
+    /// Each hooked function's breakpoint and its cost (`report::probe_sites::rows`).
+    pub probe_sites: Vec<ProbeSiteInfo>,
     /// How the recording counted allocations: it decides how stacks are judged.
     pub accounting: Accounting,
     /// `Accounting::Sampled`: the stacks whose series are sampled live objects (empty otherwise).
@@ -165,6 +167,7 @@ pub fn build(rec: &Recording, mut ctx: Context, judged: Judged, named: &HashMap<
             .collect(),
         warnings: ctx.warnings,
         budget: ctx.budget,
+        probe_sites: ctx.probe_sites,
     }
 }
 
@@ -190,6 +193,7 @@ mod tests {
             warnings: vec![],
             other_stacks: 5,
             budget: None,
+            probe_sites: vec![],
             accounting: Accounting::Exact,
             object_stacks: HashSet::new(),
             verdict: VerdictConfig::default(),

@@ -106,6 +106,12 @@ pub fn overhead(b: &BudgetSummary) -> String {
     )
 }
 
+/// Where the breakpoints sat and what a hit costs at each kind, in one line; `None` for reports
+/// from before per-site placement.
+pub fn probe_sites(report: &Report) -> Option<String> {
+    super::probe_sites::summary(&report.probe_sites)
+}
+
 /// What the advice says in one line: the kind of leak, how sure, and where.
 pub fn advice_headline(a: &StackAdvice) -> String {
     let kind = if a.advice.leaks { "Leak pattern" } else { "Not a leak pattern" };

@@ -42,6 +42,9 @@ pub fn details(report: &Report) -> String {
     if let Some(b) = &report.budget {
         facts.push(("Overhead", super::facts::overhead(b)));
     }
+    if let Some(sites) = super::facts::probe_sites(report) {
+        facts.push(("Probes", sites));
+    }
     let hooks: Vec<String> = report.hooks.iter().map(|h| format!("{} ({})", h.function, h.object)).collect();
     facts.push(("Hooks", hooks.join(", ")));
     let mut out = String::from(r#"<dl class="lp-facts">"#);

@@ -15,6 +15,7 @@ pub mod load;
 pub mod output;
 pub mod plot;
 pub mod pprof;
+pub mod probe_sites;
 #[cfg(test)]
 pub(crate) mod sample;
 pub mod serde_helpers;
@@ -62,6 +63,33 @@ pub struct Report {
     pub warnings: Vec<String>,
     /// The overhead budget and the probes' estimated cost (`None` in reports built without one).
     pub budget: Option<BudgetSummary>,
+    /// Where each hooked function's breakpoint sat and what a hit there cost (empty in reports
+    /// from before per-site placement).
+    #[serde(default)]
+    pub probe_sites: Vec<ProbeSiteInfo>,
+}
+
+/// The breakpoint of one hooked function (see `probe_site`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ProbeSiteInfo {
+    /// The hooked function's symbol.
+    pub function: String,
+    /// The file it is in, as the target sees it.
+    pub object: String,
+    /// Bytes from the entry of the function the site is in (the hooked one unless `tail_called`).
+    pub offset: u64,
+    /// Whether the site is in a function the hooked one tail-calls.
+    #[serde(default)]
+    pub tail_called: bool,
+    /// The instruction under the breakpoint (AT&T syntax).
+    pub instruction: String,
+    /// Whether the kernel emulates it (one trap a hit) rather than single-stepping it.
+    pub emulated: bool,
+    /// Estimated cost of one entry hit there, in µs (trap plus program run time, as charged).
+    #[serde(deserialize_with = "serde_helpers::f64_or_nan")]
+    pub cost_per_hit_us: f64,
+    /// Why the breakpoint stayed on the entry, when it did.
+    pub fallback: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

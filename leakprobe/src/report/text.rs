@@ -122,6 +122,9 @@ fn render_raw(report: &Report) -> String {
     if let Some(b) = &report.budget {
         let _ = writeln!(out, "overhead: {}", facts::overhead(b));
     }
+    if let Some(sites) = facts::probe_sites(report) {
+        let _ = writeln!(out, "probes: {sites}");
+    }
     let _ = writeln!(out, "dropped: {}", facts::drops(report));
     if let Some(unfollowed) = facts::unfollowed_by_design(report) {
         let _ = writeln!(out, "not followed, by design: {unfollowed}");
