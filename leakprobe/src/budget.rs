@@ -71,14 +71,14 @@ pub struct BudgetSummary {
     pub cost_per_hit_us: f64,
     /// Measured cost of a hit at an emulated site (and of a return hit), in µs; 0 in reports
     /// older than per-site pricing.
-    #[serde(default, deserialize_with = "crate::report::serde_helpers::f64_or_nan")]
+    #[serde(default, deserialize_with = "crate::report::serde_helpers::f64_or_nan", skip_serializing_if = "is_zero")]
     pub cost_emulated_us: f64,
     /// Measured cost of an entry hit at a single-stepped site, in µs; 0 in older reports.
-    #[serde(default, deserialize_with = "crate::report::serde_helpers::f64_or_nan")]
+    #[serde(default, deserialize_with = "crate::report::serde_helpers::f64_or_nan", skip_serializing_if = "is_zero")]
     pub cost_stepped_us: f64,
     pub probe_hits: u64,
     /// The part of `probe_hits` at single-stepped sites (0 in older reports).
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "is_zero_hits")]
     pub stepped_hits: u64,
     /// Hits that trapped uncounted while a window's probes were being unregistered, inferred.
     pub inferred_hits: u64,
@@ -273,4 +273,14 @@ mod tests {
         b.charge(5, 50);
         assert_eq!(b.summary(0).stepped_hits, 105);
     }
+}
+
+/// Fields added after reports of schema version 1 first shipped are left out when they say
+/// nothing, so an older report read and written again is the same report, field for field.
+fn is_zero(v: &f64) -> bool {
+    *v == 0.0
+}
+
+fn is_zero_hits(v: &u64) -> bool {
+    *v == 0
 }

@@ -65,7 +65,7 @@ pub struct Report {
     pub budget: Option<BudgetSummary>,
     /// Where each hooked function's breakpoint sat and what a hit there cost (empty in reports
     /// from before per-site placement).
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub probe_sites: Vec<ProbeSiteInfo>,
 }
 
