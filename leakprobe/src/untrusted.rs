@@ -32,20 +32,24 @@ pub fn label_value(s: &str) -> String {
 /// `s` without control characters (C0, DEL, C1: ESC and CSI start terminal sequences), each
 /// shown as `?`, for text meant for a terminal. Borrowed when there is nothing to strip.
 pub fn terminal(s: &str) -> Cow<'_, str> {
-    if s.chars().any(char::is_control) {
-        Cow::Owned(s.chars().map(|c| if c.is_control() { '?' } else { c }).collect())
-    } else {
-        Cow::Borrowed(s)
-    }
+    replace_controls(s, |c| c.is_control())
 }
 
 /// A rendered text (several lines) for a terminal: like `terminal`, but its own line breaks kept.
 /// Renderers pass their whole output through it, so no string from the target is missed.
 pub fn terminal_lines(s: String) -> String {
-    if s.chars().any(|c| c.is_control() && c != '\n') {
-        s.chars().map(|c| if c.is_control() && c != '\n' { '?' } else { c }).collect()
+    match replace_controls(&s, |c| c.is_control() && c != '\n') {
+        Cow::Borrowed(_) => s,
+        Cow::Owned(replaced) => replaced,
+    }
+}
+
+/// `s` with every character `unsafe_char` says is unsafe shown as `?`; borrowed when none is.
+fn replace_controls(s: &str, unsafe_char: impl Fn(char) -> bool) -> Cow<'_, str> {
+    if s.chars().any(&unsafe_char) {
+        Cow::Owned(s.chars().map(|c| if unsafe_char(c) { '?' } else { c }).collect())
     } else {
-        s
+        Cow::Borrowed(s)
     }
 }
 

@@ -220,8 +220,7 @@ pub fn location(f: &Frame) -> String {
 }
 
 fn growing(report: &Report) -> String {
-    let (syscalls, allocations): (Vec<&StackReport>, Vec<&StackReport>) =
-        report.stacks.iter().filter(|s| s.flagged).partition(|s| super::text::is_syscall_stack(s));
+    let (allocations, syscalls) = report.growing_stacks();
     if allocations.is_empty() && syscalls.is_empty() {
         return "<h2>Growing stacks</h2><p>None flagged: no stack kept growing until the end of the recording.</p>"
             .into();

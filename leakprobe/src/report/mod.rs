@@ -191,7 +191,21 @@ pub struct CounterValue {
     pub is_drop: bool,
 }
 
+impl StackReport {
+    /// A stack of a memory syscall (mmap, brk, ...) rather than of an allocator call.
+    pub fn is_memory_syscall(&self) -> bool {
+        leakprobe_common::AllocFunction::from_symbol(&self.allocator)
+            .is_some_and(leakprobe_common::AllocFunction::is_syscall)
+    }
+}
+
 impl Report {
+    /// The flagged stacks, split as the renderers show them: allocation stacks (who keeps the
+    /// memory) and memory-syscall stacks (only where the heap grows), each fastest first.
+    pub fn growing_stacks(&self) -> (Vec<&StackReport>, Vec<&StackReport>) {
+        self.stacks.iter().filter(|s| s.flagged).partition(|s| !s.is_memory_syscall())
+    }
+
     pub fn is_leak(&self) -> bool {
         self.verdict.verdict == VerdictKind::Leak
     }

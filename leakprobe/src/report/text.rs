@@ -3,8 +3,6 @@
 
 use std::fmt::Write;
 
-use leakprobe_common::AllocFunction;
-
 use super::{facts, human_bytes, human_duration, Report, StackReport};
 use crate::{symbolize::Frame, verdict::VerdictKind};
 
@@ -82,8 +80,7 @@ fn render_raw(report: &Report) -> String {
 
     // Allocation stacks say who keeps the memory; memory-syscall stacks only where the heap grows,
     // so they get a section of their own unless they are all there is.
-    let (syscalls, allocations): (Vec<&StackReport>, Vec<&StackReport>) =
-        report.stacks.iter().filter(|s| s.flagged).partition(|s| is_syscall_stack(s));
+    let (allocations, syscalls) = report.growing_stacks();
     if allocations.is_empty() && syscalls.is_empty() {
         let _ = writeln!(out, "GROWING STACKS: none flagged");
     } else if allocations.is_empty() {
@@ -174,11 +171,6 @@ fn write_stack(out: &mut String, rank: usize, s: &StackReport) {
         let _ = writeln!(out, "    {}", facts::advice_headline(advice));
         crate::advice::scan::write_advice(out, "    ", &advice.advice);
     }
-}
-
-/// A stack of a memory syscall (mmap, brk, ...) rather than of an allocator call.
-pub fn is_syscall_stack(s: &StackReport) -> bool {
-    AllocFunction::from_symbol(&s.allocator).is_some_and(AllocFunction::is_syscall)
 }
 
 fn frame_line(f: &Frame) -> String {
