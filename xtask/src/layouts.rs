@@ -78,6 +78,7 @@ fn fields(minor: u32) -> Vec<(&'static str, &'static str)> {
         f.push(("int.size", "offsetof(PyLongObject, ob_base.ob_size)"));
         f.push(("int.digits", "offsetof(PyLongObject, ob_digit)"));
     }
+    f.extend(heap_fields(minor));
     if minor >= SELF_DESCRIBED {
         f.extend([
             ("debug.interpreters_head", "offsetof(_Py_DebugOffsets, runtime_state.interpreters_head)"),
@@ -134,6 +135,153 @@ fn fields(minor: u32) -> Vec<(&'static str, &'static str)> {
     f
 }
 
+/// The GC state and the object fields a heap census reads (`HeapLayout`).
+fn heap_fields(minor: u32) -> Vec<(&'static str, &'static str)> {
+    let mut f = vec![
+        ("heap.interp_gc", "offsetof(PyInterpreterState, gc)"),
+        ("gc.head_size", "sizeof(PyGC_Head)"),
+        ("gc.enabled", "offsetof(struct _gc_runtime_state, enabled)"),
+        ("gc.generations", "offsetof(struct _gc_runtime_state, generations)"),
+        ("gc.generation_size", "sizeof(struct gc_generation)"),
+        ("gc.threshold", "offsetof(struct gc_generation, threshold)"),
+        ("gc.count", "offsetof(struct gc_generation, count)"),
+        ("gc.generation0", "offsetof(struct _gc_runtime_state, generation0)"),
+        ("gc.permanent", "offsetof(struct _gc_runtime_state, permanent_generation)"),
+        ("gc.stats", "offsetof(struct _gc_runtime_state, generation_stats)"),
+        ("gc.stats_size", "sizeof(struct gc_generation_stats)"),
+        ("gc.collecting", "offsetof(struct _gc_runtime_state, collecting)"),
+        ("type.name", "offsetof(PyTypeObject, tp_name)"),
+        ("type.basicsize", "offsetof(PyTypeObject, tp_basicsize)"),
+        ("type.itemsize", "offsetof(PyTypeObject, tp_itemsize)"),
+        ("type.flags", "offsetof(PyTypeObject, tp_flags)"),
+        ("type.heap_qualname", "offsetof(PyHeapTypeObject, ht_qualname)"),
+        ("containers.var_size", "offsetof(PyVarObject, ob_size)"),
+        ("containers.list_items", "offsetof(PyListObject, ob_item)"),
+        ("containers.list_allocated", "offsetof(PyListObject, allocated)"),
+        ("containers.dict_used", "offsetof(PyDictObject, ma_used)"),
+        ("containers.dict_keys", "offsetof(PyDictObject, ma_keys)"),
+        ("containers.dict_values", "offsetof(PyDictObject, ma_values)"),
+    ];
+    f.push((
+        "heap.interp_modules",
+        if minor <= 11 {
+            "offsetof(PyInterpreterState, modules)"
+        } else {
+            "offsetof(PyInterpreterState, imports.modules)"
+        },
+    ));
+    // The pre-header (managed dict and weakref pointers before the GC head) came with 3.11.
+    f.extend(match minor {
+        10 => [("gc.preheader_flags", "0"), ("gc.preheader_size", "0")],
+        11 => [("gc.preheader_flags", "Py_TPFLAGS_MANAGED_DICT"), ("gc.preheader_size", "2 * sizeof(PyObject *)")],
+        _ => [("gc.preheader_flags", "Py_TPFLAGS_PREHEADER"), ("gc.preheader_size", "2 * sizeof(PyObject *)")],
+    });
+    // 3.10 keeps PyDictKeysObject in Objects/dict-common.h, which is not installed (`render`).
+    if minor >= 11 {
+        f.extend([
+            ("keys.refcnt", "offsetof(PyDictKeysObject, dk_refcnt)"),
+            ("keys.log2_size", "offsetof(PyDictKeysObject, dk_log2_size)"),
+            ("keys.log2_index_bytes", "offsetof(PyDictKeysObject, dk_log2_index_bytes)"),
+            ("keys.kind", "offsetof(PyDictKeysObject, dk_kind)"),
+            ("keys.nentries", "offsetof(PyDictKeysObject, dk_nentries)"),
+            ("keys.indices", "offsetof(PyDictKeysObject, dk_indices)"),
+            ("keys.entry_size", "sizeof(PyDictKeyEntry)"),
+            ("keys.unicode_entry_size", "sizeof(PyDictUnicodeEntry)"),
+        ]);
+    }
+    f
+}
+
+/// The `HeapLayout` expression of 3.`minor` from its numbers.
+fn render_heap(minor: u32, v: &BTreeMap<String, u64>) -> Result<String> {
+    let get = |name: &str| v.get(name).copied().with_context(|| format!("3.{minor}: no {name}"));
+    let keys = if minor >= 11 {
+        format!(
+            "DictKeysLayout::Log2 {{
+                refcnt: {},
+                log2_size: {},
+                log2_index_bytes: {},
+                kind: {},
+                nentries: {},
+                indices: {},
+                entry_size: {},
+                unicode_entry_size: {},
+            }}",
+            get("keys.refcnt")?,
+            get("keys.log2_size")?,
+            get("keys.log2_index_bytes")?,
+            get("keys.kind")?,
+            get("keys.nentries")?,
+            get("keys.indices")?,
+            get("keys.entry_size")?,
+            get("keys.unicode_entry_size")?,
+        )
+    } else {
+        // Not in 3.10's installed headers: the table of python-heap.md §6.2 (verified live).
+        "DictKeysLayout::Sized { refcnt: 0, size: 8, nentries: 32, indices: 40, entry_size: 24 }".to_string()
+    };
+    Ok(format!(
+        "HeapLayout {{
+        interp_gc: {},
+        interp_modules: {},
+        immortal_refcounts: {},
+        gc: GcLayout {{
+            head_size: {},
+            preheader_flags: {:#x},
+            preheader_size: {},
+            enabled: {},
+            generations: {},
+            generation_size: {},
+            threshold: {},
+            count: {},
+            generation0: {},
+            permanent: {},
+            stats: {},
+            stats_size: {},
+            collecting: {},
+            incremental_before_micro: 0,
+        }},
+        types: TypeLayout {{ name: {}, basicsize: {}, itemsize: {}, flags: {}, heap_qualname: {} }},
+        containers: ContainerLayout {{
+            var_size: {},
+            list_items: {},
+            list_allocated: {},
+            dict_used: {},
+            dict_keys: {},
+            dict_values: {},
+            keys: {keys},
+        }},
+    }}",
+        get("heap.interp_gc")?,
+        get("heap.interp_modules")?,
+        minor >= 12,
+        get("gc.head_size")?,
+        get("gc.preheader_flags")?,
+        get("gc.preheader_size")?,
+        get("gc.enabled")?,
+        get("gc.generations")?,
+        get("gc.generation_size")?,
+        get("gc.threshold")?,
+        get("gc.count")?,
+        get("gc.generation0")?,
+        get("gc.permanent")?,
+        get("gc.stats")?,
+        get("gc.stats_size")?,
+        get("gc.collecting")?,
+        get("type.name")?,
+        get("type.basicsize")?,
+        get("type.itemsize")?,
+        get("type.flags")?,
+        get("type.heap_qualname")?,
+        get("containers.var_size")?,
+        get("containers.list_items")?,
+        get("containers.list_allocated")?,
+        get("containers.dict_used")?,
+        get("containers.dict_keys")?,
+        get("containers.dict_values")?,
+    ))
+}
+
 /// A C program printing `name value` for every field of `fields(minor)`.
 fn c_program(minor: u32) -> String {
     let mut c = String::from(
@@ -141,7 +289,7 @@ fn c_program(minor: u32) -> String {
          #include \"internal/pycore_runtime.h\"\n#include \"internal/pycore_interp.h\"\n",
     );
     if minor >= 11 {
-        c.push_str("#include \"internal/pycore_frame.h\"\n");
+        c.push_str("#include \"internal/pycore_frame.h\"\n#include \"internal/pycore_dict.h\"\n");
     }
     if minor >= 14 {
         c.push_str("#include \"internal/pycore_debug_offsets.h\"\n#include \"internal/pycore_stackref.h\"\n");
@@ -196,6 +344,7 @@ fn render(python: &Installed, v: &BTreeMap<String, u64>) -> Result<String> {
         None => "DigitCount::SignedSize".into(),
     };
     let linetable = if minor == 10 { "BytePairs" } else { "Locations" };
+    let heap = render_heap(minor, v)?;
     let objects = format!(
         "ObjectLayout {{
         code: CodeLayout {{
@@ -253,6 +402,7 @@ fn render(python: &Installed, v: &BTreeMap<String, u64>) -> Result<String> {
     code_mask: {code_mask},
     objects: {objects},
     linetable: LineTableFormat::{linetable},
+    heap: {heap},
 }});
 ",
             p("interpreters_head")?,
@@ -295,6 +445,7 @@ fn render(python: &Installed, v: &BTreeMap<String, u64>) -> Result<String> {
     }},
     objects: {objects},
     linetable: LineTableFormat::{linetable},
+    heap: {heap},
 }});
 ",
             get("threads.runtime_interpreters_head")?,

@@ -81,6 +81,7 @@ pub fn read_layout(mem: &impl ReadMemory, runtime: u64) -> Result<Layout, String
         frame,
         objects,
         linetable: tables.linetable,
+        heap: tables.heap,
     })
 }
 

@@ -137,6 +137,94 @@ pub struct ObjectLayout {
     pub int: IntLayout,
 }
 
+/// Where the cyclic GC keeps its state and what a heap census reads of each object (the GC
+/// generation lists, type objects, list and dict buffers): `heap::` reads only through this.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HeapLayout {
+    /// `PyInterpreterState.gc` (`struct _gc_runtime_state`).
+    pub interp_gc: u64,
+    /// `sys.modules`: `interp->modules` (3.10, 3.11), `interp->imports.modules` (3.12+).
+    pub interp_modules: u64,
+    /// Whether 3.12+ immortal refcounts (negative as an i32) are plausible.
+    pub immortal_refcounts: bool,
+    pub gc: GcLayout,
+    pub types: TypeLayout,
+    pub containers: ContainerLayout,
+}
+
+/// `struct _gc_runtime_state` and the `PyGC_Head` in front of every tracked object.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GcLayout {
+    /// sizeof(PyGC_Head): a tracked object starts this far after its list node.
+    pub head_size: u64,
+    /// Types with any of these flags have a pre-header (managed dict / weakref pointers) before
+    /// the GC head (0 before 3.11).
+    pub preheader_flags: u64,
+    pub preheader_size: u64,
+    pub enabled: u64,
+    /// `generations[0]`, as the headers place it (Debian's 3.13 puts it 4 bytes earlier: the
+    /// census calibrates it against `generation0`).
+    pub generations: u64,
+    /// sizeof(struct gc_generation): the stride between generation heads.
+    pub generation_size: u64,
+    /// `threshold` and `count` within a `struct gc_generation`.
+    pub threshold: u64,
+    pub count: u64,
+    /// `generation0`, the pointer to `generations[0]` (the calibration).
+    pub generation0: u64,
+    pub permanent: u64,
+    /// `generation_stats[0]`, and the size of one `struct gc_generation_stats`.
+    pub stats: u64,
+    pub stats_size: u64,
+    pub collecting: u64,
+    /// Micro versions below this one run the incremental GC (3.14.0–3.14.4): the heads sit at
+    /// the same offsets (`young`, `old[2]`) but there is no `generation0` to calibrate with.
+    /// 0 when no release of the version has it.
+    pub incremental_before_micro: u32,
+}
+
+/// `PyTypeObject` / `PyHeapTypeObject`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TypeLayout {
+    pub name: u64,
+    pub basicsize: u64,
+    pub itemsize: u64,
+    pub flags: u64,
+    /// `ht_qualname` of heap types (a `str`).
+    pub heap_qualname: u64,
+}
+
+/// The containers whose out-of-line buffers a census adds to their size.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ContainerLayout {
+    /// `PyVarObject.ob_size`.
+    pub var_size: u64,
+    pub list_items: u64,
+    pub list_allocated: u64,
+    pub dict_used: u64,
+    pub dict_keys: u64,
+    pub dict_values: u64,
+    pub keys: DictKeysLayout,
+}
+
+/// `PyDictKeysObject`, whose shape changed in 3.11.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DictKeysLayout {
+    /// 3.10: `dk_size` is the slot count; index width follows from it; 24-byte entries.
+    Sized { refcnt: u64, size: u64, nentries: u64, indices: u64, entry_size: u64 },
+    /// 3.11+: log2 sizes in bytes; unicode and split tables have 16-byte entries.
+    Log2 {
+        refcnt: u64,
+        log2_size: u64,
+        log2_index_bytes: u64,
+        kind: u64,
+        nentries: u64,
+        indices: u64,
+        entry_size: u64,
+        unicode_entry_size: u64,
+    },
+}
+
 /// The format of `co_linetable`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LineTableFormat {
@@ -154,6 +242,7 @@ pub struct Layout {
     pub frame: FrameLayout,
     pub objects: ObjectLayout,
     pub linetable: LineTableFormat,
+    pub heap: HeapLayout,
 }
 
 impl Layout {
@@ -207,6 +296,7 @@ pub struct SelfDescribed {
     pub code_mask: u64,
     pub objects: ObjectLayout,
     pub linetable: LineTableFormat,
+    pub heap: HeapLayout,
 }
 
 /// One version's file in `layouts/`.
@@ -237,6 +327,13 @@ impl VersionTables {
         match self {
             VersionTables::Complete(l) => l.linetable,
             VersionTables::SelfDescribed(s) => s.linetable,
+        }
+    }
+
+    pub fn heap(&self) -> HeapLayout {
+        match self {
+            VersionTables::Complete(l) => l.heap,
+            VersionTables::SelfDescribed(s) => s.heap,
         }
     }
 }

@@ -23,6 +23,20 @@ pub trait ReadMemory {
         Ok(u32::from_le_bytes(b))
     }
 
+    /// Reads many ranges at once into `out` (their lengths laid end to end); element `i` of the
+    /// answer says whether range `i` was read whole. One bad range does not spoil the others.
+    fn read_batch(&self, ranges: &[(u64, usize)], out: &mut [u8]) -> Vec<bool> {
+        let mut at = 0;
+        ranges
+            .iter()
+            .map(|&(address, len)| {
+                let ok = out.get_mut(at..at + len).is_some_and(|buf| self.read(address, buf).is_ok());
+                at += len;
+                ok
+            })
+            .collect()
+    }
+
     fn read_vec(&self, address: u64, len: usize) -> io::Result<Vec<u8>> {
         if len > MAX_READ {
             return Err(io::Error::new(io::ErrorKind::InvalidData, format!("refusing to read {len} bytes")));
@@ -56,6 +70,67 @@ impl ReadMemory for RemoteMemory {
         }
         Ok(())
     }
+
+    fn read_batch(&self, ranges: &[(u64, usize)], out: &mut [u8]) -> Vec<bool> {
+        let mut ok = vec![false; ranges.len()];
+        self.read_ranges(ranges, out, &mut ok);
+        ok
+    }
+}
+
+/// Most remote ranges one `process_vm_readv` takes (`IOV_MAX`).
+const MAX_IOVECS: usize = 1024;
+
+impl RemoteMemory {
+    /// `ranges[from..]` in calls of up to `MAX_IOVECS` ranges into one local buffer each. The
+    /// kernel stops at the first range that faults and returns the bytes copied before it, so
+    /// that range is marked failed and the call is issued again from the next one.
+    fn read_ranges(&self, ranges: &[(u64, usize)], out: &mut [u8], ok: &mut [bool]) {
+        let mut starts = Vec::with_capacity(ranges.len());
+        let mut total = 0usize;
+        for &(_, len) in ranges {
+            starts.push(total);
+            total += len;
+        }
+        if out.len() < total {
+            return;
+        }
+        let mut first = 0;
+        while first < ranges.len() {
+            let last = (first + MAX_IOVECS).min(ranges.len());
+            let remote: Vec<libc::iovec> = ranges[first..last]
+                .iter()
+                .map(|&(address, len)| libc::iovec { iov_base: address as *mut libc::c_void, iov_len: len })
+                .collect();
+            let begin = starts[first];
+            let end = if last < ranges.len() { starts[last] } else { total };
+            let local = libc::iovec { iov_base: out[begin..end].as_mut_ptr().cast(), iov_len: end - begin };
+            // SAFETY: `local` describes `out[begin..end]`, which we own for the call; the kernel
+            // checks every remote range.
+            let n = unsafe {
+                libc::process_vm_readv(self.pid as libc::pid_t, &local, 1, remote.as_ptr(), remote.len() as _, 0)
+            };
+            let copied = if n < 0 {
+                if io::Error::last_os_error().raw_os_error() != Some(libc::EFAULT) {
+                    return; // ESRCH, EPERM: nothing more will read.
+                }
+                0
+            } else {
+                n as usize
+            };
+            let mut next = last;
+            for i in first..last {
+                let range_end = starts[i] - begin + ranges[i].1;
+                if range_end <= copied {
+                    ok[i] = true;
+                } else {
+                    next = i + 1;
+                    break;
+                }
+            }
+            first = next;
+        }
+    }
 }
 
 /// A byte slice standing in for a process (tests, and data already copied out).
@@ -86,6 +161,27 @@ mod tests {
         assert_eq!(mem.read_u64(&value as *const u64 as u64).unwrap(), value);
         assert!(mem.read_u64(8).is_err(), "page 0 is never mapped");
         assert!(mem.read_vec(0x1000, MAX_READ + 1).is_err());
+    }
+
+    #[test]
+    fn batched_reads_survive_a_bad_range() {
+        let values: Vec<u64> = (0..3000).map(|i| i * 7 + 1).collect();
+        let mem = RemoteMemory { pid: std::process::id() };
+        let mut ranges: Vec<(u64, usize)> = values.iter().map(|v| (v as *const u64 as u64, 8)).collect();
+        ranges[5] = (8, 8); // page 0: faults
+        ranges[2000] = (16, 8);
+        let mut out = vec![0u8; ranges.len() * 8];
+        let ok = mem.read_batch(&ranges, &mut out);
+        for (i, v) in values.iter().enumerate() {
+            let want_ok = i != 5 && i != 2000;
+            assert_eq!(ok[i], want_ok, "range {i}");
+            if want_ok {
+                assert_eq!(u64::from_le_bytes(out[i * 8..i * 8 + 8].try_into().unwrap()), *v);
+            }
+        }
+        let slice = SliceMemory { base: 0, bytes: &[1, 2, 3, 4] };
+        let mut out = [0u8; 4];
+        assert_eq!(slice.read_batch(&[(0, 2), (3, 2)], &mut out), vec![true, false]);
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! Reading CPython from outside: version and layout detection, thread states, code objects.
 
 pub mod debug_offsets;
+pub mod heap;
 pub mod layout;
 pub mod layouts;
 pub mod linetable;

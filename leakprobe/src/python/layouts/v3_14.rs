@@ -1,6 +1,9 @@
 //! CPython 3.14. Written by hand in the generated form: no 3.14 headers were installed where the
 //! others were generated (`cargo xtask gen-layouts` overwrites this file once they are). The
 //! numbers are the ones leakprobe typed by hand before generation (objects as on 3.12/3.13).
+//! `heap` is from `/work/shared/notes/python-heap.md` (verified live on Debian's 3.14.10): §2's
+//! interpreter table, §3.2's 3.14.5+ GC column (3.14.0–3.14.4's incremental GC keeps its heads
+//! at the same offsets, `[S]` there), §5's `ht_qualname` and §6.2's keys object.
 
 use crate::python::layout::*;
 
@@ -35,4 +38,44 @@ pub const TABLES: VersionTables = VersionTables::SelfDescribed(SelfDescribed {
         int: IntLayout { size: 16, size_format: DigitCount::Tagged { flag_bits: 3 }, digits: 24 },
     },
     linetable: LineTableFormat::Locations,
+    heap: HeapLayout {
+        interp_gc: 7408,
+        interp_modules: 7688,
+        immortal_refcounts: true,
+        gc: GcLayout {
+            head_size: 16,
+            preheader_flags: 0x18,
+            preheader_size: 16,
+            enabled: 12,
+            generations: 24,
+            generation_size: 24,
+            threshold: 16,
+            count: 20,
+            generation0: 256,
+            permanent: 96,
+            stats: 120,
+            stats_size: 24,
+            collecting: 192,
+            incremental_before_micro: 5,
+        },
+        types: TypeLayout { name: 24, basicsize: 32, itemsize: 40, flags: 168, heap_qualname: 872 },
+        containers: ContainerLayout {
+            var_size: 16,
+            list_items: 24,
+            list_allocated: 32,
+            dict_used: 16,
+            dict_keys: 32,
+            dict_values: 40,
+            keys: DictKeysLayout::Log2 {
+                refcnt: 0,
+                log2_size: 8,
+                log2_index_bytes: 9,
+                kind: 10,
+                nentries: 24,
+                indices: 32,
+                entry_size: 24,
+                unicode_entry_size: 16,
+            },
+        },
+    },
 });

@@ -1,0 +1,231 @@
+//! One census: every GC generation list walked (the permanent generation too, which
+//! `gc.get_objects()` leaves out), each object's type validated and its bytes counted, bounded
+//! by objects, bytes read and time.
+
+use std::{
+    collections::HashMap,
+    time::{Duration, Instant},
+};
+
+use serde::{Deserialize, Serialize};
+
+use super::{
+    gc_state::{self, GcState},
+    metered::Metered,
+    sizes::{self, Pending},
+    types::{Kind, TypeTable},
+    walk::{self, End},
+};
+use crate::python::{layout::Layout, memory::ReadMemory, runtime::PythonRuntime};
+
+/// What a census needs to know about the interpreter (all of it decided once per process).
+#[derive(Debug, Clone, Copy)]
+pub struct Interpreter {
+    pub layout: Layout,
+    /// Address of `_PyRuntime`.
+    pub runtime: u64,
+    /// The micro version (3.14.0–3.14.4 have another GC); 0 when unknown.
+    pub micro: u32,
+    /// Address of `PyType_Type`, when its symbol was found.
+    pub type_type: Option<u64>,
+}
+
+impl Interpreter {
+    pub fn of(python: &PythonRuntime) -> Self {
+        let micro = python.version.split('.').nth(2).and_then(|m| m.parse().ok()).unwrap_or(0);
+        Interpreter { layout: python.layout, runtime: python.runtime, micro, type_type: python.type_type }
+    }
+}
+
+/// Where a census stops.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Bounds {
+    pub max_objects: u64,
+    pub max_bytes_read: u64,
+    pub max_duration: Duration,
+}
+
+impl Default for Bounds {
+    /// About 10 s of reading on a busy 2-core machine (python-heap.md §14.3).
+    fn default() -> Self {
+        Bounds { max_objects: 10_000_000, max_bytes_read: 1 << 30, max_duration: Duration::from_secs(20) }
+    }
+}
+
+/// The bound that ended a census early.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Bound {
+    Objects,
+    BytesRead,
+    Duration,
+}
+
+/// What was read but did not validate (skipped, not counted in `types`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct Invalid {
+    /// Objects whose type pointer is not a plausible type.
+    pub types: u64,
+    /// Objects with an implausible refcount.
+    pub refcounts: u64,
+    /// Lists and dicts whose buffers did not validate (counted, without those bytes).
+    pub containers: u64,
+    /// Generation lists that broke under us (an object unlinked mid-walk) after every retry.
+    pub broken_lists: u64,
+}
+
+impl Invalid {
+    pub fn total(&self) -> u64 {
+        self.types + self.refcounts + self.containers + self.broken_lists
+    }
+}
+
+/// Objects and bytes of one type.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TypeCount {
+    /// `tp_name`, or `__qualname__` for classes (heap types). From the target: untrusted.
+    pub name: String,
+    pub count: u64,
+    pub bytes: u64,
+}
+
+/// Objects seen on one GC list.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ListWalk {
+    /// "0", "1", "2" or "permanent".
+    pub generation: String,
+    pub objects: u64,
+    pub complete: bool,
+    /// Walks started again because the list changed under the walk.
+    pub retries: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Census {
+    /// Most objects first.
+    pub types: Vec<TypeCount>,
+    pub objects: u64,
+    pub bytes: u64,
+    pub lists: Vec<ListWalk>,
+    pub gc: Option<GcState>,
+    pub bounds_hit: Option<Bound>,
+    pub invalid: Invalid,
+    pub bytes_read: u64,
+    pub reads: u64,
+    pub elapsed_secs: f64,
+}
+
+/// Walks started again on a list that broke before it is given up.
+const RETRIES: u32 = 3;
+/// Plausible refcounts are below this (python-heap.md §4).
+const MAX_REFCNT: u64 = 1 << 40;
+
+fn plausible_refcnt(layout: &Layout, refcnt: u64) -> bool {
+    (refcnt > 0 && refcnt < MAX_REFCNT) || (layout.heap.immortal_refcounts && (refcnt as u32 as i32) < 0)
+}
+
+/// Per type index: (objects, bytes).
+type Tally = HashMap<usize, (u64, u64)>;
+
+/// Takes one census of the heap of `interp` (read through `mem`), within `bounds`.
+pub fn take_census(mem: &impl ReadMemory, interp: &Interpreter, bounds: &Bounds) -> Result<Census, String> {
+    let started = Instant::now();
+    let mem = Metered::new(mem);
+    let layout = &interp.layout;
+    let heads = gc_state::locate(&mem, layout, interp.runtime, interp.micro)?;
+    let gc = gc_state::read_state(&mem, &layout.heap.gc, &heads);
+    let mut types = TypeTable::new(layout, interp.type_type);
+    let mut invalid = Invalid::default();
+    let mut total: Tally = HashMap::new();
+    let mut pending: Vec<Pending> = Vec::new();
+    let mut lists = Vec::new();
+    let mut bound = None;
+    let mut objects = 0u64;
+    for (name, head) in heads.lists() {
+        if bound.is_some() {
+            break;
+        }
+        let mut retries = 0;
+        loop {
+            let (mut tally, mut found, mut bad, mut seen) = (Tally::new(), Vec::new(), Invalid::default(), 0u64);
+            let end = walk::walk_list(&mem, head, layout.heap.gc.head_size, bounds.max_objects + 1, |node| {
+                if objects + seen >= bounds.max_objects {
+                    bound = Some(Bound::Objects);
+                } else if seen % 1024 == 0 && mem.bytes() >= bounds.max_bytes_read {
+                    bound = Some(Bound::BytesRead);
+                } else if seen % 1024 == 0 && started.elapsed() >= bounds.max_duration {
+                    bound = Some(Bound::Duration);
+                }
+                if bound.is_some() {
+                    return false;
+                }
+                seen += 1;
+                if !plausible_refcnt(layout, node.refcnt) {
+                    bad.refcounts += 1;
+                    return true;
+                }
+                let Some(index) = types.resolve(&mem, node.ob_type) else {
+                    bad.types += 1;
+                    return true;
+                };
+                let info = &types.types[index];
+                let entry = tally.entry(index).or_default();
+                entry.0 += 1;
+                entry.1 += sizes::own_size(layout, info, &node);
+                if matches!(info.kind, Kind::List | Kind::Dict) {
+                    found.push(Pending { object: node.object, kind: info.kind, type_index: index });
+                }
+                true
+            });
+            let complete = end == End::Complete;
+            if end == End::Broken && retries < RETRIES && bound.is_none() {
+                retries += 1;
+                continue;
+            }
+            // Keep what this (last) walk saw, complete or not.
+            invalid.types += bad.types;
+            invalid.refcounts += bad.refcounts;
+            if end == End::Broken {
+                invalid.broken_lists += 1;
+            }
+            for (index, (count, bytes)) in tally {
+                let entry = total.entry(index).or_default();
+                entry.0 += count;
+                entry.1 += bytes;
+            }
+            pending.extend(found);
+            objects += seen;
+            lists.push(ListWalk { generation: name.to_string(), objects: seen, complete, retries });
+            break;
+        }
+    }
+    let (extra, bad_containers) = sizes::out_of_line(&mem, layout, &pending);
+    invalid.containers += bad_containers;
+    for (p, bytes) in pending.iter().zip(extra) {
+        total.entry(p.type_index).or_default().1 += bytes;
+    }
+    // Types of the same name (a class defined twice, say) are one line, as objgraph shows them.
+    let mut by_name: HashMap<&str, (u64, u64)> = HashMap::new();
+    for (index, (count, bytes)) in &total {
+        let entry = by_name.entry(types.types[*index].name.as_str()).or_default();
+        entry.0 += count;
+        entry.1 += bytes;
+    }
+    let mut counts: Vec<TypeCount> =
+        by_name.into_iter().map(|(name, (count, bytes))| TypeCount { name: name.to_string(), count, bytes }).collect();
+    counts.sort_by(|a, b| b.count.cmp(&a.count).then(b.bytes.cmp(&a.bytes)).then(a.name.cmp(&b.name)));
+    let counted: u64 = counts.iter().map(|t| t.count).sum();
+    let bytes = counts.iter().map(|t| t.bytes).sum();
+    Ok(Census {
+        types: counts,
+        objects: counted,
+        bytes,
+        lists,
+        gc,
+        bounds_hit: bound,
+        invalid,
+        bytes_read: mem.bytes(),
+        reads: mem.calls(),
+        elapsed_secs: started.elapsed().as_secs_f64(),
+    })
+}

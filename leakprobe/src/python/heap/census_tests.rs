@@ -1,0 +1,178 @@
+//! The census against synthetic heaps (every supported layout, Debian's shifted generations,
+//! garbage, torn lists, bounds): no root, no interpreter.
+
+use std::time::Duration;
+
+use proptest::prelude::*;
+
+use super::{
+    fake::{FakeHeap, BASE},
+    gc_state, take_census, Bound, Bounds, Census, Interpreter,
+};
+use crate::python::memory::SliceMemory;
+
+fn interp(h: &FakeHeap, known_type: bool) -> Interpreter {
+    Interpreter { layout: h.layout, runtime: h.runtime, micro: 0, type_type: known_type.then_some(h.type_type) }
+}
+
+fn count(c: &Census, name: &str) -> (u64, u64) {
+    c.types.iter().find(|t| t.name == name).map_or((0, 0), |t| (t.count, t.bytes))
+}
+
+/// 5 instances of a class, 3 lists and 2 dicts on different generations, one object in the
+/// permanent generation; returns the heap and the bytes expected of (Leaky, list, dict).
+fn sample(minor: u32, shift: bool) -> (FakeHeap, [u64; 3]) {
+    let mut h = FakeHeap::new(minor, shift);
+    let gc = h.layout.heap.gc;
+    let managed = h.layout.heap.gc.preheader_flags;
+    let leaky = h.new_type("Leaky", managed, 16, 0, true);
+    for i in 0..5 {
+        h.new_object(i % 3, leaky, 16);
+    }
+    let list = h.list_type();
+    for allocated in [0, 4, 8] {
+        h.new_list(list, allocated / 2, allocated);
+    }
+    let dict = h.dict_type();
+    let mut table = 0;
+    for used in [1, 3] {
+        table = h.new_dict(dict, used).1;
+    }
+    let permanent = h.heads.len() - 1;
+    h.new_object(permanent, leaky, 16);
+    let leaky_each = 16 + gc.head_size + if managed != 0 { gc.preheader_size } else { 0 };
+    let list_bytes = 3 * (40 + gc.head_size) + (4 + 8) * 8;
+    let dict_bytes = 2 * (48 + gc.head_size + table);
+    (h, [6 * leaky_each, list_bytes, dict_bytes])
+}
+
+#[test]
+fn counts_every_list_of_every_layout() {
+    for (minor, shift) in [(10, false), (11, false), (12, false), (13, false), (13, true), (14, false)] {
+        let (h, [leaky, list, dict]) = sample(minor, shift);
+        for known_type in [true, false] {
+            let c = take_census(&h.memory(), &interp(&h, known_type), &Bounds::default()).unwrap();
+            assert_eq!(count(&c, "Leaky"), (6, leaky), "3.{minor} shift {shift}");
+            assert_eq!(count(&c, "list"), (3, list), "3.{minor}");
+            assert_eq!(count(&c, "dict"), (2, dict), "3.{minor}");
+            assert_eq!(c.objects, 11);
+            assert_eq!(c.invalid.total(), 0, "3.{minor}: {:?}", c.invalid);
+            assert!(c.lists.iter().all(|l| l.complete));
+            assert_eq!(c.lists.iter().map(|l| l.objects).collect::<Vec<_>>(), vec![5, 2, 3, 1]);
+            assert_eq!(c.bounds_hit, None);
+            let gc = c.gc.as_ref().unwrap();
+            assert!(gc.enabled && !gc.collecting);
+            assert_eq!(
+                gc.generations.iter().map(|g| (g.threshold, g.count, g.collections)).collect::<Vec<_>>(),
+                vec![(700, 7, 100), (10, 8, 99), (10, 9, 98)]
+            );
+            assert!(c.bytes_read > 0 && c.reads > 0);
+        }
+    }
+}
+
+#[test]
+fn census_serializes() {
+    let (h, _) = sample(11, false);
+    let c = take_census(&h.memory(), &interp(&h, true), &Bounds::default()).unwrap();
+    let json = serde_json::to_string(&c).unwrap();
+    let back: Census = serde_json::from_str(&json).unwrap();
+    assert_eq!(back.types, c.types);
+}
+
+#[test]
+fn uncalibrated_gc_state_is_refused() {
+    let (mut h, _) = sample(12, false);
+    let state = h.heads[0] - h.layout.heap.gc.generations;
+    h.put(state + h.layout.heap.gc.generation0, 0x1234);
+    assert!(take_census(&h.memory(), &interp(&h, true), &Bounds::default()).unwrap_err().contains("GC state"));
+    // 3.14.0–3.14.4 have no generation0: the heads are where the headers say.
+    let (mut h, [leaky, ..]) = sample(14, false);
+    let state = h.heads[0] - h.layout.heap.gc.generations;
+    h.put(state + h.layout.heap.gc.generation0, 0);
+    let mut i = interp(&h, true);
+    i.micro = 3;
+    let c = take_census(&h.memory(), &i, &Bounds::default()).unwrap();
+    assert_eq!(count(&c, "Leaky"), (6, leaky));
+    assert!(c.gc.unwrap().incremental);
+    i.micro = 10;
+    assert!(take_census(&h.memory(), &i, &Bounds::default()).is_err());
+}
+
+#[test]
+fn bad_type_pointers_and_refcounts_are_counted_not_named() {
+    let (mut h, _) = sample(12, false);
+    let bogus = h.alloc(64); // zeros: not READY, metatype 0
+    h.new_object(0, bogus, 16);
+    h.new_object(0, 0xdead_bee8, 16);
+    let list = h.list_type();
+    let zero_ref = h.new_object(1, list, 40);
+    h.put(zero_ref, 0);
+    let c = take_census(&h.memory(), &interp(&h, true), &Bounds::default()).unwrap();
+    assert_eq!((c.invalid.types, c.invalid.refcounts), (2, 1));
+    assert_eq!(c.objects, 11);
+}
+
+#[test]
+fn a_torn_list_ends_the_walk_and_is_reported() {
+    let (mut h, _) = sample(11, false);
+    // The second node of generation 0 stops pointing back at the first.
+    let first = h.word(h.heads[0]);
+    let second = h.word(first);
+    h.put(second + 8, 0x4000);
+    let c = take_census(&h.memory(), &interp(&h, true), &Bounds::default()).unwrap();
+    assert_eq!(c.invalid.broken_lists, 1);
+    assert_eq!((c.lists[0].complete, c.lists[0].retries, c.lists[0].objects), (false, 3, 1));
+    assert!(c.lists[1..].iter().all(|l| l.complete));
+    // A cycle that never returns to the head is bounded too.
+    let (mut h, _) = sample(11, false);
+    let first = h.word(h.heads[2]);
+    h.put(first, first);
+    let c = take_census(&h.memory(), &interp(&h, true), &Bounds::default()).unwrap();
+    assert_eq!(c.invalid.broken_lists, 1);
+}
+
+#[test]
+fn bounds_stop_the_census_and_say_so() {
+    let (h, _) = sample(13, false);
+    let tight = Bounds { max_objects: 5, ..Bounds::default() };
+    let c = take_census(&h.memory(), &interp(&h, true), &tight).unwrap();
+    assert_eq!((c.bounds_hit, c.objects), (Some(Bound::Objects), 5));
+    let no_time = Bounds { max_duration: Duration::ZERO, ..Bounds::default() };
+    assert_eq!(take_census(&h.memory(), &interp(&h, true), &no_time).unwrap().bounds_hit, Some(Bound::Duration));
+    let no_bytes = Bounds { max_bytes_read: 1, ..Bounds::default() };
+    assert_eq!(take_census(&h.memory(), &interp(&h, true), &no_bytes).unwrap().bounds_hit, Some(Bound::BytesRead));
+}
+
+#[test]
+fn gc_heads_calibrate_to_debian_313() {
+    let (h, _) = sample(13, true);
+    let heads = gc_state::locate(&h.memory(), &h.layout, h.runtime, 5).unwrap();
+    let state = heads.state;
+    assert_eq!(heads.generations.map(|g| g - state), [20, 44, 68]);
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 200, ..ProptestConfig::default() })]
+
+    /// Random bytes anywhere in a real-looking heap never panic the census, and it ends.
+    #[test]
+    fn corrupted_heaps_never_panic(minor in 10u32..=14, edits in proptest::collection::vec((0usize..4096, any::<u64>()), 1..40)) {
+        let (mut h, _) = sample(minor, false);
+        let len = h.bytes.len();
+        for (at, value) in edits {
+            let at = (at * 8) % (len - 8);
+            h.bytes[at..at + 8].copy_from_slice(&value.to_le_bytes());
+        }
+        let _ = take_census(&h.memory(), &interp(&h, minor % 2 == 0), &Bounds::default());
+    }
+
+    /// Pure garbage as memory.
+    #[test]
+    fn garbage_memory_never_panics(minor in 10u32..=14, bytes in proptest::collection::vec(any::<u8>(), 0..8192), runtime in 0u64..8192) {
+        let h = FakeHeap::new(minor, false);
+        let mem = SliceMemory { base: BASE, bytes: &bytes };
+        let i = Interpreter { layout: h.layout, runtime: BASE + runtime, micro: 0, type_type: None };
+        let _ = take_census(&mem, &i, &Bounds::default());
+    }
+}

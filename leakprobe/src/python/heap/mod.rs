@@ -1,0 +1,25 @@
+//! A census of a live CPython heap, read from outside with `process_vm_readv` only: the target
+//! is never stopped and nothing runs inside it. Every object the cyclic GC tracks is found on the
+//! GC's generation lists and counted by type, with its size (objgraph's
+//! `show_most_common_types` / `show_growth`, without touching the process).
+//!
+//! The target keeps running, so every word read may be torn or recycled: each pointer is
+//! validated, what does not validate is skipped and counted, and a census is bounded by objects,
+//! bytes read and time (`Bounds`); the bound that stopped it is reported.
+
+pub mod census;
+pub mod gc_state;
+pub mod growth;
+pub mod metered;
+pub mod sizes;
+pub mod types;
+pub mod walk;
+
+#[cfg(test)]
+mod census_tests;
+#[cfg(test)]
+mod fake;
+
+pub use census::{take_census, Bound, Bounds, Census, Interpreter, Invalid, TypeCount};
+pub use gc_state::GcState;
+pub use growth::{Growth, TypeGrowth};
