@@ -19,6 +19,8 @@ pub mod walk;
 mod census_tests;
 #[cfg(test)]
 mod fake;
+#[cfg(test)]
+mod live_tests;
 
 pub use census::{take_census, Bound, Bounds, Census, Interpreter, Invalid, TypeCount};
 pub use gc_state::GcState;

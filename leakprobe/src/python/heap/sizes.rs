@@ -61,7 +61,8 @@ fn keys_table(keys: &DictKeysLayout, header: &[u8]) -> Option<(u64, u64, u64)> {
     match *keys {
         DictKeysLayout::Sized { refcnt, size, nentries, indices, entry_size } => {
             let slots = word(header, size as usize);
-            if !(8..=MAX_ITEMS).contains(&slots) || !slots.is_power_of_two() {
+            // `Py_EMPTY_KEYS`, shared by every empty dict, has a single slot.
+            if !(1..=MAX_ITEMS).contains(&slots) || !slots.is_power_of_two() {
                 return None;
             }
             let index_bytes = match slots {
@@ -89,7 +90,8 @@ fn keys_table(keys: &DictKeysLayout, header: &[u8]) -> Option<(u64, u64, u64)> {
         } => {
             let byte = |at: u64| u64::from(header.get(at as usize).copied().unwrap_or(0xff));
             let (log2, log2_index, kind) = (byte(log2_size), byte(log2_index_bytes), byte(kind));
-            if !(3..=32).contains(&log2) || !(log2..=log2 + 3).contains(&log2_index) || kind > 2 {
+            // `Py_EMPTY_KEYS`, shared by every empty dict, has log2 sizes of 0.
+            if log2 > 32 || !(log2..=log2 + 3).contains(&log2_index) || kind > 2 {
                 return None;
             }
             let slots = 1u64 << log2;

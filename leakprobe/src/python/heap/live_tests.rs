@@ -1,0 +1,182 @@
+//! The census of a live interpreter against what `gc.get_objects()` says inside it, on every
+//! interpreter the suite is given (`LEAKPROBE_PYTHON`, `LEAKPROBE_EXTRA_PYTHONS`); skipped, with a
+//! message, when none is. Needs the right to read another process's memory (root).
+
+use std::{
+    collections::HashMap,
+    io::{BufRead, BufReader, Write},
+    path::PathBuf,
+    process::{Child, ChildStdin, ChildStdout, Command, Stdio},
+};
+
+use super::{take_census, Bounds, Census, Interpreter};
+use crate::{python::runtime, target::Target};
+
+/// Every interpreter given (not one per minor version: Debian's static 3.11 is another build).
+fn interpreters() -> Vec<PathBuf> {
+    let main = std::env::var_os("LEAKPROBE_PYTHON").map(PathBuf::from);
+    let extra = std::env::var("LEAKPROBE_EXTRA_PYTHONS").unwrap_or_default();
+    let extra = extra.split(',').filter_map(|e| e.split_once('=')).map(|(_, p)| PathBuf::from(p));
+    let mut all: Vec<PathBuf> = Vec::new();
+    for p in main.into_iter().chain(extra).filter(|p| !p.as_os_str().is_empty()) {
+        if !all.contains(&p) {
+            all.push(p);
+        }
+    }
+    if all.is_empty() {
+        eprintln!("skipped: no interpreter given (set LEAKPROBE_PYTHON, LEAKPROBE_EXTRA_PYTHONS)");
+    }
+    all
+}
+
+/// Kills the interpreter even when an assertion fails.
+struct KillOnDrop(Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Builds known objects, then for each byte on stdin reports its own census (type names as
+/// hex, `sys.getsizeof` sums) and waits, blocked in `os.read` with the GC off so that the heap
+/// read from outside is the one it counted; `f` freezes everything first. Gone after 60 s
+/// whatever happens.
+const SCRIPT: &str = r#"
+import collections, gc, os, signal, sys
+signal.alarm(60)
+gc.unfreeze()
+class Leaky:
+    def __init__(self, i):
+        self.i = i
+        self.tag = "x"
+LEAKS = [Leaky(i) for i in range(5000)]
+SMALL = [{"k": i, "v": [i]} for i in range(3000)]
+gc.disable()
+def key(t):
+    if t.__flags__ & (1 << 9) or t.__module__ == "builtins":
+        return t.__qualname__
+    return t.__module__ + "." + t.__qualname__
+def report():
+    objs = gc.get_objects()
+    counts, sizes = collections.Counter(), collections.Counter()
+    for o in objs:
+        counts[key(type(o))] += 1
+        sizes[key(type(o))] += sys.getsizeof(o)
+    out = ["total %d %d" % (len(objs), gc.get_freeze_count())]
+    out += ["type %d %d %s" % (n, sizes[k], k.encode().hex()) for k, n in counts.items()]
+    del objs, counts, sizes
+    print("\n".join(out) + "\nready", flush=True)
+while True:
+    command = os.read(0, 1)
+    if command == b"f":
+        gc.freeze()
+    elif command != b"r":
+        break
+    report()
+"#;
+
+/// What the interpreter said about itself: total, frozen, and (count, bytes) per type.
+struct Inside {
+    total: u64,
+    frozen: u64,
+    types: HashMap<String, (u64, u64)>,
+}
+
+fn ask(stdin: &mut ChildStdin, stdout: &mut BufReader<ChildStdout>, command: &[u8]) -> Inside {
+    stdin.write_all(command).unwrap();
+    stdin.flush().unwrap();
+    let mut inside = Inside { total: 0, frozen: 0, types: HashMap::new() };
+    let mut line = String::new();
+    loop {
+        line.clear();
+        assert!(stdout.read_line(&mut line).unwrap() > 0, "the interpreter ended early");
+        let f: Vec<&str> = line.split_whitespace().collect();
+        match f.as_slice() {
+            ["ready"] => return inside,
+            ["total", n, frozen] => (inside.total, inside.frozen) = (n.parse().unwrap(), frozen.parse().unwrap()),
+            ["type", n, bytes, hex] => {
+                let name = (0..hex.len()).step_by(2).map(|i| u8::from_str_radix(&hex[i..i + 2], 16).unwrap()).collect();
+                inside.types.insert(String::from_utf8(name).unwrap(), (n.parse().unwrap(), bytes.parse().unwrap()));
+            }
+            other => panic!("unexpected line {other:?}"),
+        }
+    }
+}
+
+fn outside(c: &Census, name: &str) -> (u64, u64) {
+    c.types.iter().find(|t| t.name == name).map_or((0, 0), |t| (t.count, t.bytes))
+}
+
+/// Within `percent` of `want`, or a few objects off (the report's own transient objects).
+fn close(got: u64, want: u64, percent: f64) -> bool {
+    (got as f64 - want as f64).abs() <= (want as f64 * percent / 100.0).max(3.0)
+}
+
+#[test]
+fn census_matches_gc_get_objects_live() {
+    for python in interpreters() {
+        let mut child = KillOnDrop(
+            Command::new(&python).args(["-c", SCRIPT]).stdin(Stdio::piped()).stdout(Stdio::piped()).spawn().unwrap(),
+        );
+        let mut stdin = child.0.stdin.take().unwrap();
+        let mut stdout = BufReader::new(child.0.stdout.take().unwrap());
+        let inside = ask(&mut stdin, &mut stdout, b"r");
+        let target = Target::inspect(child.0.id()).unwrap();
+        let python_rt = runtime::detect(&target).unwrap().expect("a CPython");
+        let interp = Interpreter::of(&python_rt);
+        let census = take_census(&python_rt.mem, &interp, &Bounds::default()).unwrap();
+        let who = format!("{} ({})", python.display(), python_rt.version);
+        eprintln!(
+            "{who}: census {} objects, {} bytes in {:.1} ms, {} bytes read in {} reads; gc.get_objects() {}; invalid {:?}",
+            census.objects,
+            census.bytes,
+            census.elapsed_secs * 1e3,
+            census.bytes_read,
+            census.reads,
+            inside.total,
+            census.invalid
+        );
+        assert_eq!(census.bounds_hit, None, "{who}");
+        assert_eq!(census.invalid.total(), 0, "{who}: {:?}", census.invalid);
+        assert_eq!(inside.frozen, 0);
+        assert!(
+            close(census.objects, inside.total, 1.0),
+            "{who}: {} objects outside, {} inside",
+            census.objects,
+            inside.total
+        );
+        for name in ["Leaky", "dict", "list", "function", "tuple"] {
+            let (count, bytes) = outside(&census, name);
+            let (want, want_bytes) = inside.types.get(name).copied().unwrap_or_default();
+            eprintln!("{who}: {name:>10}: census {count:>6} objects {bytes:>9} bytes; inside {want:>6} objects {want_bytes:>9} bytes (getsizeof)");
+        }
+        assert_eq!(outside(&census, "Leaky").0, 5000, "{who}");
+        for (name, (want, _)) in &inside.types {
+            let got = outside(&census, name).0;
+            assert!(close(got, *want, 3.0), "{who}: {name}: {got} outside, {want} inside");
+        }
+        for name in ["dict", "list"] {
+            let (got, want) = (outside(&census, name).1, inside.types[name].1);
+            assert!(close(got, want, 10.0), "{who}: {name}: {got} bytes outside, {want} inside");
+        }
+        let gc = census.gc.as_ref().expect("the GC state");
+        assert!(!gc.enabled && !gc.collecting, "{who}: the script disabled the GC: {gc:?}");
+        // Everything frozen: the permanent generation holds it, and the census still counts it.
+        let frozen = ask(&mut stdin, &mut stdout, b"f");
+        let after = take_census(&python_rt.mem, &interp, &Bounds::default()).unwrap();
+        let permanent = after.lists.iter().find(|l| l.generation == "permanent").unwrap().objects;
+        assert!(
+            close(permanent, frozen.frozen, 1.0),
+            "{who}: {permanent} permanent outside, {} frozen inside",
+            frozen.frozen
+        );
+        assert!(
+            close(after.objects, frozen.total + frozen.frozen, 1.0),
+            "{who}: gc.get_objects() leaves the permanent generation out, the census does not"
+        );
+        assert_eq!(outside(&after, "Leaky").0, 5000, "{who}: frozen objects are counted");
+        let _ = stdin.write_all(b"q");
+    }
+}
