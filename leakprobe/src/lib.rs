@@ -13,6 +13,7 @@ pub mod agent;
 pub mod aggregate;
 pub mod assess;
 pub mod budget;
+pub mod census;
 pub mod cgroup;
 pub mod elf_symbols;
 pub mod kernel;

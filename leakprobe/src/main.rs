@@ -34,9 +34,36 @@ enum Commands {
     /// Read an application's logs: memory growth (leak verdict), spikes, and OOM kills,
     /// MemoryErrors and allocation failures, each with the memory level that led to it.
     Logs(leakprobe::logs::LogsArgs),
+    /// Count a live Python process's objects by type, read from outside (no eBPF, nothing
+    /// injected): the most common types, and with --interval the types that grow.
+    Census(CensusArgs),
     /// Find leak patterns in Python source (a static check for code review): unbounded caches,
     /// global lists, listeners never removed, dropped tasks, ... with why and the fix.
     Scan(leakprobe::advice::scan::ScanArgs),
+}
+
+#[derive(clap::Args)]
+struct CensusArgs {
+    /// PID of the Python process.
+    #[arg(long, short)]
+    pid: u32,
+    /// Types shown.
+    #[arg(long, default_value_t = 20)]
+    top: usize,
+    /// Take a census every this long and show the types that grew past their peak.
+    #[arg(long, short, value_parser = humantime::parse_duration)]
+    interval: Option<Duration>,
+    /// Censuses to take with --interval (until Ctrl-C when not given).
+    #[arg(long, short)]
+    count: Option<u64>,
+    #[arg(long, short, value_enum, default_value = "text")]
+    format: leakprobe::census::CensusFormat,
+    /// Most objects one census counts.
+    #[arg(long, default_value_t = leakprobe::python::heap::Bounds::default().max_objects)]
+    max_objects: u64,
+    /// Longest one census may take.
+    #[arg(long, default_value = "20s", value_parser = humantime::parse_duration)]
+    max_time: Duration,
 }
 
 #[derive(clap::Args)]
@@ -193,6 +220,7 @@ fn main() -> ExitCode {
         Commands::Report(args) => run_report(args),
         Commands::Logs(args) => leakprobe::logs::run(args),
         Commands::Scan(args) => leakprobe::advice::scan::run(args),
+        Commands::Census(args) => run_census(args),
     };
     match result {
         Ok(code) => code,
@@ -202,6 +230,22 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+fn run_census(args: CensusArgs) -> anyhow::Result<ExitCode> {
+    leakprobe::census::run(leakprobe::census::CensusOptions {
+        pid: args.pid,
+        top: args.top,
+        interval: args.interval,
+        count: args.count,
+        format: args.format,
+        bounds: leakprobe::python::heap::Bounds {
+            max_objects: args.max_objects,
+            max_duration: args.max_time,
+            ..Default::default()
+        },
+    })?;
+    Ok(ExitCode::SUCCESS)
 }
 
 async fn run_watch(args: WatchArgs) -> anyhow::Result<ExitCode> {
