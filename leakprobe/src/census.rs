@@ -167,8 +167,34 @@ pub fn render_census(pid: u32, version: &str, census: &Census, top: usize) -> St
     for t in census.types.iter().take(top) {
         let _ = writeln!(out, "{:<width$}  {:>10}  {:>10}", t.name, t.count, human_bytes(t.bytes as f64));
     }
+    render_holders(census, top, &mut out);
     notes(census, &mut out);
     untrusted::terminal_lines(out)
+}
+
+/// The containers that retain the most, with the path that reaches them.
+fn render_holders(census: &Census, top: usize, out: &mut String) {
+    if census.holders.is_empty() {
+        return;
+    }
+    let shown = &census.holders[..census.holders.len().min(top)];
+    let width = shown.iter().map(|h| h.path.chars().count()).max().unwrap_or(6).clamp(6, 80);
+    let _ =
+        writeln!(out, "\n{:<width$}  {:<12}  {:>10}  {:>10}  {:>10}", "holder", "type", "length", "objects", "retains");
+    for h in shown {
+        let _ = writeln!(
+            out,
+            "{:<width$}  {:<12}  {:>10}  {:>10}  {:>10}",
+            h.path,
+            h.type_name,
+            h.length,
+            h.retained_objects,
+            human_bytes(h.retained_bytes as f64)
+        );
+    }
+    if census.holders_truncated {
+        let _ = writeln!(out, "holders: stopped at a bound before every module was walked");
+    }
 }
 
 /// A later census: the types past their peak, objgraph's `show_growth`.
@@ -196,6 +222,7 @@ pub fn render_growth(census: &Census, grown: &[TypeGrowth], top: usize, n: u64) 
             );
         }
     }
+    render_holders(census, top, &mut out);
     notes(census, &mut out);
     untrusted::terminal_lines(out)
 }
@@ -203,27 +230,28 @@ pub fn render_growth(census: &Census, grown: &[TypeGrowth], top: usize, n: u64) 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::python::heap::{Invalid, TypeCount};
+    use crate::python::heap::{fake::census_of, Invalid};
 
     fn census(types: &[(&str, u64)]) -> Census {
-        Census {
-            types: types.iter().map(|(n, c)| TypeCount { name: n.to_string(), count: *c, bytes: c * 64 }).collect(),
-            objects: types.iter().map(|t| t.1).sum(),
-            bytes: 0,
-            lists: vec![],
-            gc: None,
-            bounds_hit: Some(Bound::Duration),
-            invalid: Invalid { types: 2, ..Invalid::default() },
-            bytes_read: 4096,
-            reads: 3,
-            elapsed_secs: 0.01,
-        }
+        let mut c = census_of(types);
+        c.bounds_hit = Some(Bound::Duration);
+        c.invalid = Invalid { types: 2, ..Invalid::default() };
+        (c.bytes_read, c.reads, c.elapsed_secs) = (4096, 3, 0.01);
+        c
     }
 
     #[test]
     fn text_shows_the_top_types_and_no_terminal_escapes() {
-        let c = census(&[("dict", 300), ("\x1b[2JLeaky\x07", 200), ("tuple", 5)]);
+        let mut c = census(&[("dict", 300), ("\x1b[2JLeaky\x07", 200), ("tuple", 5)]);
+        c.holders.push(crate::python::heap::Holder {
+            path: "__main__.\x1b]0;LEAKS".into(),
+            type_name: "list".into(),
+            length: 5000,
+            retained_objects: 5001,
+            retained_bytes: 300_000,
+        });
         let text = render_census(42, "3.11.7", &c, 2);
+        assert!(text.contains("__main__.?]0;LEAKS") && text.contains("5001"), "{text}");
         assert!(text.contains("process 42 (CPython 3.11.7): 505 GC-tracked objects"));
         assert!(text.contains("dict") && text.contains("?[2JLeaky?") && !text.contains("tuple"));
         assert!(!text.chars().any(|ch| ch.is_control() && ch != '\n'), "{text:?}");

@@ -64,6 +64,9 @@ struct CensusArgs {
     /// Longest one census may take.
     #[arg(long, default_value = "20s", value_parser = humantime::parse_duration)]
     max_time: Duration,
+    /// Containers reached from sys.modules shown, the most retaining first (0: do not look).
+    #[arg(long, default_value_t = 10)]
+    holders: usize,
 }
 
 #[derive(clap::Args)]
@@ -242,6 +245,7 @@ fn run_census(args: CensusArgs) -> anyhow::Result<ExitCode> {
         bounds: leakprobe::python::heap::Bounds {
             max_objects: args.max_objects,
             max_duration: args.max_time,
+            max_holders: args.holders,
             ..Default::default()
         },
     })?;

@@ -161,7 +161,15 @@ fn heap_fields(minor: u32) -> Vec<(&'static str, &'static str)> {
         ("containers.dict_used", "offsetof(PyDictObject, ma_used)"),
         ("containers.dict_keys", "offsetof(PyDictObject, ma_keys)"),
         ("containers.dict_values", "offsetof(PyDictObject, ma_values)"),
+        ("containers.tuple_items", "offsetof(PyTupleObject, ob_item)"),
+        ("containers.set_used", "offsetof(PySetObject, used)"),
+        ("containers.set_mask", "offsetof(PySetObject, mask)"),
+        ("containers.set_table", "offsetof(PySetObject, table)"),
+        ("heap.module_dict", "offsetof(PyModuleObject, md_dict)"),
+        ("type.dict", "offsetof(PyTypeObject, tp_dict)"),
     ];
+    // 3.10's split values are a bare `PyObject **`.
+    f.push(("containers.split_values", if minor >= 11 { "offsetof(PyDictValues, values)" } else { "0" }));
     f.push((
         "heap.interp_modules",
         if minor <= 11 {
@@ -224,6 +232,7 @@ fn render_heap(minor: u32, v: &BTreeMap<String, u64>) -> Result<String> {
         "HeapLayout {{
         interp_gc: {},
         interp_modules: {},
+        module_dict: {},
         immortal_refcounts: {},
         gc: GcLayout {{
             head_size: {},
@@ -241,7 +250,7 @@ fn render_heap(minor: u32, v: &BTreeMap<String, u64>) -> Result<String> {
             collecting: {},
             incremental_before_micro: 0,
         }},
-        types: TypeLayout {{ name: {}, basicsize: {}, itemsize: {}, flags: {}, heap_qualname: {} }},
+        types: TypeLayout {{ name: {}, basicsize: {}, itemsize: {}, flags: {}, heap_qualname: {}, dict: {} }},
         containers: ContainerLayout {{
             var_size: {},
             list_items: {},
@@ -249,11 +258,17 @@ fn render_heap(minor: u32, v: &BTreeMap<String, u64>) -> Result<String> {
             dict_used: {},
             dict_keys: {},
             dict_values: {},
+            split_values: {},
             keys: {keys},
+            tuple_items: {},
+            set_used: {},
+            set_mask: {},
+            set_table: {},
         }},
     }}",
         get("heap.interp_gc")?,
         get("heap.interp_modules")?,
+        get("heap.module_dict")?,
         minor >= 12,
         get("gc.head_size")?,
         get("gc.preheader_flags")?,
@@ -273,12 +288,18 @@ fn render_heap(minor: u32, v: &BTreeMap<String, u64>) -> Result<String> {
         get("type.itemsize")?,
         get("type.flags")?,
         get("type.heap_qualname")?,
+        get("type.dict")?,
         get("containers.var_size")?,
         get("containers.list_items")?,
         get("containers.list_allocated")?,
         get("containers.dict_used")?,
         get("containers.dict_keys")?,
         get("containers.dict_values")?,
+        get("containers.split_values")?,
+        get("containers.tuple_items")?,
+        get("containers.set_used")?,
+        get("containers.set_mask")?,
+        get("containers.set_table")?,
     ))
 }
 
@@ -286,7 +307,8 @@ fn render_heap(minor: u32, v: &BTreeMap<String, u64>) -> Result<String> {
 fn c_program(minor: u32) -> String {
     let mut c = String::from(
         "#define Py_BUILD_CORE 1\n#include <Python.h>\n#include <frameobject.h>\n#include <stdio.h>\n#include <stddef.h>\n\
-         #include \"internal/pycore_runtime.h\"\n#include \"internal/pycore_interp.h\"\n",
+         #include \"internal/pycore_runtime.h\"\n#include \"internal/pycore_interp.h\"\n\
+         #include \"internal/pycore_moduleobject.h\"\n",
     );
     if minor >= 11 {
         c.push_str("#include \"internal/pycore_frame.h\"\n#include \"internal/pycore_dict.h\"\n");

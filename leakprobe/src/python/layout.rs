@@ -145,6 +145,8 @@ pub struct HeapLayout {
     pub interp_gc: u64,
     /// `sys.modules`: `interp->modules` (3.10, 3.11), `interp->imports.modules` (3.12+).
     pub interp_modules: u64,
+    /// `PyModuleObject.md_dict`.
+    pub module_dict: u64,
     /// Whether 3.12+ immortal refcounts (negative as an i32) are plausible.
     pub immortal_refcounts: bool,
     pub gc: GcLayout,
@@ -192,6 +194,8 @@ pub struct TypeLayout {
     pub flags: u64,
     /// `ht_qualname` of heap types (a `str`).
     pub heap_qualname: u64,
+    /// `tp_dict` (NULL for static builtin types from 3.12 on).
+    pub dict: u64,
 }
 
 /// The containers whose out-of-line buffers a census adds to their size.
@@ -204,7 +208,15 @@ pub struct ContainerLayout {
     pub dict_used: u64,
     pub dict_keys: u64,
     pub dict_values: u64,
+    /// Where the values array starts in what `ma_values` points to (3.13+: after a header).
+    pub split_values: u64,
     pub keys: DictKeysLayout,
+    /// `PyTupleObject.ob_item` (3.14 put `ob_hash` before it).
+    pub tuple_items: u64,
+    /// `PySetObject`: `used`, `mask` and `table` (16-byte `setentry {key, hash}`).
+    pub set_used: u64,
+    pub set_mask: u64,
+    pub set_table: u64,
 }
 
 /// `PyDictKeysObject`, whose shape changed in 3.11.

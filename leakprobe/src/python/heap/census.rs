@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{
     gc_state::{self, GcState},
+    holders::{Holder, HolderBounds, HolderSearch},
     metered::Metered,
     sizes::{self, Pending},
     types::{Kind, TypeTable},
@@ -43,12 +44,20 @@ pub struct Bounds {
     pub max_objects: u64,
     pub max_bytes_read: u64,
     pub max_duration: Duration,
+    /// Holders (containers reached from `sys.modules`) reported; 0: none are looked for.
+    #[serde(default)]
+    pub max_holders: usize,
 }
 
 impl Default for Bounds {
     /// About 10 s of reading on a busy 2-core machine (python-heap.md §14.3).
     fn default() -> Self {
-        Bounds { max_objects: 10_000_000, max_bytes_read: 1 << 30, max_duration: Duration::from_secs(20) }
+        Bounds {
+            max_objects: 10_000_000,
+            max_bytes_read: 1 << 30,
+            max_duration: Duration::from_secs(20),
+            max_holders: 0,
+        }
     }
 }
 
@@ -109,6 +118,12 @@ pub struct Census {
     pub lists: Vec<ListWalk>,
     pub gc: Option<GcState>,
     pub bounds_hit: Option<Bound>,
+    /// The containers reached from `sys.modules` that retain the most (when asked for).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub holders: Vec<Holder>,
+    /// The holder search stopped at a bound (objects or time) before it reached everything.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub holders_truncated: bool,
     pub invalid: Invalid,
     pub bytes_read: u64,
     pub reads: u64,
@@ -214,6 +229,18 @@ pub fn take_census(mem: &impl ReadMemory, interp: &Interpreter, bounds: &Bounds)
     let mut counts: Vec<TypeCount> =
         by_name.into_iter().map(|(name, (count, bytes))| TypeCount { name: name.to_string(), count, bytes }).collect();
     counts.sort_by(|a, b| b.count.cmp(&a.count).then(b.bytes.cmp(&a.bytes)).then(a.name.cmp(&b.name)));
+    let (mut holders, mut holders_truncated) = (Vec::new(), false);
+    if bounds.max_holders > 0 && bound.is_none() {
+        let modules = mem.read_u64(heads.interpreter.wrapping_add(layout.heap.interp_modules)).unwrap_or(0);
+        let holder_bounds = HolderBounds {
+            max_objects: bounds.max_objects,
+            deadline: started + bounds.max_duration,
+            max_holders: bounds.max_holders,
+        };
+        let mut search = HolderSearch::new(&mem, layout, &mut types, holder_bounds);
+        holders = search.from_modules(modules);
+        holders_truncated = search.truncated;
+    }
     let counted: u64 = counts.iter().map(|t| t.count).sum();
     let bytes = counts.iter().map(|t| t.bytes).sum();
     Ok(Census {
@@ -223,6 +250,8 @@ pub fn take_census(mem: &impl ReadMemory, interp: &Interpreter, bounds: &Bounds)
         lists,
         gc,
         bounds_hit: bound,
+        holders,
+        holders_truncated,
         invalid,
         bytes_read: mem.bytes(),
         reads: mem.calls(),

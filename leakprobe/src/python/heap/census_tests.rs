@@ -6,10 +6,11 @@ use std::time::Duration;
 use proptest::prelude::*;
 
 use super::{
+    dicts,
     fake::{FakeHeap, BASE},
     gc_state, take_census, Bound, Bounds, Census, Interpreter,
 };
-use crate::python::memory::SliceMemory;
+use crate::python::memory::{ReadMemory, SliceMemory};
 
 fn interp(h: &FakeHeap, known_type: bool) -> Interpreter {
     Interpreter { layout: h.layout, runtime: h.runtime, micro: 0, type_type: known_type.then_some(h.type_type) }
@@ -164,7 +165,8 @@ proptest! {
             let at = (at * 8) % (len - 8);
             h.bytes[at..at + 8].copy_from_slice(&value.to_le_bytes());
         }
-        let _ = take_census(&h.memory(), &interp(&h, minor % 2 == 0), &Bounds::default());
+        let bounds = Bounds { max_holders: 10, ..Bounds::default() };
+        let _ = take_census(&h.memory(), &interp(&h, minor % 2 == 0), &bounds);
     }
 
     /// Pure garbage as memory.
@@ -173,6 +175,63 @@ proptest! {
         let h = FakeHeap::new(minor, false);
         let mem = SliceMemory { base: BASE, bytes: &bytes };
         let i = Interpreter { layout: h.layout, runtime: BASE + runtime, micro: 0, type_type: None };
-        let _ = take_census(&mem, &i, &Bounds::default());
+        let _ = take_census(&mem, &i, &Bounds { max_holders: 10, ..Bounds::default() });
+    }
+
+    /// The dict decoder on garbage: no panic, and what it returns holds `ma_used` pairs.
+    #[test]
+    fn dict_decoder_survives_garbage(minor in 10u32..=14, bytes in proptest::collection::vec(any::<u8>(), 0..4096), at in 0u64..4096) {
+        let layout = super::fake::layout(minor);
+        let c = &layout.heap.containers;
+        let mem = SliceMemory { base: BASE, bytes: &bytes };
+        let _ = dicts::parse_keys(&c.keys, &bytes);
+        if let Some(items) = dicts::dict_items(&mem, c, BASE + at, 1 << 20) {
+            let (used, _, _) = dicts::read_dict_header(&mem, c, BASE + at).unwrap();
+            prop_assert_eq!(items.len() as u64, used);
+        }
+    }
+}
+
+#[test]
+fn dict_items_of_combined_and_split_tables() {
+    for minor in 10..=14 {
+        let (mut h, _) = sample(minor, false);
+        let c = h.layout.heap.containers;
+        let dict_type = h.dict_type();
+        let (dict, _) = h.new_dict(dict_type, 2);
+        let keys = h.word(dict + c.dict_keys);
+        let header = h.memory().read_vec(keys, dicts::header_len(&c.keys)).unwrap();
+        let table = dicts::parse_keys(&c.keys, &header).unwrap();
+        // Entries 0 and 2 live, 1 deleted.
+        h.put(
+            keys + match c.keys {
+                crate::python::layout::DictKeysLayout::Sized { nentries, .. }
+                | crate::python::layout::DictKeysLayout::Log2 { nentries, .. } => nentries,
+            },
+            3,
+        );
+        for (i, (k, v)) in [(0x1110, 0x2220), (0, 0), (0x1130, 0x2230)].into_iter().enumerate() {
+            let entry = keys + table.entries + i as u64 * table.entry_size;
+            h.put(entry + table.key_at, k);
+            h.put(entry + table.value_at, v);
+        }
+        assert_eq!(
+            dicts::dict_items(&h.memory(), &c, dict, 100),
+            Some(vec![(0x1110, 0x2220), (0x1130, 0x2230)]),
+            "3.{minor}"
+        );
+        assert_eq!(dicts::dict_items(&h.memory(), &c, dict, 1), None, "more than asked for");
+        // Split: the values come from ma_values; the keys' own values are ignored.
+        let values = h.alloc(64);
+        h.put(dict + c.dict_values, values);
+        h.put(values + c.split_values, 0x3330);
+        h.put(values + c.split_values + 16, 0x3350);
+        assert_eq!(
+            dicts::dict_items(&h.memory(), &c, dict, 100),
+            Some(vec![(0x1110, 0x3330), (0x1130, 0x3350)]),
+            "3.{minor}"
+        );
+        h.put(values + c.split_values + 16, 0);
+        assert_eq!(dicts::dict_items(&h.memory(), &c, dict, 100), None, "ma_used disagrees: torn");
     }
 }

@@ -3,7 +3,10 @@
 //! a few types and tracked objects linked into generation lists.
 
 use crate::python::{
-    heap::types::{DICT_SUBCLASS, HEAPTYPE, LIST_SUBCLASS, READY},
+    heap::{
+        types::{DICT_SUBCLASS, HEAPTYPE, LIST_SUBCLASS, READY},
+        Census, Invalid, TypeCount,
+    },
     layout::{DictKeysLayout, Layout},
     layouts,
     memory::SliceMemory,
@@ -194,5 +197,23 @@ impl FakeHeap {
 
     pub fn memory(&self) -> SliceMemory<'_> {
         SliceMemory { base: BASE, bytes: &self.bytes }
+    }
+}
+
+/// A census result of these (name, count) types, 64 bytes an object (for renderers and growth).
+pub fn census_of(types: &[(&str, u64)]) -> Census {
+    Census {
+        types: types.iter().map(|(n, c)| TypeCount { name: n.to_string(), count: *c, bytes: c * 64 }).collect(),
+        objects: types.iter().map(|t| t.1).sum(),
+        bytes: types.iter().map(|t| t.1 * 64).sum(),
+        lists: vec![],
+        gc: None,
+        bounds_hit: None,
+        holders: vec![],
+        holders_truncated: false,
+        invalid: Invalid::default(),
+        bytes_read: 0,
+        reads: 0,
+        elapsed_secs: 0.0,
     }
 }

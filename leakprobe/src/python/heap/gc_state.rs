@@ -15,7 +15,9 @@ pub const GENERATIONS: usize = 3;
 /// Where the list heads are in this process.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct GcHeads {
-    /// `struct _gc_runtime_state` of the main interpreter.
+    /// The main interpreter's `PyInterpreterState`.
+    pub interpreter: u64,
+    /// Its `struct _gc_runtime_state`.
     pub state: u64,
     pub generations: [u64; GENERATIONS],
     pub permanent: u64,
@@ -58,7 +60,8 @@ pub fn locate(mem: &impl ReadMemory, layout: &Layout, runtime: u64, micro: u32) 
         ));
     };
     let generations = [0, 1, 2].map(|i| first.wrapping_add(i * gc.generation_size));
-    let heads = GcHeads { state, generations, permanent: state.wrapping_add(gc.permanent), incremental };
+    let heads =
+        GcHeads { interpreter: interp, state, generations, permanent: state.wrapping_add(gc.permanent), incremental };
     // An empty list points to itself; a head that points nowhere is not a head.
     for (name, head) in heads.lists() {
         match mem.read_u64(head) {

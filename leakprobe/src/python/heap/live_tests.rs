@@ -53,6 +53,9 @@ class Leaky:
         self.tag = "x"
 LEAKS = [Leaky(i) for i in range(5000)]
 SMALL = [{"k": i, "v": [i]} for i in range(3000)]
+class Registry:
+    cache = {("key", i): i * 1000 for i in range(1000)}
+SEEN = set(range(300, 700))
 gc.disable()
 def key(t):
     if t.__flags__ & (1 << 9) or t.__module__ == "builtins":
@@ -126,7 +129,7 @@ fn census_matches_gc_get_objects_live() {
         let target = Target::inspect(child.0.id()).unwrap();
         let python_rt = runtime::detect(&target).unwrap().expect("a CPython");
         let interp = Interpreter::of(&python_rt);
-        let census = take_census(&python_rt.mem, &interp, &Bounds::default()).unwrap();
+        let census = take_census(&python_rt.mem, &interp, &Bounds { max_holders: 50, ..Bounds::default() }).unwrap();
         let who = format!("{} ({})", python.display(), python_rt.version);
         eprintln!(
             "{who}: census {} objects, {} bytes in {:.1} ms, {} bytes read in {} reads; gc.get_objects() {}; invalid {:?}",
@@ -161,6 +164,24 @@ fn census_matches_gc_get_objects_live() {
             let (got, want) = (outside(&census, name).1, inside.types[name].1);
             assert!(close(got, want, 10.0), "{who}: {name}: {got} bytes outside, {want} inside");
         }
+        let holder = |path: &str| {
+            census.holders.iter().find(|h| h.path == path).unwrap_or_else(|| panic!("{who}: no holder {path}"))
+        };
+        for h in census.holders.iter().take(5) {
+            eprintln!(
+                "{who}: holder {} ({}) length {} retains {} objects, {} bytes",
+                h.path, h.type_name, h.length, h.retained_objects, h.retained_bytes
+            );
+        }
+        let leaks = holder("__main__.LEAKS");
+        assert_eq!((leaks.type_name.as_str(), leaks.length), ("list", 5000), "{who}");
+        assert!(leaks.retained_objects > 5000, "{who}: {leaks:?}");
+        let small = holder("__main__.SMALL");
+        assert_eq!(small.length, 3000);
+        assert!(small.retained_objects > 6000, "{who}: the dicts and their lists: {small:?}");
+        assert_eq!(holder("__main__.Registry.cache").length, 1000);
+        assert_eq!((holder("__main__.SEEN").type_name.as_str(), holder("__main__.SEEN").length), ("set", 400));
+        assert!(!census.holders_truncated);
         let gc = census.gc.as_ref().expect("the GC state");
         assert!(!gc.enabled && !gc.collecting, "{who}: the script disabled the GC: {gc:?}");
         // Everything frozen: the permanent generation holds it, and the census still counts it.

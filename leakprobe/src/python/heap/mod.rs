@@ -8,8 +8,10 @@
 //! bytes read and time (`Bounds`); the bound that stopped it is reported.
 
 pub mod census;
+pub mod dicts;
 pub mod gc_state;
 pub mod growth;
+pub mod holders;
 pub mod metered;
 pub mod sizes;
 pub mod types;
@@ -18,10 +20,11 @@ pub mod walk;
 #[cfg(test)]
 mod census_tests;
 #[cfg(test)]
-mod fake;
+pub(crate) mod fake;
 #[cfg(test)]
 mod live_tests;
 
 pub use census::{take_census, Bound, Bounds, Census, Interpreter, Invalid, TypeCount};
 pub use gc_state::GcState;
 pub use growth::{Growth, TypeGrowth};
+pub use holders::Holder;

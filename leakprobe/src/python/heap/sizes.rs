@@ -4,13 +4,11 @@
 //! `sys.getsizeof` counts them. Buffers are read in batches after the walk.
 
 use super::{
+    dicts,
     types::{Kind, TypeInfo},
     walk::Node,
 };
-use crate::python::{
-    layout::{DictKeysLayout, Layout},
-    memory::ReadMemory,
-};
+use crate::python::{layout::Layout, memory::ReadMemory};
 
 /// Ranges per batched read.
 const BATCH: usize = 1024;
@@ -49,68 +47,6 @@ pub struct Pending {
 
 fn word(bytes: &[u8], at: usize) -> u64 {
     bytes.get(at..at + 8).map_or(0, |b| u64::from_le_bytes(b.try_into().unwrap_or_default()))
-}
-
-/// `USABLE_FRACTION`: entries a keys table of `slots` slots holds.
-fn usable(slots: u64) -> u64 {
-    (slots << 1) / 3
-}
-
-/// A keys table's size in bytes and entry count, if its header is sane.
-fn keys_table(keys: &DictKeysLayout, header: &[u8]) -> Option<(u64, u64, u64)> {
-    match *keys {
-        DictKeysLayout::Sized { refcnt, size, nentries, indices, entry_size } => {
-            let slots = word(header, size as usize);
-            // `Py_EMPTY_KEYS`, shared by every empty dict, has a single slot.
-            if !(1..=MAX_ITEMS).contains(&slots) || !slots.is_power_of_two() {
-                return None;
-            }
-            let index_bytes = match slots {
-                s if s <= 0xff => 1,
-                s if s <= 0xffff => 2,
-                s if s <= 0xffff_ffff => 4,
-                _ => 8,
-            };
-            let n = word(header, nentries as usize);
-            (n <= usable(slots)).then_some((
-                indices + slots * index_bytes + usable(slots) * entry_size,
-                n,
-                word(header, refcnt as usize),
-            ))
-        }
-        DictKeysLayout::Log2 {
-            refcnt,
-            log2_size,
-            log2_index_bytes,
-            kind,
-            nentries,
-            indices,
-            entry_size,
-            unicode_entry_size,
-        } => {
-            let byte = |at: u64| u64::from(header.get(at as usize).copied().unwrap_or(0xff));
-            let (log2, log2_index, kind) = (byte(log2_size), byte(log2_index_bytes), byte(kind));
-            // `Py_EMPTY_KEYS`, shared by every empty dict, has log2 sizes of 0.
-            if log2 > 32 || !(log2..=log2 + 3).contains(&log2_index) || kind > 2 {
-                return None;
-            }
-            let slots = 1u64 << log2;
-            let entry = if kind == 0 { entry_size } else { unicode_entry_size };
-            let n = word(header, nentries as usize);
-            (n <= usable(slots)).then_some((
-                indices + (1 << log2_index) + usable(slots) * entry,
-                n,
-                word(header, refcnt as usize),
-            ))
-        }
-    }
-}
-
-/// Bytes read of a keys object's header.
-fn keys_header_len(keys: &DictKeysLayout) -> usize {
-    match *keys {
-        DictKeysLayout::Sized { indices, .. } | DictKeysLayout::Log2 { indices, .. } => indices as usize,
-    }
 }
 
 /// Reads `ranges` in batches; `each(i, bytes)` gets the bytes of range `i`, or None.
@@ -168,23 +104,23 @@ pub fn out_of_line(mem: &impl ReadMemory, layout: &Layout, pending: &[Pending]) 
                     invalid += 1;
                 }
             }
-            Kind::Int | Kind::Other => {}
+            _ => {}
         }
     });
-    let header_len = keys_header_len(&c.keys);
+    let header_len = dicts::header_len(&c.keys);
     let ranges: Vec<(u64, usize)> = dicts.iter().map(|d| (d.1, header_len)).collect();
     read_batched(mem, &ranges, |j, bytes| {
         let (i, _, values, used) = dicts[j];
-        match bytes.and_then(|b| keys_table(&c.keys, b)) {
-            Some((table, entries, refcnt)) if used <= entries => {
+        match bytes.and_then(|b| dicts::parse_keys(&c.keys, b)) {
+            Some(table) if used <= table.nentries => {
                 // A table shared by the instances of a class (split) is not this dict's.
-                if refcnt == 1 {
-                    extra[i] += table;
+                if table.refcnt == 1 {
+                    extra[i] += table.bytes;
                 }
                 // Split values are a separate block up to 3.12; from 3.13 an instance's values
                 // are inline in the instance itself (python-heap.md §6.3, §7).
                 if values != 0 && layout.minor <= 12 {
-                    extra[i] += entries * 8;
+                    extra[i] += table.nentries * 8;
                 }
             }
             _ => invalid += 1,

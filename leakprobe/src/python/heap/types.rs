@@ -11,8 +11,11 @@ use crate::python::{layout::Layout, memory::ReadMemory, objects::read_str};
 pub const HEAPTYPE: u64 = 1 << 9;
 pub const READY: u64 = 1 << 12;
 pub const LONG_SUBCLASS: u64 = 1 << 24;
+pub const HAVE_GC: u64 = 1 << 14;
 pub const LIST_SUBCLASS: u64 = 1 << 25;
+pub const TUPLE_SUBCLASS: u64 = 1 << 26;
 pub const DICT_SUBCLASS: u64 = 1 << 29;
+pub const TYPE_SUBCLASS: u64 = 1 << 31;
 
 /// Longest `tp_name` accepted (python-heap.md §14.1).
 pub const MAX_NAME: usize = 255;
@@ -29,6 +32,14 @@ pub enum Kind {
     Dict,
     /// An int or subclass: its digit count is in `ob_size` / `lv_tag`.
     Int,
+    Tuple,
+    /// `set` / `frozenset` (by name: no flag marks them).
+    Set,
+    /// `collections.deque` (by name).
+    Deque,
+    Module,
+    /// A type object (a class, for heap types).
+    Type,
     Other,
 }
 
@@ -135,8 +146,19 @@ impl<'a> TypeTable<'a> {
             Kind::Dict
         } else if flags & LONG_SUBCLASS != 0 {
             Kind::Int
-        } else {
+        } else if flags & TUPLE_SUBCLASS != 0 {
+            Kind::Tuple
+        } else if flags & TYPE_SUBCLASS != 0 {
+            Kind::Type
+        } else if flags & HEAPTYPE != 0 {
             Kind::Other
+        } else {
+            match name.as_str() {
+                "set" | "frozenset" => Kind::Set,
+                "collections.deque" => Kind::Deque,
+                "module" => Kind::Module,
+                _ => Kind::Other,
+            }
         };
         Some(TypeInfo { address, name, basicsize, itemsize, flags, kind })
     }

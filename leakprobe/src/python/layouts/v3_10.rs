@@ -32,6 +32,7 @@ pub const TABLES: VersionTables = VersionTables::Complete(Layout {
     heap: HeapLayout {
         interp_gc: 616,
         interp_modules: 856,
+        module_dict: 16,
         immortal_refcounts: false,
         gc: GcLayout {
             head_size: 16,
@@ -49,7 +50,7 @@ pub const TABLES: VersionTables = VersionTables::Complete(Layout {
             collecting: 200,
             incremental_before_micro: 0,
         },
-        types: TypeLayout { name: 24, basicsize: 32, itemsize: 40, flags: 168, heap_qualname: 864 },
+        types: TypeLayout { name: 24, basicsize: 32, itemsize: 40, flags: 168, heap_qualname: 864, dict: 264 },
         containers: ContainerLayout {
             var_size: 16,
             list_items: 24,
@@ -57,7 +58,12 @@ pub const TABLES: VersionTables = VersionTables::Complete(Layout {
             dict_used: 16,
             dict_keys: 32,
             dict_values: 40,
+            split_values: 0,
             keys: DictKeysLayout::Sized { refcnt: 0, size: 8, nentries: 32, indices: 40, entry_size: 24 },
+            tuple_items: 24,
+            set_used: 24,
+            set_mask: 32,
+            set_table: 40,
         },
     },
 });

@@ -39,6 +39,7 @@ pub const TABLES: VersionTables = VersionTables::Complete(Layout {
     heap: HeapLayout {
         interp_gc: 648,
         interp_modules: 888,
+        module_dict: 16,
         immortal_refcounts: false,
         gc: GcLayout {
             head_size: 16,
@@ -56,7 +57,7 @@ pub const TABLES: VersionTables = VersionTables::Complete(Layout {
             collecting: 200,
             incremental_before_micro: 0,
         },
-        types: TypeLayout { name: 24, basicsize: 32, itemsize: 40, flags: 168, heap_qualname: 864 },
+        types: TypeLayout { name: 24, basicsize: 32, itemsize: 40, flags: 168, heap_qualname: 864, dict: 264 },
         containers: ContainerLayout {
             var_size: 16,
             list_items: 24,
@@ -64,6 +65,7 @@ pub const TABLES: VersionTables = VersionTables::Complete(Layout {
             dict_used: 16,
             dict_keys: 32,
             dict_values: 40,
+            split_values: 0,
             keys: DictKeysLayout::Log2 {
                 refcnt: 0,
                 log2_size: 8,
@@ -74,6 +76,10 @@ pub const TABLES: VersionTables = VersionTables::Complete(Layout {
                 entry_size: 24,
                 unicode_entry_size: 16,
             },
+            tuple_items: 24,
+            set_used: 24,
+            set_mask: 32,
+            set_table: 40,
         },
     },
 });

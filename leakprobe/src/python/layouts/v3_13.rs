@@ -36,6 +36,7 @@ pub const TABLES: VersionTables = VersionTables::SelfDescribed(SelfDescribed {
     heap: HeapLayout {
         interp_gc: 7400,
         interp_modules: 7656,
+        module_dict: 16,
         immortal_refcounts: true,
         gc: GcLayout {
             head_size: 16,
@@ -53,7 +54,7 @@ pub const TABLES: VersionTables = VersionTables::SelfDescribed(SelfDescribed {
             collecting: 200,
             incremental_before_micro: 0,
         },
-        types: TypeLayout { name: 24, basicsize: 32, itemsize: 40, flags: 168, heap_qualname: 872 },
+        types: TypeLayout { name: 24, basicsize: 32, itemsize: 40, flags: 168, heap_qualname: 872, dict: 264 },
         containers: ContainerLayout {
             var_size: 16,
             list_items: 24,
@@ -61,6 +62,7 @@ pub const TABLES: VersionTables = VersionTables::SelfDescribed(SelfDescribed {
             dict_used: 16,
             dict_keys: 32,
             dict_values: 40,
+            split_values: 8,
             keys: DictKeysLayout::Log2 {
                 refcnt: 0,
                 log2_size: 8,
@@ -71,6 +73,10 @@ pub const TABLES: VersionTables = VersionTables::SelfDescribed(SelfDescribed {
                 entry_size: 24,
                 unicode_entry_size: 16,
             },
+            tuple_items: 24,
+            set_used: 24,
+            set_mask: 32,
+            set_table: 40,
         },
     },
 });

@@ -3,7 +3,7 @@
 //! numbers are the ones leakprobe typed by hand before generation (objects as on 3.12/3.13).
 //! `heap` is from `/work/shared/notes/python-heap.md` (verified live on Debian's 3.14.10): §2's
 //! interpreter table, §3.2's 3.14.5+ GC column (3.14.0–3.14.4's incremental GC keeps its heads
-//! at the same offsets, `[S]` there), §5's `ht_qualname` and §6.2's keys object.
+//! at the same offsets, `[S]` there), §5's `ht_qualname` and `tp_dict`, §6's dict, §8's tuple and set, §10's module.
 
 use crate::python::layout::*;
 
@@ -41,6 +41,7 @@ pub const TABLES: VersionTables = VersionTables::SelfDescribed(SelfDescribed {
     heap: HeapLayout {
         interp_gc: 7408,
         interp_modules: 7688,
+        module_dict: 16,
         immortal_refcounts: true,
         gc: GcLayout {
             head_size: 16,
@@ -58,7 +59,7 @@ pub const TABLES: VersionTables = VersionTables::SelfDescribed(SelfDescribed {
             collecting: 192,
             incremental_before_micro: 5,
         },
-        types: TypeLayout { name: 24, basicsize: 32, itemsize: 40, flags: 168, heap_qualname: 872 },
+        types: TypeLayout { name: 24, basicsize: 32, itemsize: 40, flags: 168, heap_qualname: 872, dict: 264 },
         containers: ContainerLayout {
             var_size: 16,
             list_items: 24,
@@ -66,6 +67,7 @@ pub const TABLES: VersionTables = VersionTables::SelfDescribed(SelfDescribed {
             dict_used: 16,
             dict_keys: 32,
             dict_values: 40,
+            split_values: 8,
             keys: DictKeysLayout::Log2 {
                 refcnt: 0,
                 log2_size: 8,
@@ -76,6 +78,10 @@ pub const TABLES: VersionTables = VersionTables::SelfDescribed(SelfDescribed {
                 entry_size: 24,
                 unicode_entry_size: 16,
             },
+            tuple_items: 32,
+            set_used: 24,
+            set_mask: 32,
+            set_table: 40,
         },
     },
 });
