@@ -167,7 +167,12 @@ fn heap_fields(minor: u32) -> Vec<(&'static str, &'static str)> {
         ("containers.set_table", "offsetof(PySetObject, table)"),
         ("heap.module_dict", "offsetof(PyModuleObject, md_dict)"),
         ("type.dict", "offsetof(PyTypeObject, tp_dict)"),
+        ("type.dictoffset", "offsetof(PyTypeObject, tp_dictoffset)"),
+        ("type.cached_keys", "offsetof(PyHeapTypeObject, ht_cached_keys)"),
     ];
+    if minor >= 13 {
+        f.push(("instance.valid", "offsetof(PyDictValues, valid)"));
+    }
     // 3.10's split values are a bare `PyObject **`.
     f.push(("containers.split_values", if minor >= 11 { "offsetof(PyDictValues, values)" } else { "0" }));
     f.push((
@@ -228,12 +233,21 @@ fn render_heap(minor: u32, v: &BTreeMap<String, u64>) -> Result<String> {
         // Not in 3.10's installed headers: the table of python-heap.md §6.2 (verified live).
         "DictKeysLayout::Sized { refcnt: 0, size: 8, nentries: 32, indices: 40, entry_size: 24 }".to_string()
     };
+    // The headers say these in inline functions (`_PyObject_ValuesPointer`, `_PyObject_DictPointer`,
+    // `_PyObject_DictOrValuesPointer`, `MANAGED_DICT_OFFSET`): words before the object.
+    let instance_dict = match minor {
+        10 => "InstanceDict::Offset".to_string(),
+        11 => "InstanceDict::Managed { dict: -24, values: -32 }".to_string(),
+        12 => "InstanceDict::Tagged { dict_or_values: -24 }".to_string(),
+        _ => format!("InstanceDict::Inline {{ dict: -24, valid: {} }}", get("instance.valid")?),
+    };
     Ok(format!(
         "HeapLayout {{
         interp_gc: {},
         interp_modules: {},
         module_dict: {},
         immortal_refcounts: {},
+        instance_dict: {instance_dict},
         gc: GcLayout {{
             head_size: {},
             preheader_flags: {:#x},
@@ -250,7 +264,7 @@ fn render_heap(minor: u32, v: &BTreeMap<String, u64>) -> Result<String> {
             collecting: {},
             incremental_before_micro: 0,
         }},
-        types: TypeLayout {{ name: {}, basicsize: {}, itemsize: {}, flags: {}, heap_qualname: {}, dict: {} }},
+        types: TypeLayout {{ name: {}, basicsize: {}, itemsize: {}, flags: {}, heap_qualname: {}, dict: {}, dictoffset: {}, cached_keys: {} }},
         containers: ContainerLayout {{
             var_size: {},
             list_items: {},
@@ -289,6 +303,8 @@ fn render_heap(minor: u32, v: &BTreeMap<String, u64>) -> Result<String> {
         get("type.flags")?,
         get("type.heap_qualname")?,
         get("type.dict")?,
+        get("type.dictoffset")?,
+        get("type.cached_keys")?,
         get("containers.var_size")?,
         get("containers.list_items")?,
         get("containers.list_allocated")?,

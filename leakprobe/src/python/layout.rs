@@ -149,6 +149,7 @@ pub struct HeapLayout {
     pub module_dict: u64,
     /// Whether 3.12+ immortal refcounts (negative as an i32) are plausible.
     pub immortal_refcounts: bool,
+    pub instance_dict: InstanceDict,
     pub gc: GcLayout,
     pub types: TypeLayout,
     pub containers: ContainerLayout,
@@ -196,6 +197,25 @@ pub struct TypeLayout {
     pub heap_qualname: u64,
     /// `tp_dict` (NULL for static builtin types from 3.12 on).
     pub dict: u64,
+    /// `tp_dictoffset`: where instances of types without a managed dict keep theirs.
+    pub dictoffset: u64,
+    /// `ht_cached_keys`: the keys shared by instances' split values.
+    pub cached_keys: u64,
+}
+
+/// Where instances of types with `Py_TPFLAGS_MANAGED_DICT` (3.11+) keep their attributes, in
+/// words before the object (python-heap.md §7; the headers' `_PyObject_*Pointer` functions).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InstanceDict {
+    /// 3.10: no managed dicts, only `tp_dictoffset`.
+    Offset,
+    /// 3.11: a dict pointer at `dict`; without one, split values (`PyDictValues *`) at `values`.
+    Managed { dict: i64, values: i64 },
+    /// 3.12: one word, a dict or split values tagged with bit 0 (stored as values − 1).
+    Tagged { dict_or_values: i64 },
+    /// 3.13+: a dict pointer at `dict`; without one and with `Py_TPFLAGS_INLINE_VALUES`, values
+    /// inline at the end of the object (`tp_basicsize`), used when their `valid` byte is set.
+    Inline { dict: i64, valid: u64 },
 }
 
 /// The containers whose out-of-line buffers a census adds to their size.

@@ -178,6 +178,17 @@ proptest! {
         let _ = take_census(&mem, &i, &Bounds { max_holders: 10, ..Bounds::default() });
     }
 
+    /// Instance attributes on garbage, for every version's way of keeping them.
+    #[test]
+    fn instance_decoder_survives_garbage(minor in 10u32..=14, bytes in proptest::collection::vec(any::<u8>(), 0..4096), at in 0u64..4096, flags in any::<u64>(), basicsize in 0u64..512) {
+        let layout = super::fake::layout(minor);
+        let mem = SliceMemory { base: BASE, bytes: &bytes };
+        let info = super::types::TypeInfo { address: BASE + (at / 2), name: "X".into(), basicsize, itemsize: 0, flags, kind: super::types::Kind::Other };
+        if let Some(found) = super::instances::locate(&mem, &layout, &info, BASE + at) {
+            let _ = super::instances::items(&mem, &layout, found, 1 << 16);
+        }
+    }
+
     /// The dict decoder on garbage: no panic, and what it returns holds `ma_used` pairs.
     #[test]
     fn dict_decoder_survives_garbage(minor in 10u32..=14, bytes in proptest::collection::vec(any::<u8>(), 0..4096), at in 0u64..4096) {

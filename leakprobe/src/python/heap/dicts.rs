@@ -111,16 +111,33 @@ pub fn dict_items(mem: &impl ReadMemory, c: &ContainerLayout, dict: u64, max: u6
     if keys == 0 || used > max {
         return None;
     }
+    let values = (values != 0).then(|| values.wrapping_add(c.split_values));
+    let items = table_items(mem, c, keys, values, max)?;
+    (items.len() as u64 == used).then_some(items)
+}
+
+/// The live pairs of the keys object at `keys`: values from its entries, or from the array at
+/// `split_values` (split tables: instance attributes, keyed by their class's shared keys).
+pub fn table_items(
+    mem: &impl ReadMemory,
+    c: &ContainerLayout,
+    keys: u64,
+    split_values: Option<u64>,
+    max: u64,
+) -> Option<Vec<(u64, u64)>> {
     let header = mem.read_vec(keys, header_len(&c.keys)).ok()?;
     let table = parse_keys(&c.keys, &header)?;
-    if used > table.nentries {
+    if table.nentries > max {
         return None;
     }
     let n = table.nentries as usize;
     let span = n.checked_mul(table.entry_size as usize).filter(|s| *s <= MAX_READ)?;
     let entries = mem.read_vec(keys.checked_add(table.entries)?, span).ok()?;
-    let split = if values != 0 { Some(mem.read_vec(values.checked_add(c.split_values)?, n * 8).ok()?) } else { None };
-    let mut items = Vec::with_capacity(used as usize);
+    let split = match split_values {
+        Some(values) => Some(mem.read_vec(values, n * 8).ok()?),
+        None => None,
+    };
+    let mut items = Vec::with_capacity(n);
     for i in 0..n as u64 {
         let entry = i * table.entry_size;
         let key = word(&entries, entry + table.key_at);
@@ -132,5 +149,5 @@ pub fn dict_items(mem: &impl ReadMemory, c: &ContainerLayout, dict: u64, max: u6
             items.push((key, value));
         }
     }
-    (items.len() as u64 == used).then_some(items)
+    Some(items)
 }

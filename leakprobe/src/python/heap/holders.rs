@@ -1,7 +1,7 @@
 //! Which containers hold the heap: from `sys.modules` (every module's dict, and the dicts of the
 //! classes defined there), each list, dict, set or deque reached gets a path (`module.name`,
-//! `module.Class.attr`), its length, and the objects first reached through it (what it
-//! retains, as far as lists, tuples, dicts and sets lead; instances are not entered yet).
+//! `module.Class.attr`, `module.obj.attr`), its length, and the objects first reached through
+//! it (what it retains, through lists, tuples, dicts, sets and instance attributes).
 //! Bounded by the objects visited and by a deadline; shared objects count for the first holder
 //! that reaches them.
 
@@ -13,7 +13,7 @@ use std::{
 use serde::{Deserialize, Serialize};
 
 use super::{
-    dicts,
+    dicts, instances,
     types::{Kind, TypeTable, HAVE_GC},
 };
 use crate::python::{layout::Layout, memory::ReadMemory, objects::read_str};
@@ -113,6 +113,18 @@ impl<'t, 'l, M: ReadMemory> HolderSearch<'t, 'l, M> {
                         for (class_attr, v) in self.names(tp_dict) {
                             if !is_dunder(&class_attr) {
                                 holders.extend(self.holder(format!("{path}.{class_attr}"), v));
+                            }
+                        }
+                    }
+                    continue;
+                }
+                if self.types.types[t].flags & super::types::HEAPTYPE != 0 && self.types.types[t].kind == Kind::Other {
+                    // An instance of a class: its attributes (`module.obj.attr`).
+                    let info = self.types.types[t].clone();
+                    if let Some(at) = instances::locate(self.mem, self.layout, &info, value) {
+                        for (name, v) in instances::items(self.mem, self.layout, at, MAX_NAMES) {
+                            if let Some(attr) = read_str(self.mem, &self.layout.objects.str, name) {
+                                holders.extend(self.holder(format!("{path}.{attr}"), v));
                             }
                         }
                     }
@@ -230,6 +242,16 @@ impl<'t, 'l, M: ReadMemory> HolderSearch<'t, 'l, M> {
                     if let Ok(entries) = self.mem.read_vec(table, ((mask + 1) * 16) as usize) {
                         queue.extend(entries.chunks_exact(16).map(|e| word(e, 0)).filter(|k| *k != 0));
                     }
+                }
+            }
+            Kind::Other if info.flags & super::types::HEAPTYPE != 0 => {
+                // An instance: what its attributes hold (its own dict, when it has one, too).
+                match instances::locate(self.mem, self.layout, &info, object) {
+                    Some(instances::Attributes::Dict(d)) => queue.push_back(d),
+                    Some(at) => {
+                        queue.extend(instances::items(self.mem, self.layout, at, MAX_ITEMS).into_iter().map(|(_, v)| v))
+                    }
+                    None => {}
                 }
             }
             _ => {}

@@ -56,6 +56,13 @@ SMALL = [{"k": i, "v": [i]} for i in range(3000)]
 class Registry:
     cache = {("key", i): i * 1000 for i in range(1000)}
 SEEN = set(range(300, 700))
+class Broker:
+    def __init__(self, n):
+        self.name = "broker"
+        self.subs = {"updates": [object() for _ in range(n)]}
+BROKER = Broker(250)
+TOUCHED = Broker(120)
+vars(TOUCHED)  # its attributes now live in a dict object
 gc.disable()
 def key(t):
     if t.__flags__ & (1 << 9) or t.__module__ == "builtins":
@@ -182,6 +189,13 @@ fn census_matches_gc_get_objects_live() {
         assert_eq!(holder("__main__.Registry.cache").length, 1000);
         assert_eq!((holder("__main__.SEEN").type_name.as_str(), holder("__main__.SEEN").length), ("set", 400));
         assert!(!census.holders_truncated);
+        let subs = holder("__main__.BROKER.subs");
+        assert_eq!((subs.type_name.as_str(), subs.length), ("dict", 1), "{who}");
+        assert!(subs.retained_objects >= 250 + 2, "{who}: the dict, its list and the objects: {subs:?}");
+        assert!(
+            holder("__main__.TOUCHED.subs").retained_objects >= 120 + 2,
+            "{who}: through a materialised __dict__ (the key str is BROKER's)"
+        );
         let gc = census.gc.as_ref().expect("the GC state");
         assert!(!gc.enabled && !gc.collecting, "{who}: the script disabled the GC: {gc:?}");
         // Everything frozen: the permanent generation holds it, and the census still counts it.

@@ -12,6 +12,7 @@ pub mod dicts;
 pub mod gc_state;
 pub mod growth;
 pub mod holders;
+pub mod instances;
 pub mod metered;
 pub mod sizes;
 pub mod types;

@@ -34,6 +34,7 @@ pub const TABLES: VersionTables = VersionTables::Complete(Layout {
         interp_modules: 856,
         module_dict: 16,
         immortal_refcounts: false,
+        instance_dict: InstanceDict::Offset,
         gc: GcLayout {
             head_size: 16,
             preheader_flags: 0x0,
@@ -50,7 +51,16 @@ pub const TABLES: VersionTables = VersionTables::Complete(Layout {
             collecting: 200,
             incremental_before_micro: 0,
         },
-        types: TypeLayout { name: 24, basicsize: 32, itemsize: 40, flags: 168, heap_qualname: 864, dict: 264 },
+        types: TypeLayout {
+            name: 24,
+            basicsize: 32,
+            itemsize: 40,
+            flags: 168,
+            heap_qualname: 864,
+            dict: 264,
+            dictoffset: 288,
+            cached_keys: 872,
+        },
         containers: ContainerLayout {
             var_size: 16,
             list_items: 24,

@@ -41,6 +41,7 @@ pub const TABLES: VersionTables = VersionTables::Complete(Layout {
         interp_modules: 944,
         module_dict: 16,
         immortal_refcounts: true,
+        instance_dict: InstanceDict::Tagged { dict_or_values: -24 },
         gc: GcLayout {
             head_size: 16,
             preheader_flags: 0x18,
@@ -57,7 +58,16 @@ pub const TABLES: VersionTables = VersionTables::Complete(Layout {
             collecting: 200,
             incremental_before_micro: 0,
         },
-        types: TypeLayout { name: 24, basicsize: 32, itemsize: 40, flags: 168, heap_qualname: 872, dict: 264 },
+        types: TypeLayout {
+            name: 24,
+            basicsize: 32,
+            itemsize: 40,
+            flags: 168,
+            heap_qualname: 872,
+            dict: 264,
+            dictoffset: 288,
+            cached_keys: 880,
+        },
         containers: ContainerLayout {
             var_size: 16,
             list_items: 24,

@@ -38,6 +38,7 @@ pub const TABLES: VersionTables = VersionTables::SelfDescribed(SelfDescribed {
         interp_modules: 7656,
         module_dict: 16,
         immortal_refcounts: true,
+        instance_dict: InstanceDict::Inline { dict: -24, valid: 3 },
         gc: GcLayout {
             head_size: 16,
             preheader_flags: 0x18,
@@ -54,7 +55,16 @@ pub const TABLES: VersionTables = VersionTables::SelfDescribed(SelfDescribed {
             collecting: 200,
             incremental_before_micro: 0,
         },
-        types: TypeLayout { name: 24, basicsize: 32, itemsize: 40, flags: 168, heap_qualname: 872, dict: 264 },
+        types: TypeLayout {
+            name: 24,
+            basicsize: 32,
+            itemsize: 40,
+            flags: 168,
+            heap_qualname: 872,
+            dict: 264,
+            dictoffset: 288,
+            cached_keys: 880,
+        },
         containers: ContainerLayout {
             var_size: 16,
             list_items: 24,

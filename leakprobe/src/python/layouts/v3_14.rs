@@ -3,7 +3,7 @@
 //! numbers are the ones leakprobe typed by hand before generation (objects as on 3.12/3.13).
 //! `heap` is from `/work/shared/notes/python-heap.md` (verified live on Debian's 3.14.10): §2's
 //! interpreter table, §3.2's 3.14.5+ GC column (3.14.0–3.14.4's incremental GC keeps its heads
-//! at the same offsets, `[S]` there), §5's `ht_qualname` and `tp_dict`, §6's dict, §8's tuple and set, §10's module.
+//! at the same offsets, `[S]` there), §5's `ht_qualname`, `ht_cached_keys`, `tp_dict` and `tp_dictoffset`, §7's instance dicts, §6's dict, §8's tuple and set, §10's module.
 
 use crate::python::layout::*;
 
@@ -43,6 +43,7 @@ pub const TABLES: VersionTables = VersionTables::SelfDescribed(SelfDescribed {
         interp_modules: 7688,
         module_dict: 16,
         immortal_refcounts: true,
+        instance_dict: InstanceDict::Inline { dict: -24, valid: 3 },
         gc: GcLayout {
             head_size: 16,
             preheader_flags: 0x18,
@@ -59,7 +60,16 @@ pub const TABLES: VersionTables = VersionTables::SelfDescribed(SelfDescribed {
             collecting: 192,
             incremental_before_micro: 5,
         },
-        types: TypeLayout { name: 24, basicsize: 32, itemsize: 40, flags: 168, heap_qualname: 872, dict: 264 },
+        types: TypeLayout {
+            name: 24,
+            basicsize: 32,
+            itemsize: 40,
+            flags: 168,
+            heap_qualname: 872,
+            dict: 264,
+            dictoffset: 288,
+            cached_keys: 880,
+        },
         containers: ContainerLayout {
             var_size: 16,
             list_items: 24,
