@@ -47,6 +47,24 @@ pub trait ReadMemory {
     }
 }
 
+/// Largest read `read_large` does (a million-entry dict's table is ~24 MiB).
+pub const MAX_LARGE_READ: usize = 64 << 20;
+
+/// `len` bytes at `address` in reads of at most `MAX_READ` (item arrays and key tables of big
+/// containers), up to `MAX_LARGE_READ`.
+pub fn read_large(mem: &impl ReadMemory, address: u64, len: usize) -> io::Result<Vec<u8>> {
+    if len > MAX_LARGE_READ {
+        return Err(io::Error::new(io::ErrorKind::InvalidData, format!("refusing to read {len} bytes")));
+    }
+    let mut v = vec![0u8; len];
+    for (i, chunk) in v.chunks_mut(MAX_READ).enumerate() {
+        let at =
+            address.checked_add((i * MAX_READ) as u64).ok_or_else(|| io::Error::from(io::ErrorKind::InvalidInput))?;
+        mem.read(at, chunk)?;
+    }
+    Ok(v)
+}
+
 /// The memory of a live process, by PID.
 #[derive(Debug, Clone, Copy)]
 pub struct RemoteMemory {
@@ -161,6 +179,9 @@ mod tests {
         assert_eq!(mem.read_u64(&value as *const u64 as u64).unwrap(), value);
         assert!(mem.read_u64(8).is_err(), "page 0 is never mapped");
         assert!(mem.read_vec(0x1000, MAX_READ + 1).is_err());
+        let big: Vec<u8> = (0..MAX_READ * 2 + 5).map(|i| i as u8).collect();
+        assert_eq!(read_large(&mem, big.as_ptr() as u64, big.len()).unwrap(), big);
+        assert!(read_large(&mem, 0x1000, MAX_LARGE_READ + 1).is_err());
     }
 
     #[test]

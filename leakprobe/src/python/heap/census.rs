@@ -13,6 +13,7 @@ use super::{
     gc_state::{self, GcState},
     holders::{Holder, HolderBounds, HolderSearch},
     metered::Metered,
+    page_cache::PageCache,
     sizes::{self, Pending},
     types::{Kind, TypeTable},
     walk::{self, End},
@@ -130,6 +131,8 @@ pub struct Census {
     pub elapsed_secs: f64,
 }
 
+/// The most memory a census keeps of copied target pages.
+const PAGE_CACHE_BYTES: u64 = 64 << 20;
 /// Walks started again on a list that broke before it is given up.
 const RETRIES: u32 = 3;
 /// Plausible refcounts are below this (python-heap.md §4).
@@ -145,7 +148,8 @@ type Tally = HashMap<usize, (u64, u64)>;
 /// Takes one census of the heap of `interp` (read through `mem`), within `bounds`.
 pub fn take_census(mem: &impl ReadMemory, interp: &Interpreter, bounds: &Bounds) -> Result<Census, String> {
     let started = Instant::now();
-    let mem = Metered::new(mem);
+    let metered = Metered::new(mem);
+    let mem = PageCache::new(&metered, PAGE_CACHE_BYTES);
     let layout = &interp.layout;
     let heads = gc_state::locate(&mem, layout, interp.runtime, interp.micro)?;
     let gc = gc_state::read_state(&mem, &layout.heap.gc, &heads);
@@ -166,7 +170,7 @@ pub fn take_census(mem: &impl ReadMemory, interp: &Interpreter, bounds: &Bounds)
             let end = walk::walk_list(&mem, head, layout.heap.gc.head_size, bounds.max_objects + 1, |node| {
                 if objects + seen >= bounds.max_objects {
                     bound = Some(Bound::Objects);
-                } else if seen % 1024 == 0 && mem.bytes() >= bounds.max_bytes_read {
+                } else if seen % 1024 == 0 && metered.bytes() >= bounds.max_bytes_read {
                     bound = Some(Bound::BytesRead);
                 } else if seen % 1024 == 0 && started.elapsed() >= bounds.max_duration {
                     bound = Some(Bound::Duration);
@@ -195,6 +199,7 @@ pub fn take_census(mem: &impl ReadMemory, interp: &Interpreter, bounds: &Bounds)
             let complete = end == End::Complete;
             if end == End::Broken && retries < RETRIES && bound.is_none() {
                 retries += 1;
+                mem.clear();
                 continue;
             }
             // Keep what this (last) walk saw, complete or not.
@@ -253,8 +258,8 @@ pub fn take_census(mem: &impl ReadMemory, interp: &Interpreter, bounds: &Bounds)
         holders,
         holders_truncated,
         invalid,
-        bytes_read: mem.bytes(),
-        reads: mem.calls(),
+        bytes_read: metered.bytes(),
+        reads: metered.calls(),
         elapsed_secs: started.elapsed().as_secs_f64(),
     })
 }

@@ -5,7 +5,7 @@
 
 use crate::python::{
     layout::{ContainerLayout, DictKeysLayout},
-    memory::{ReadMemory, MAX_READ},
+    memory::{read_large, ReadMemory},
 };
 
 /// More slots than this is garbage.
@@ -131,10 +131,10 @@ pub fn table_items(
         return None;
     }
     let n = table.nentries as usize;
-    let span = n.checked_mul(table.entry_size as usize).filter(|s| *s <= MAX_READ)?;
-    let entries = mem.read_vec(keys.checked_add(table.entries)?, span).ok()?;
+    let span = n.checked_mul(table.entry_size as usize)?;
+    let entries = read_large(mem, keys.checked_add(table.entries)?, span).ok()?;
     let split = match split_values {
-        Some(values) => Some(mem.read_vec(values, n * 8).ok()?),
+        Some(values) => Some(read_large(mem, values, n * 8).ok()?),
         None => None,
     };
     let mut items = Vec::with_capacity(n);

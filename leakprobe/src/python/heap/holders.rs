@@ -16,7 +16,11 @@ use super::{
     dicts, instances,
     types::{Kind, TypeTable, HAVE_GC},
 };
-use crate::python::{layout::Layout, memory::ReadMemory, objects::read_str};
+use crate::python::{
+    layout::Layout,
+    memory::{read_large, ReadMemory},
+    objects::read_str,
+};
 
 /// Entries read of one container while walking it; more are left out (and the walk says so).
 const MAX_ITEMS: u64 = 1 << 20;
@@ -239,7 +243,7 @@ impl<'t, 'l, M: ReadMemory> HolderSearch<'t, 'l, M> {
                     if table != object + c.set_table + 24 {
                         size += (mask + 1) * 16;
                     }
-                    if let Ok(entries) = self.mem.read_vec(table, ((mask + 1) * 16) as usize) {
+                    if let Ok(entries) = read_large(self.mem, table, ((mask + 1) * 16) as usize) {
                         queue.extend(entries.chunks_exact(16).map(|e| word(e, 0)).filter(|k| *k != 0));
                     }
                 }
@@ -263,7 +267,7 @@ impl<'t, 'l, M: ReadMemory> HolderSearch<'t, 'l, M> {
         if n == 0 || n > MAX_ITEMS || items == 0 {
             return;
         }
-        if let Ok(bytes) = self.mem.read_vec(items, (n * 8) as usize) {
+        if let Ok(bytes) = read_large(self.mem, items, (n * 8) as usize) {
             queue.extend(bytes.chunks_exact(8).map(|p| word(p, 0)).filter(|p| *p != 0));
         }
     }

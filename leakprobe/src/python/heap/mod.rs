@@ -14,6 +14,7 @@ pub mod growth;
 pub mod holders;
 pub mod instances;
 pub mod metered;
+pub mod page_cache;
 pub mod sizes;
 pub mod types;
 pub mod walk;
