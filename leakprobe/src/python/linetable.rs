@@ -109,7 +109,6 @@ fn read_svarint(bytes: &[u8]) -> Option<i64> {
 pub(crate) mod tests {
     use std::{
         io::Write,
-        path::PathBuf,
         process::{Command, Stdio},
     };
 
@@ -121,32 +120,6 @@ pub(crate) mod tests {
     /// The line as CPython 3.`minor` would compute it; None for an unsupported version.
     fn line_in_version(minor: u32, linetable: &[u8], first_line: u32, instruction: u64) -> Option<u32> {
         line_for_instruction(layouts::tables(minor)?.linetable(), linetable, first_line, instruction)
-    }
-
-    /// The interpreters to test against, as (minor, path), one per minor version: the ones the
-    /// end-to-end suite is given (`LEAKPROBE_PYTHON`, and `LEAKPROBE_EXTRA_PYTHONS` as
-    /// `3.12=/path,...`; `cargo xtask test` sets both). None given: empty, and the test says it
-    /// skipped, so `cargo test` passes on a machine without these interpreters.
-    pub(crate) fn test_interpreters() -> Vec<(u32, PathBuf)> {
-        let main = std::env::var_os("LEAKPROBE_PYTHON").map(PathBuf::from);
-        let extra = std::env::var("LEAKPROBE_EXTRA_PYTHONS").unwrap_or_default();
-        let extra = extra.split(',').filter_map(|entry| entry.split_once('=')).map(|(_, path)| PathBuf::from(path));
-        let mut found: Vec<(u32, PathBuf)> = Vec::new();
-        for python in main.into_iter().chain(extra).filter(|path| !path.as_os_str().is_empty()) {
-            // Asked rather than parsed from the entry's name: `debian-3.11`, a venv's `bin/python`.
-            let out = Command::new(&python)
-                .args(["-c", "import sys; print(sys.version_info[1])"])
-                .output()
-                .unwrap_or_else(|e| panic!("cannot run {}: {e}", python.display()));
-            let minor: u32 = String::from_utf8_lossy(&out.stdout).trim().parse().expect("a minor version");
-            if !found.iter().any(|(m, _)| *m == minor) {
-                found.push((minor, python));
-            }
-        }
-        if found.is_empty() {
-            eprintln!("skipped: no interpreter given (set LEAKPROBE_PYTHON, LEAKPROBE_EXTRA_PYTHONS)");
-        }
-        found
     }
 
     /// A location-table entry in one of the five forms, for encoding tables by hand.
@@ -408,7 +381,7 @@ def far_lines(a):
     #[test]
     fn agrees_with_cpython_co_lines() {
         let source = sample_source();
-        for (minor, python) in test_interpreters() {
+        for (minor, python) in crate::python::test_pythons::one_per_minor() {
             let mut child = Command::new(&python)
                 .args(["-c", DRIVER])
                 .stdin(Stdio::piped())

@@ -9,3 +9,5 @@ pub mod memory;
 pub mod objects;
 pub mod resolver;
 pub mod runtime;
+#[cfg(test)]
+pub(crate) mod test_pythons;

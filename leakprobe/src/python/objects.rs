@@ -119,13 +119,18 @@ pub fn read_code(mem: &impl ReadMemory, layout: &ObjectLayout, address: u64) -> 
 mod tests {
     use std::{
         io::{BufRead, BufReader},
-        process::{Child, Command, Stdio},
+        process::{Command, Stdio},
     };
 
     use proptest::prelude::*;
 
     use super::*;
-    use crate::python::{layouts, linetable::tests::test_interpreters, memory::RemoteMemory, memory::SliceMemory};
+    use crate::python::{
+        layouts,
+        memory::RemoteMemory,
+        memory::SliceMemory,
+        test_pythons::{one_per_minor as test_interpreters, KillOnDrop},
+    };
 
     const BASE: u64 = 0x10_000;
 
@@ -210,16 +215,6 @@ mod tests {
             let _ = read_str(&mem, &l.str, BASE + offset);
             let _ = read_bytes(&mem, &l.bytes, BASE + offset, usize::MAX);
             let _ = read_code(&mem, &l, BASE + offset);
-        }
-    }
-
-    /// Kills the interpreter even when an assertion fails.
-    struct KillOnDrop(Child);
-
-    impl Drop for KillOnDrop {
-        fn drop(&mut self) {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
         }
     }
 

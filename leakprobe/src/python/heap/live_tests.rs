@@ -5,39 +5,17 @@
 use std::{
     collections::HashMap,
     io::{BufRead, BufReader, Write},
-    path::PathBuf,
-    process::{Child, ChildStdin, ChildStdout, Command, Stdio},
+    process::{ChildStdin, ChildStdout, Command, Stdio},
 };
 
 use super::{take_census, Bounds, Census, Interpreter};
-use crate::{python::runtime, target::Target};
-
-/// Every interpreter given (not one per minor version: Debian's static 3.11 is another build).
-fn interpreters() -> Vec<PathBuf> {
-    let main = std::env::var_os("LEAKPROBE_PYTHON").map(PathBuf::from);
-    let extra = std::env::var("LEAKPROBE_EXTRA_PYTHONS").unwrap_or_default();
-    let extra = extra.split(',').filter_map(|e| e.split_once('=')).map(|(_, p)| PathBuf::from(p));
-    let mut all: Vec<PathBuf> = Vec::new();
-    for p in main.into_iter().chain(extra).filter(|p| !p.as_os_str().is_empty()) {
-        if !all.contains(&p) {
-            all.push(p);
-        }
-    }
-    if all.is_empty() {
-        eprintln!("skipped: no interpreter given (set LEAKPROBE_PYTHON, LEAKPROBE_EXTRA_PYTHONS)");
-    }
-    all
-}
-
-/// Kills the interpreter even when an assertion fails.
-struct KillOnDrop(Child);
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
+use crate::{
+    python::{
+        runtime,
+        test_pythons::{self, KillOnDrop},
+    },
+    target::Target,
+};
 
 /// Builds known objects, then for each byte on stdin reports its own census (type names as
 /// hex, `sys.getsizeof` sums) and waits, blocked in `os.read` with the GC off so that the heap
@@ -126,7 +104,8 @@ fn close(got: u64, want: u64, percent: f64) -> bool {
 
 #[test]
 fn census_matches_gc_get_objects_live() {
-    for python in interpreters() {
+    // Every interpreter given, not one per minor version: Debian's static 3.11 is another build.
+    for python in test_pythons::given() {
         let mut child = KillOnDrop(
             Command::new(&python).args(["-c", SCRIPT]).stdin(Stdio::piped()).stdout(Stdio::piped()).spawn().unwrap(),
         );

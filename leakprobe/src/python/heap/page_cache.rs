@@ -32,7 +32,7 @@ impl<'a, M: ReadMemory> PageCache<'a, M> {
     }
 
     /// Copies `buf.len()` bytes at `address` from cached pages; false when a page is unreadable.
-    fn from_pages(&self, address: u64, buf: &mut [u8]) -> bool {
+    fn copy_from_pages(&self, address: u64, buf: &mut [u8]) -> bool {
         let mut pages = self.pages.borrow_mut();
         let mut done = 0usize;
         while done < buf.len() {
@@ -61,7 +61,7 @@ impl<M: ReadMemory> ReadMemory for PageCache<'_, M> {
         // Large reads (item arrays, key tables) go straight through; so does the rare small read
         // on a page that cannot be read whole.
         let end = address.checked_add(buf.len() as u64).ok_or_else(|| io::Error::from(io::ErrorKind::InvalidInput))?;
-        if buf.len() as u64 > PAGE || (end - 1) / PAGE > address / PAGE + 1 || !self.from_pages(address, buf) {
+        if buf.len() as u64 > PAGE || (end - 1) / PAGE > address / PAGE + 1 || !self.copy_from_pages(address, buf) {
             return self.inner.read(address, buf);
         }
         Ok(())
@@ -74,7 +74,7 @@ impl<M: ReadMemory> ReadMemory for PageCache<'_, M> {
         let mut at = 0;
         for (i, &(address, len)) in ranges.iter().enumerate() {
             let Some(buf) = out.get_mut(at..at + len) else { break };
-            if len as u64 <= PAGE && self.from_pages(address, buf) {
+            if len as u64 <= PAGE && self.copy_from_pages(address, buf) {
                 ok[i] = true;
             } else {
                 rest.push((address, len));
