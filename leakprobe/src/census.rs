@@ -9,7 +9,7 @@ use serde::Serialize;
 
 use crate::{
     python::{
-        heap::{take_census, Bound, Bounds, Census, Growth, Interpreter, TypeGrowth},
+        heap::{take_census, Bound, Bounds, Census, CensusGrowth, Grown, Growth, Interpreter},
         memory::ReadMemory,
         runtime::{self, PythonRuntime},
     },
@@ -69,9 +69,9 @@ struct JsonLine<'a> {
     census: u64,
     #[serde(flatten)]
     result: &'a Census,
-    /// Types past their previous peak (absent on the first census).
+    /// Types and holders past their previous peak (absent on the first census).
     #[serde(skip_serializing_if = "Option::is_none")]
-    growth: Option<&'a [TypeGrowth]>,
+    growth: Option<&'a CensusGrowth>,
 }
 
 pub fn run(opts: CensusOptions) -> Result<()> {
@@ -105,7 +105,7 @@ pub fn run(opts: CensusOptions) -> Result<()> {
                     python: &python.version,
                     census: n,
                     result: &census,
-                    growth: (n > 1).then_some(grown.as_slice()),
+                    growth: (n > 1).then_some(&grown),
                 };
                 serde_json::to_string(&line)? + "\n"
             }
@@ -197,32 +197,36 @@ fn render_holders(census: &Census, top: usize, out: &mut String) {
     }
 }
 
-/// A later census: the types past their peak, objgraph's `show_growth`.
-pub fn render_growth(census: &Census, grown: &[TypeGrowth], top: usize, n: u64) -> String {
+/// Rows of what grew: name, now, increase, bytes change.
+fn render_grown(out: &mut String, title: &str, count: &str, grown: &[Grown], top: usize) {
+    if grown.is_empty() {
+        return;
+    }
+    let width = grown.iter().take(top).map(|t| t.name.chars().count()).max().unwrap_or(4).clamp(4, 80);
+    let _ = writeln!(out, "{title:<width$}  {count:>10}  {:>10}  {:>12}", "increase", "bytes change");
+    for t in grown.iter().take(top) {
+        let change = if t.bytes_change >= 0 {
+            format!("+{}", human_bytes(t.bytes_change as f64))
+        } else {
+            human_bytes(t.bytes_change as f64)
+        };
+        let _ =
+            writeln!(out, "{:<width$}  {:>10}  {:>10}  {:>12}", t.name, t.count, format!("+{}", t.increase), change);
+    }
+}
+
+/// A later census: the types and holders past their peak, objgraph's `show_growth`.
+pub fn render_growth(census: &Census, grown: &CensusGrowth, top: usize, n: u64) -> String {
     let mut out = String::new();
     let _ = writeln!(out, "census {n}: {} objects, {}", census.objects, human_bytes(census.bytes as f64));
-    if grown.is_empty() {
-        let _ = writeln!(out, "no type grew past its peak");
-    } else {
-        let width = grown.iter().take(top).map(|t| t.name.chars().count()).max().unwrap_or(4).clamp(4, 60);
-        let _ = writeln!(out, "{:<width$}  {:>10}  {:>10}  {:>12}", "type", "objects", "increase", "bytes change");
-        for t in grown.iter().take(top) {
-            let change = if t.bytes_change >= 0 {
-                format!("+{}", human_bytes(t.bytes_change as f64))
-            } else {
-                human_bytes(t.bytes_change as f64)
-            };
-            let _ = writeln!(
-                out,
-                "{:<width$}  {:>10}  {:>10}  {:>12}",
-                t.name,
-                t.count,
-                format!("+{}", t.increase),
-                change
-            );
-        }
+    if grown.types.is_empty() && grown.holders.is_empty() {
+        let _ = writeln!(out, "nothing grew past its peak");
     }
-    render_holders(census, top, &mut out);
+    render_grown(&mut out, "type", "objects", &grown.types, top);
+    if !grown.types.is_empty() && !grown.holders.is_empty() {
+        out.push('\n');
+    }
+    render_grown(&mut out, "holder", "retains", &grown.holders, top);
     notes(census, &mut out);
     untrusted::terminal_lines(out)
 }
@@ -261,12 +265,21 @@ mod tests {
     #[test]
     fn growth_text_lists_what_grew() {
         let c = census(&[("Leaky", 250)]);
-        let grown =
-            [TypeGrowth { name: "Leaky\x1b".into(), count: 250, increase: 50, bytes: 16000, bytes_change: -3200 }];
+        let grown = CensusGrowth {
+            types: vec![Grown {
+                name: "Leaky\x1b".into(),
+                count: 250,
+                increase: 50,
+                bytes: 16000,
+                bytes_change: -3200,
+            }],
+            holders: vec![Grown { name: "app.subs".into(), count: 90, increase: 40, bytes: 9000, bytes_change: 4000 }],
+        };
         let text = render_growth(&c, &grown, 10, 2);
         assert!(text.contains("census 2: 250 objects"));
         assert!(text.contains("Leaky?") && text.contains("+50") && text.contains("-3.1 KB"), "{text}");
-        assert!(render_growth(&c, &[], 10, 3).contains("no type grew"));
+        assert!(text.contains("app.subs") && text.contains("+40") && text.contains("+3.9 KB"), "{text}");
+        assert!(render_growth(&c, &CensusGrowth::default(), 10, 3).contains("nothing grew"));
     }
 
     #[test]

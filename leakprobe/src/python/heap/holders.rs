@@ -26,6 +26,11 @@ use crate::python::{
 const MAX_ITEMS: u64 = 1 << 20;
 /// Modules, and attributes per namespace, looked at.
 const MAX_NAMES: u64 = 1 << 16;
+/// Dicts of at most this many entries have their container values named (`d['key']`), this
+/// deep, for keys of at most this many characters.
+const MAX_NESTED_KEYS: u64 = 64;
+const MAX_NESTING: u32 = 3;
+const MAX_KEY_CHARS: usize = 64;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Holder {
@@ -146,16 +151,34 @@ impl<'t, 'l, M: ReadMemory> HolderSearch<'t, 'l, M> {
         self.mem.read_u64(address).unwrap_or(0)
     }
 
-    /// `object` as a holder, when it is a container not already reached by another path.
-    fn holder(&mut self, path: String, object: u64) -> Option<Holder> {
-        let t = self.types.resolve(self.mem, self.read(object + 8))?;
+    /// `object` as a holder, when it is a container not already reached by another path; a
+    /// small dict's container values first, as holders of their own (`path['key']`), so that what
+    /// grows inside `subs['updates']` is named there rather than only as more retained by `subs`.
+    fn holder(&mut self, path: String, object: u64) -> Vec<Holder> {
+        self.nested_holder(path, object, 0)
+    }
+
+    fn nested_holder(&mut self, path: String, object: u64, depth: u32) -> Vec<Holder> {
+        let Some(t) = self.types.resolve(self.mem, self.read(object + 8)) else { return Vec::new() };
         let (kind, type_name) = (self.types.types[t].kind, self.types.types[t].name.clone());
         if !matches!(kind, Kind::List | Kind::Dict | Kind::Set | Kind::Deque) || self.visited.contains(&object) {
-            return None;
+            return Vec::new();
+        }
+        let mut holders = Vec::new();
+        if kind == Kind::Dict && depth < MAX_NESTING {
+            let c = &self.layout.heap.containers;
+            for (key, value) in dicts::dict_items(self.mem, c, object, MAX_NESTED_KEYS).unwrap_or_default() {
+                if let Some(key) =
+                    read_str(self.mem, &self.layout.objects.str, key).filter(|k| k.len() <= MAX_KEY_CHARS)
+                {
+                    holders.extend(self.nested_holder(format!("{path}['{key}']"), value, depth + 1));
+                }
+            }
         }
         let length = self.length(object, kind);
         let (retained_objects, retained_bytes) = self.retain(object);
-        Some(Holder { path, type_name, length, retained_objects, retained_bytes })
+        holders.push(Holder { path, type_name, length, retained_objects, retained_bytes });
+        holders
     }
 
     fn length(&self, object: u64, kind: Kind) -> u64 {

@@ -28,5 +28,5 @@ mod live_tests;
 
 pub use census::{take_census, Bound, Bounds, Census, Interpreter, Invalid, TypeCount};
 pub use gc_state::GcState;
-pub use growth::{Growth, TypeGrowth};
+pub use growth::{CensusGrowth, Grown, Growth};
 pub use holders::Holder;
