@@ -278,6 +278,8 @@ fn render_heap(minor: u32, v: &BTreeMap<String, u64>) -> Result<String> {
             set_used: {},
             set_mask: {},
             set_table: {},
+            // Not in the installed headers: python-heap.md §11.2 (the same in 3.10–3.14, verified live).
+            deque: DequeLayout {{ left_block: 24, left_index: 40, block_data: 8, block_items: 64, block_right: 520 }},
         }},
     }}",
         get("heap.interp_gc")?,

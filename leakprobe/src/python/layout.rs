@@ -237,6 +237,19 @@ pub struct ContainerLayout {
     pub set_used: u64,
     pub set_mask: u64,
     pub set_table: u64,
+    pub deque: DequeLayout,
+}
+
+/// `collections.deque` (Modules/_collectionsmodule.c, not in the installed headers): items in a
+/// chain of fixed blocks, `leftindex` into the first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DequeLayout {
+    pub left_block: u64,
+    pub left_index: u64,
+    /// `block.data[]`, of `block_items` pointers, and `block.rightlink`.
+    pub block_data: u64,
+    pub block_items: u64,
+    pub block_right: u64,
 }
 
 /// `PyDictKeysObject`, whose shape changed in 3.11.

@@ -271,6 +271,7 @@ impl<'t, 'l, M: ReadMemory> HolderSearch<'t, 'l, M> {
                     }
                 }
             }
+            Kind::Deque => size += self.queue_deque(object, ob_size, queue),
             Kind::Other if info.flags & super::types::HEAPTYPE != 0 => {
                 // An instance: what its attributes hold (its own dict, when it has one, too).
                 match instances::locate(self.mem, self.layout, &info, object) {
@@ -284,6 +285,24 @@ impl<'t, 'l, M: ReadMemory> HolderSearch<'t, 'l, M> {
             _ => {}
         }
         Some(size)
+    }
+
+    /// Queues the `len` items of the deque at `object`, block by block; returns the blocks' bytes.
+    fn queue_deque(&self, object: u64, len: u64, queue: &mut VecDeque<u64>) -> u64 {
+        let d = &self.layout.heap.containers.deque;
+        let (mut block, mut index) = (self.read(object + d.left_block), self.read(object + d.left_index));
+        let block_len = (d.block_right + 8) as usize;
+        let (mut left, mut bytes) = (len.min(MAX_ITEMS), 0);
+        while left > 0 && block != 0 && index < d.block_items {
+            let Ok(b) = self.mem.read_vec(block, block_len) else { break };
+            bytes += block_len as u64;
+            while index < d.block_items && left > 0 {
+                queue.push_back(word(&b, d.block_data + index * 8));
+                (index, left) = (index + 1, left - 1);
+            }
+            (block, index) = (word(&b, d.block_right), 0);
+        }
+        bytes
     }
 
     fn queue_pointers(&self, items: u64, n: u64, queue: &mut VecDeque<u64>) {

@@ -40,6 +40,7 @@ class Broker:
         self.subs = {"updates": [object() for _ in range(n)]}
 BROKER = Broker(250)
 TOUCHED = Broker(120)
+RECENT = collections.deque([[i] for i in range(150)], maxlen=1000)
 vars(TOUCHED)  # its attributes now live in a dict object
 gc.disable()
 def key(t):
@@ -174,6 +175,10 @@ fn census_matches_gc_get_objects_live() {
         let updates = holder("__main__.BROKER.subs['updates']");
         assert_eq!((updates.type_name.as_str(), updates.length), ("list", 250), "{who}");
         assert_eq!(updates.retained_objects, 251, "{who}: the list and its objects: {updates:?}");
+        let recent = holder("__main__.RECENT");
+        // `collections.deque` up to 3.11, a heap type named by its `__qualname__` from 3.12.
+        assert!(recent.type_name.ends_with("deque") && recent.length == 150, "{who}: {recent:?}");
+        assert!(recent.retained_objects > 150, "{who}: the deque and its lists: {recent:?}");
         let touched = holder("__main__.TOUCHED.subs['updates']");
         assert_eq!(touched.retained_objects, 121, "{who}: through a materialised __dict__");
         let gc = census.gc.as_ref().expect("the GC state");

@@ -85,6 +85,34 @@ pub fn read_c_string(mem: &impl ReadMemory, address: u64, max: usize) -> Option<
     None
 }
 
+/// What a type is to a census: by its subclass flags, else by `tp_name` for the C types that
+/// have no flag. A class's `tp_name` is its bare name, so a user class named `deque` is never
+/// `collections.deque` (which is a heap type itself from 3.12 on), and heap types are never
+/// taken for `set` or `module`.
+fn kind_of(flags: u64, tp_name: &str) -> Kind {
+    if flags & LIST_SUBCLASS != 0 {
+        Kind::List
+    } else if flags & DICT_SUBCLASS != 0 {
+        Kind::Dict
+    } else if flags & LONG_SUBCLASS != 0 {
+        Kind::Int
+    } else if flags & TUPLE_SUBCLASS != 0 {
+        Kind::Tuple
+    } else if flags & TYPE_SUBCLASS != 0 {
+        Kind::Type
+    } else if tp_name == "collections.deque" {
+        Kind::Deque
+    } else if flags & HEAPTYPE != 0 {
+        Kind::Other
+    } else {
+        match tp_name {
+            "set" | "frozenset" => Kind::Set,
+            "module" => Kind::Module,
+            _ => Kind::Other,
+        }
+    }
+}
+
 /// Every type a census has met, by address, with its verdict.
 pub struct TypeTable<'a> {
     layout: &'a Layout,
@@ -131,6 +159,7 @@ impl<'a> TypeTable<'a> {
         }
         let raw = read_c_string(mem, name_ptr, MAX_NAME)?;
         let tp_name = String::from_utf8(raw).ok().filter(|n| !n.is_empty())?;
+        let kind = kind_of(flags, &tp_name);
         let name = if flags & HEAPTYPE != 0 {
             mem.read_u64(address.wrapping_add(t.heap_qualname))
                 .ok()
@@ -139,26 +168,6 @@ impl<'a> TypeTable<'a> {
                 .unwrap_or(tp_name)
         } else {
             tp_name
-        };
-        let kind = if flags & LIST_SUBCLASS != 0 {
-            Kind::List
-        } else if flags & DICT_SUBCLASS != 0 {
-            Kind::Dict
-        } else if flags & LONG_SUBCLASS != 0 {
-            Kind::Int
-        } else if flags & TUPLE_SUBCLASS != 0 {
-            Kind::Tuple
-        } else if flags & TYPE_SUBCLASS != 0 {
-            Kind::Type
-        } else if flags & HEAPTYPE != 0 {
-            Kind::Other
-        } else {
-            match name.as_str() {
-                "set" | "frozenset" => Kind::Set,
-                "collections.deque" => Kind::Deque,
-                "module" => Kind::Module,
-                _ => Kind::Other,
-            }
         };
         Some(TypeInfo { address, name, basicsize, itemsize, flags, kind })
     }

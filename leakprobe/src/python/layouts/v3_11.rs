@@ -90,6 +90,8 @@ pub const TABLES: VersionTables = VersionTables::Complete(Layout {
             set_used: 24,
             set_mask: 32,
             set_table: 40,
+            // Not in the installed headers: python-heap.md §11.2 (the same in 3.10–3.14, verified live).
+            deque: DequeLayout { left_block: 24, left_index: 40, block_data: 8, block_items: 64, block_right: 520 },
         },
     },
 });

@@ -3,7 +3,7 @@
 //! numbers are the ones leakprobe typed by hand before generation (objects as on 3.12/3.13).
 //! `heap` is from `/work/shared/notes/python-heap.md` (verified live on Debian's 3.14.10): §2's
 //! interpreter table, §3.2's 3.14.5+ GC column (3.14.0–3.14.4's incremental GC keeps its heads
-//! at the same offsets, `[S]` there), §5's `ht_qualname`, `ht_cached_keys`, `tp_dict` and `tp_dictoffset`, §7's instance dicts, §6's dict, §8's tuple and set, §10's module.
+//! at the same offsets, `[S]` there), §5's `ht_qualname`, `ht_cached_keys`, `tp_dict` and `tp_dictoffset`, §7's instance dicts, §6's dict, §8's tuple and set, §10's module, §11.2's deque.
 
 use crate::python::layout::*;
 
@@ -92,6 +92,7 @@ pub const TABLES: VersionTables = VersionTables::SelfDescribed(SelfDescribed {
             set_used: 24,
             set_mask: 32,
             set_table: 40,
+            deque: DequeLayout { left_block: 24, left_index: 40, block_data: 8, block_items: 64, block_right: 520 },
         },
     },
 });
