@@ -132,7 +132,7 @@ pub struct Census {
 }
 
 /// The most memory a census keeps of copied target pages.
-const PAGE_CACHE_BYTES: u64 = 64 << 20;
+const PAGE_CACHE_BYTES: u64 = 32 << 20;
 /// Walks started again on a list that broke before it is given up.
 const RETRIES: u32 = 3;
 /// Plausible refcounts are below this (python-heap.md §4).

@@ -129,7 +129,7 @@ impl<'t, 'l, M: ReadMemory> HolderSearch<'t, 'l, M> {
                 }
                 if self.types.types[t].flags & super::types::HEAPTYPE != 0 && self.types.types[t].kind == Kind::Other {
                     // An instance of a class: its attributes (`module.obj.attr`).
-                    let info = self.types.types[t].clone();
+                    let info = &self.types.types[t];
                     if let Some(at) = instances::locate(self.mem, self.layout, &info, value) {
                         for (name, v) in instances::items(self.mem, self.layout, at, MAX_NAMES) {
                             if let Some(attr) = read_str(self.mem, &self.layout.objects.str, name) {
@@ -216,7 +216,7 @@ impl<'t, 'l, M: ReadMemory> HolderSearch<'t, 'l, M> {
             return None;
         }
         let t = self.types.resolve(self.mem, word(&header, 8))?;
-        let info = self.types.types[t].clone();
+        let info = &self.types.types[t];
         let c = &self.layout.heap.containers;
         let gc = &self.layout.heap.gc;
         let ob_size = word(&header, 16);
@@ -274,7 +274,7 @@ impl<'t, 'l, M: ReadMemory> HolderSearch<'t, 'l, M> {
             Kind::Deque => size += self.queue_deque(object, ob_size, queue),
             Kind::Other if info.flags & super::types::HEAPTYPE != 0 => {
                 // An instance: what its attributes hold (its own dict, when it has one, too).
-                match instances::locate(self.mem, self.layout, &info, object) {
+                match instances::locate(self.mem, self.layout, info, object) {
                     Some(instances::Attributes::Dict(d)) => queue.push_back(d),
                     Some(at) => {
                         queue.extend(instances::items(self.mem, self.layout, at, MAX_ITEMS).into_iter().map(|(_, v)| v))
