@@ -273,6 +273,19 @@ async fn sample_until_done(
     let mut low_water = sampled_heap.is_none().then(LowWater::default);
     let mut low_water_read = tokio::time::interval((opts.interval / LOW_WATER_READS).max(Duration::from_millis(100)));
     low_water_read.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    // An error while the target is gone is its exit racing a window or a read, not a failure:
+    // the recording ends as `target-exited` with everything collected so far.
+    macro_rules! unless_exited {
+        ($result:expr) => {
+            match $result {
+                Ok(value) => value,
+                Err(_) if sampling_loop::live_memory(target.pid, launched.as_mut().map(|l| &mut l.0)).is_none() => {
+                    break End::TargetExited;
+                }
+                Err(e) => return Err(e),
+            }
+        };
+    }
     let end = loop {
         let reading_low_water = low_water.is_some();
         let record_tick = async {
@@ -285,14 +298,14 @@ async fn sample_until_done(
             Event::Sample => {}
             Event::Mode(RecordTick::Window) => {
                 if windows.due() {
-                    close_window(windows, sampled_heap.as_deref_mut(), python, probes)?;
+                    unless_exited!(close_window(windows, sampled_heap.as_deref_mut(), python, probes));
                 } else {
-                    windows.tick(probes)?;
+                    unless_exited!(windows.tick(probes));
                 }
                 continue;
             }
             Event::RefreshThreads => {
-                sampling_loop::refresh_threads(probes, python)?;
+                unless_exited!(sampling_loop::refresh_threads(probes, python));
                 continue;
             }
             Event::Mode(RecordTick::LowWater) => {
@@ -303,11 +316,11 @@ async fn sample_until_done(
             }
             Event::Stop => break End::Interrupted,
         }
-        close_window(windows, sampled_heap.as_deref_mut(), python, probes)?;
+        unless_exited!(close_window(windows, sampled_heap.as_deref_mut(), python, probes));
         let memory = sampling_loop::live_memory(target.pid, launched.as_mut().map(|l| &mut l.0));
         let alive = memory.is_some();
         let t = ticks.elapsed_secs();
-        let snapshot = stack_snapshot(probes, sampled_heap.as_deref_mut(), python, low_water.as_mut())?;
+        let snapshot = unless_exited!(stack_snapshot(probes, sampled_heap.as_deref_mut(), python, low_water.as_mut()));
         namer.learn(probes, snapshot.iter().map(|(id, _)| *id));
         recording.push(t, memory, &snapshot, probes.kernel().counters()?.named());
         if opts.progress {
@@ -321,7 +334,7 @@ async fn sample_until_done(
         }
         // Windows open right after a sample, so the next one (and its stack naming) falls
         // outside them.
-        windows.open_if_allowed(probes)?;
+        unless_exited!(windows.open_if_allowed(probes));
     };
     // An interrupted recording still ends with a last sample.
     if end == End::Interrupted {
