@@ -146,6 +146,10 @@ pub async fn record(opts: RecordOptions) -> Result<Report> {
     if python.is_some() && !target.hooks_python() {
         warnings.push("no CPython allocator found in the target: only libc and syscall allocations are tracked".into());
     }
+    if let Some(why) = python.as_ref().and_then(|_| small_objects_unseen(&target)) {
+        eprintln!("leakprobe: warning: {}", crate::untrusted::terminal(&why));
+        warnings.push(why);
+    }
     let mut symbolizer = NativeSymbolizer::new(pid)?;
     if let Err(e) = symbolizer.cache() {
         warnings.push(format!(
@@ -185,7 +189,7 @@ pub async fn record(opts: RecordOptions) -> Result<Report> {
         .as_ref()
         .zip(type_type)
         .filter(|_| accounting == Accounting::Sampled)
-        .map(|(python, type_type)| SampledHeap::new(type_type, &python.layout));
+        .map(|(python, type_type)| SampledHeap::new(type_type, &python.layout, pid));
     let (recording, end) = sample_until_done(
         &mut probes,
         &mut windows,
@@ -227,6 +231,7 @@ pub async fn record(opts: RecordOptions) -> Result<Report> {
         ),
         accounting,
         object_stacks: sampled_heap.as_ref().map(SampledHeap::object_stacks).unwrap_or_default(),
+        sample_liveness: sampled_heap.as_ref().map(SampledHeap::sample_liveness),
     };
     // The stacks the report lists are read out of the kernel (and the flagged ones advised) while
     // the probes are still attached; the report is built from them after.
@@ -244,6 +249,24 @@ pub async fn record(opts: RecordOptions) -> Result<Report> {
     drop(probes);
     let report = build::build(&recording, ctx, judged, &named);
     Ok(report)
+}
+
+/// Distribution builds of CPython (Debian's, the official Docker images') are built with LTO and
+/// PGO, which inline pymalloc's fast path into ~190 callers, and are stripped: most allocations of
+/// 512 bytes or less never reach the hooked `PyObject_Malloc` (python-unwinding notes, 3.6). A
+/// stripped interpreter is taken as such a build, and the report says what that hides.
+fn small_objects_unseen(target: &Target) -> Option<String> {
+    let interpreter = target.objects.iter().find(|o| o.functions.iter().any(|(f, _)| f.is_python()))?;
+    match crate::elf_symbols::has_symbol_table(&interpreter.host_path) {
+        Ok(false) => Some(format!(
+            "{} is stripped, as LTO+PGO builds are, which inline CPython's small-object allocator into \
+             its callers: most objects of 512 bytes or less are not seen by the allocator probes, so a \
+             leak of small objects may not be named (the RSS verdict and the memory-syscall stacks still \
+             show its growth)",
+            interpreter.path.display()
+        )),
+        _ => None,
+    }
 }
 
 /// What only `record` wakes up for.
