@@ -33,6 +33,13 @@ fn read_function_offsets(path: &Path, names: &[&str]) -> Result<(HashMap<String,
     Ok((found, 0))
 }
 
+/// Whether the ELF at `path` keeps its `.symtab` (static symbols): distribution builds strip it.
+pub fn has_symbol_table(path: &Path) -> Result<bool> {
+    let data = fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let file = object::File::parse(&*data).with_context(|| format!("{} is not an ELF file", path.display()))?;
+    Ok(file.section_by_name(".symtab").is_some())
+}
+
 /// Virtual addresses of the defined symbols (of any kind: functions and data) among `names`,
 /// and the lowest loadable address, from which the load bias follows.
 pub fn symbol_addresses(path: &Path, names: &[&str]) -> Result<(HashMap<String, u64>, u64)> {

@@ -12,6 +12,7 @@ pub mod advice;
 pub mod agent;
 pub mod aggregate;
 pub mod assess;
+pub mod block_liveness;
 pub mod budget;
 pub mod census;
 pub mod cgroup;

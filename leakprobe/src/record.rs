@@ -146,6 +146,10 @@ pub async fn record(opts: RecordOptions) -> Result<Report> {
     if python.is_some() && !target.hooks_python() {
         warnings.push("no CPython allocator found in the target: only libc and syscall allocations are tracked".into());
     }
+    if let Some(why) = python.as_ref().and_then(|_| small_objects_unseen(&target)) {
+        eprintln!("leakprobe: warning: {}", crate::untrusted::terminal(&why));
+        warnings.push(why);
+    }
     let mut symbolizer = NativeSymbolizer::new(pid)?;
     if let Err(e) = symbolizer.cache() {
         warnings.push(format!(
@@ -185,7 +189,7 @@ pub async fn record(opts: RecordOptions) -> Result<Report> {
         .as_ref()
         .zip(type_type)
         .filter(|_| accounting == Accounting::Sampled)
-        .map(|(python, type_type)| SampledHeap::new(type_type, &python.layout));
+        .map(|(python, type_type)| SampledHeap::new(type_type, &python.layout, pid));
     let (recording, end) = sample_until_done(
         &mut probes,
         &mut windows,
@@ -227,6 +231,7 @@ pub async fn record(opts: RecordOptions) -> Result<Report> {
         ),
         accounting,
         object_stacks: sampled_heap.as_ref().map(SampledHeap::object_stacks).unwrap_or_default(),
+        sample_liveness: sampled_heap.as_ref().map(SampledHeap::sample_liveness),
     };
     // The stacks the report lists are read out of the kernel (and the flagged ones advised) while
     // the probes are still attached; the report is built from them after.
@@ -244,6 +249,24 @@ pub async fn record(opts: RecordOptions) -> Result<Report> {
     drop(probes);
     let report = build::build(&recording, ctx, judged, &named);
     Ok(report)
+}
+
+/// Distribution builds of CPython (Debian's, the official Docker images') are built with LTO and
+/// PGO, which inline pymalloc's fast path into ~190 callers, and are stripped: most allocations of
+/// 512 bytes or less never reach the hooked `PyObject_Malloc` (python-unwinding notes, 3.6). A
+/// stripped interpreter is taken as such a build, and the report says what that hides.
+fn small_objects_unseen(target: &Target) -> Option<String> {
+    let interpreter = target.objects.iter().find(|o| o.functions.iter().any(|(f, _)| f.is_python()))?;
+    match crate::elf_symbols::has_symbol_table(&interpreter.host_path) {
+        Ok(false) => Some(format!(
+            "{} is stripped, as LTO+PGO builds are, which inline CPython's small-object allocator into \
+             its callers: most objects of 512 bytes or less are not seen by the allocator probes, so a \
+             leak of small objects may not be named (the RSS verdict and the memory-syscall stacks still \
+             show its growth)",
+            interpreter.path.display()
+        )),
+        _ => None,
+    }
 }
 
 /// What only `record` wakes up for.
@@ -273,6 +296,19 @@ async fn sample_until_done(
     let mut low_water = sampled_heap.is_none().then(LowWater::default);
     let mut low_water_read = tokio::time::interval((opts.interval / LOW_WATER_READS).max(Duration::from_millis(100)));
     low_water_read.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    // An error while the target is gone is its exit racing a window or a read, not a failure:
+    // the recording ends as `target-exited` with everything collected so far.
+    macro_rules! unless_exited {
+        ($result:expr) => {
+            match $result {
+                Ok(value) => value,
+                Err(_) if sampling_loop::live_memory(target.pid, launched.as_mut().map(|l| &mut l.0)).is_none() => {
+                    break End::TargetExited;
+                }
+                Err(e) => return Err(e),
+            }
+        };
+    }
     let end = loop {
         let reading_low_water = low_water.is_some();
         let record_tick = async {
@@ -285,14 +321,14 @@ async fn sample_until_done(
             Event::Sample => {}
             Event::Mode(RecordTick::Window) => {
                 if windows.due() {
-                    close_window(windows, sampled_heap.as_deref_mut(), python, probes)?;
+                    unless_exited!(close_window(windows, sampled_heap.as_deref_mut(), python, probes));
                 } else {
-                    windows.tick(probes)?;
+                    unless_exited!(windows.tick(probes));
                 }
                 continue;
             }
             Event::RefreshThreads => {
-                sampling_loop::refresh_threads(probes, python)?;
+                unless_exited!(sampling_loop::refresh_threads(probes, python));
                 continue;
             }
             Event::Mode(RecordTick::LowWater) => {
@@ -303,11 +339,11 @@ async fn sample_until_done(
             }
             Event::Stop => break End::Interrupted,
         }
-        close_window(windows, sampled_heap.as_deref_mut(), python, probes)?;
+        unless_exited!(close_window(windows, sampled_heap.as_deref_mut(), python, probes));
         let memory = sampling_loop::live_memory(target.pid, launched.as_mut().map(|l| &mut l.0));
         let alive = memory.is_some();
         let t = ticks.elapsed_secs();
-        let snapshot = stack_snapshot(probes, sampled_heap.as_deref_mut(), python, low_water.as_mut())?;
+        let snapshot = unless_exited!(stack_snapshot(probes, sampled_heap.as_deref_mut(), python, low_water.as_mut()));
         namer.learn(probes, snapshot.iter().map(|(id, _)| *id));
         recording.push(t, memory, &snapshot, probes.kernel().counters()?.named());
         if opts.progress {
@@ -321,7 +357,7 @@ async fn sample_until_done(
         }
         // Windows open right after a sample, so the next one (and its stack naming) falls
         // outside them.
-        windows.open_if_allowed(probes)?;
+        unless_exited!(windows.open_if_allowed(probes));
     };
     // An interrupted recording still ends with a last sample.
     if end == End::Interrupted {

@@ -1,6 +1,7 @@
-//! The per-stack snapshot in sampling mode: allocations sampled in the windows whose objects are
-//! still alive (checked by `liveness` in the target's memory), beside the syscall-level stacks
-//! (mmap, brk), which the always-attached tracepoints follow completely.
+//! The per-stack snapshot in sampling mode: allocations sampled in the windows that are still
+//! alive (checked by `liveness` in the target's memory: the object in the block, or else the
+//! state its allocator keeps), beside the syscall-level stacks (mmap, brk), which the
+//! always-attached tracepoints follow completely.
 
 use std::collections::{HashMap, HashSet};
 
@@ -8,34 +9,72 @@ use anyhow::Result;
 use leakprobe_common::{AllocFunction, CallShape, LiveAllocation, LiveKey, StackCounters};
 
 use crate::{
-    liveness::{Liveness, Pass},
+    block_liveness::{glibc, Allocator, SampleLiveness, SignalCounts},
+    liveness::{Candidate, Liveness, Pass},
     loader::Probes,
-    python::memory::ReadMemory,
+    python::{layouts::PoolLayout, memory::ReadMemory},
 };
+
+/// Looks at the target's `[heap]` for glibc's tcache key before giving up on learning it.
+const TCACHE_KEY_ATTEMPTS: u32 = 64;
 
 pub struct SampledHeap {
     liveness: Liveness,
+    pool: PoolLayout,
+    /// The target, to find its `[heap]` (where glibc keeps the main thread's tcache).
+    pid: u32,
+    tcache_key_attempts: u32,
+    /// The live samples by signal at the last snapshot.
+    live_by: SignalCounts,
     /// The allocator each stack came from, as the kernel stored it.
     functions: HashMap<u64, Option<AllocFunction>>,
     /// Object stacks reported before: reported again (at zero) once their samples are all dead.
     reported: HashSet<u64>,
 }
 
-/// Blocks from these may hold Python objects (the sampling windows hook only them); the ones
-/// that hold none are found out and dropped by `liveness`.
-fn holds_objects(function: Option<AllocFunction>) -> bool {
+/// Blocks from these are followed (the sampling windows hook only them): by the object they hold,
+/// or else by their allocator's state.
+fn sampled_in_windows(function: Option<AllocFunction>) -> bool {
     use AllocFunction::*;
-    matches!(function, Some(PyObjectMalloc | PyObjectCalloc | PyObjectRealloc | Malloc | Calloc | Realloc))
+    matches!(
+        function,
+        Some(PyObjectMalloc | PyObjectCalloc | PyObjectRealloc | PyMemMalloc | PyMemCalloc | PyMemRealloc)
+            | Some(Malloc | Calloc | Realloc | Reallocarray)
+    )
 }
 
 impl SampledHeap {
-    /// `type_type`: the address of `PyType_Type` in the target; `layout`: its interpreter's.
-    pub fn new(type_type: u64, layout: &crate::python::layout::Layout) -> SampledHeap {
+    /// `type_type`: the address of `PyType_Type` in the target; `layout`: its interpreter's;
+    /// `pid`: the target.
+    pub fn new(type_type: u64, layout: &crate::python::layout::Layout, pid: u32) -> SampledHeap {
+        // Every supported version has a pool layout; one not in the tables is assumed unchanged.
+        let pool = crate::python::layouts::pool(layout.minor).unwrap_or(crate::python::layouts::POOL_LAYOUT);
         SampledHeap {
-            liveness: Liveness::new(type_type, layout.objects),
+            liveness: Liveness::new(type_type, layout.objects, pool),
+            pool,
+            pid,
+            tcache_key_attempts: 0,
+            live_by: SignalCounts::default(),
             functions: HashMap::new(),
             reported: HashSet::new(),
         }
+    }
+
+    /// How the samples were judged so far.
+    pub fn sample_liveness(&self) -> SampleLiveness {
+        SampleLiveness { dead: self.liveness.dead_by, live: self.live_by, unverifiable: self.liveness.unverifiable }
+    }
+
+    /// Learns glibc's tcache key from the main thread's cache, at the start of `[heap]`, while
+    /// it is unknown (its bins may all be empty at one look), a bounded number of times.
+    fn learn_tcache_key(&mut self, mem: &impl ReadMemory) {
+        if self.liveness.tcache_key.is_some() || self.tcache_key_attempts >= TCACHE_KEY_ATTEMPTS {
+            return;
+        }
+        self.tcache_key_attempts += 1;
+        let maps = crate::proc_maps::read(self.pid).unwrap_or_default();
+        let heap = maps.iter().find(|m| m.path.as_deref() == Some("[heap]"));
+        self.liveness.tcache_key = heap.and_then(|h| glibc::find_tcache_key(mem, h.start));
     }
 
     /// The stacks whose series are sampled live objects.
@@ -61,6 +100,7 @@ impl SampledHeap {
     pub fn snapshot(&mut self, probes: &mut Probes, mem: &impl ReadMemory) -> Result<Vec<(u64, StackCounters)>> {
         let counters = probes.kernel().stack_counters()?;
         let pass = self.check(probes, mem, &counters, false)?;
+        self.live_by = pass.live_by;
         let mut out: Vec<(u64, StackCounters)> = counters
             .into_iter()
             .filter(|(id, _)| self.functions[id].is_some_and(|f| f.shape() == CallShape::Syscall))
@@ -90,16 +130,20 @@ impl SampledHeap {
                 self.functions.insert(*id, probes.kernel().stack_function(*id));
             }
         }
+        self.learn_tcache_key(mem);
         // One process per table here (`record`): the key's process is the target.
         let mut tgid = 0;
-        let sampled: Vec<(u64, LiveAllocation)> = probes
+        let pool = self.pool;
+        let sampled: Vec<Candidate> = probes
             .kernel()
             .live_allocations()?
             .into_iter()
-            .filter(|(_, a)| holds_objects(self.functions.get(&a.stack_id).copied().flatten()))
-            .map(|(key, a)| {
-                tgid = key.tgid;
-                (key.address, a)
+            .filter_map(|(key, a): (LiveKey, LiveAllocation)| {
+                let function = self.functions.get(&a.stack_id).copied().flatten();
+                sampled_in_windows(function).then(|| {
+                    tgid = key.tgid;
+                    (key.address, a, function.and_then(|f| Allocator::of(f, a.size, &pool)))
+                })
             })
             .collect();
         let pass = self.liveness.check(mem, &sampled, first_looks);

@@ -3,10 +3,14 @@
 //! leaves nothing running.
 
 pub mod agent;
+pub mod cpython;
 pub mod node;
+
+pub use cpython::CPython;
 
 use std::{
     io::{BufRead, BufReader},
+    net::TcpStream,
     path::{Path, PathBuf},
     process::{Child, Command, Output, Stdio},
     time::Duration,
@@ -39,6 +43,12 @@ pub fn python() -> PathBuf {
 
 pub fn fixture(name: &str) -> PathBuf {
     root().join("tests/fixtures").join(name)
+}
+
+/// The line (1-based) of the fixture `file` that carries `marker`.
+pub fn line_of(file: &str, marker: &str) -> u64 {
+    let text = std::fs::read_to_string(fixture(file)).unwrap();
+    text.lines().position(|l| l.contains(marker)).map(|i| i as u64 + 1).expect("marker present")
 }
 
 /// Scratch directory for built fixtures.
@@ -107,10 +117,21 @@ pub fn spawn_python(script: &str) -> ChildGuard {
 /// budget: these tests check exact accounting; the sampling tests say so.
 pub fn record_json(pid: u32, duration: &str, interval: &str, extra: &[&str]) -> (Output, Report) {
     let full: &[&str] = if extra.contains(&"--max-overhead") { &[] } else { &["--max-overhead", "100"] };
+    let mut args = vec!["--interval", interval];
+    args.extend(full.iter().chain(extra));
+    run_record(pid, duration, &args)
+}
+
+/// `leakprobe record --pid PID --duration DURATION --format json` with every other setting left at
+/// its default, as a person runs it in production (a 5% budget, sampling windows).
+pub fn record_default_json(pid: u32, duration: &str) -> (Output, Report) {
+    run_record(pid, duration, &[])
+}
+
+fn run_record(pid: u32, duration: &str, args: &[&str]) -> (Output, Report) {
     let out = Command::new(leakprobe_bin())
-        .args(["record", "--pid", &pid.to_string(), "--duration", duration, "--interval", interval, "--format", "json"])
-        .args(full)
-        .args(extra)
+        .args(["record", "--pid", &pid.to_string(), "--duration", duration, "--format", "json"])
+        .args(args)
         .output()
         .expect("leakprobe runs");
     let stderr = String::from_utf8_lossy(&out.stderr);
@@ -185,6 +206,22 @@ pub fn python_frame<'a>(stack: &'a StackReport, file_suffix: &str) -> Option<&'a
         .frames
         .iter()
         .find(|f| f.kind == FrameKind::Python && f.file.as_deref().is_some_and(|p| p.ends_with(file_suffix)))
+}
+
+/// The innermost Python frame in the app file, as (function, line).
+pub fn innermost_app_frame(stack: &StackReport, app_file: &str) -> Option<(String, u64)> {
+    python_frame(stack, app_file).map(|f| (f.function.clone(), f.line.map_or(0, u64::from)))
+}
+
+/// Starts a web app (`command` takes the port as its last argument) and waits until it accepts
+/// connections.
+pub fn serve_fastapi(mut command: Command, port: u16) -> ChildGuard {
+    let app = ChildGuard::new(command.arg(port.to_string()).spawn().unwrap());
+    assert!(
+        eventually(Duration::from_secs(30), || TcpStream::connect(("127.0.0.1", port)).is_ok()),
+        "app did not start"
+    );
+    app
 }
 
 /// wrk running the Lua script `script` (a fixture) against `127.0.0.1:port` for `seconds`, with

@@ -3,36 +3,18 @@
 //! the churning endpoint.
 
 use leakprobe_tests::*;
-use std::{net::TcpStream, process::Command, time::Duration};
-
-/// The line of the fixture that carries `marker`.
-fn line_of(file: &str, marker: &str) -> u64 {
-    let text = std::fs::read_to_string(fixture(file)).unwrap();
-    text.lines().position(|l| l.contains(marker)).map(|i| i as u64 + 1).expect("marker present")
-}
-
-/// The innermost Python frame in the app file, as (function, line).
-fn innermost_app_frame(stack: &StackReport, app_file: &str) -> Option<(String, u64)> {
-    python_frame(stack, app_file).map(|f| (f.function.clone(), f.line.map_or(0, u64::from)))
-}
-
-fn serve_fastapi(mut command: Command, port: u16) -> ChildGuard {
-    let app = ChildGuard::new(command.arg(port.to_string()).spawn().unwrap());
-    assert!(
-        eventually(Duration::from_secs(30), || TcpStream::connect(("127.0.0.1", port)).is_ok()),
-        "app did not start"
-    );
-    app
-}
+use std::process::Command;
 
 fn load(port: u16) -> ChildGuard {
     wrk_load("fastapi_load.lua", port, 120)
 }
 
-fn check_fastapi(python: &std::path::Path, port: u16) {
-    let mut command = Command::new(python);
-    command.arg(fixture("fastapi_app.py"));
-    check_fastapi_app(command, port, Mode::EveryAllocation);
+/// The FastAPI app on `target` in `mode`, or a loud skip when the machine lacks that interpreter.
+fn check_on(target: CPython, port: u16, mode: Mode) {
+    match target.script_command("fastapi_app.py") {
+        Ok(command) => check_fastapi_app(command, port, mode),
+        Err(why) => eprintln!("SKIPPED: {why}"),
+    }
 }
 
 #[derive(Clone, Copy, PartialEq)]
@@ -120,70 +102,46 @@ fn check_fastapi_app(command: Command, port: u16, mode: Mode) {
 
 #[test]
 fn fastapi_on_the_project_python() {
-    check_fastapi(&python(), 18711);
+    check_on(CPython::Project, 18711, Mode::EveryAllocation);
 }
 
 /// The default, production mode: sampling windows within an overhead budget, liveness by
 /// reading the objects. Checked on 3.11 and on 3.12+ (whose object headers differ).
 #[test]
 fn fastapi_sampled_within_a_budget_on_the_project_python() {
-    let mut command = Command::new(python());
-    command.arg(fixture("fastapi_app.py"));
-    check_fastapi_app(command, 18721, Mode::Sampled);
+    check_on(CPython::Project, 18721, Mode::Sampled);
 }
 
 #[test]
 fn fastapi_sampled_within_a_budget_on_cpython_3_12() {
-    match versioned_path("LEAKPROBE_EXTRA_PYTHONS", "3.12") {
-        Some(python) => {
-            let mut command = Command::new(python);
-            command.arg(fixture("fastapi_app.py"));
-            check_fastapi_app(command, 18722, Mode::Sampled);
-        }
-        None => eprintln!("SKIPPED: no CPython 3.12 on this machine"),
-    }
+    check_on(CPython::Extra("3.12"), 18722, Mode::Sampled);
 }
 
 /// Debian's static LTO+PGO build (as production images are built): its object allocator is
 /// inlined, so the windows catch these objects at malloc.
 #[test]
 fn fastapi_sampled_within_a_budget_on_debians_lto_python() {
-    match versioned_path("LEAKPROBE_EXTRA_PYTHONS", "debian-3.11") {
-        Some(python) => {
-            let mut command = Command::new(python);
-            command.arg(fixture("fastapi_app.py"));
-            check_fastapi_app(command, 18723, Mode::Sampled);
-        }
-        None => eprintln!("SKIPPED: no Debian CPython 3.11 on this machine"),
-    }
-}
-
-fn check_version(version: &str, port: u16) {
-    match versioned_path("LEAKPROBE_EXTRA_PYTHONS", version) {
-        Some(python) => check_fastapi(&python, port),
-        // The machine has no such interpreter: say so loudly rather than pass silently.
-        None => eprintln!("SKIPPED: no CPython {version} on this machine"),
-    }
+    check_on(CPython::Extra("debian-3.11"), 18723, Mode::Sampled);
 }
 
 #[test]
 fn fastapi_on_cpython_3_10() {
-    check_version("3.10", 18712);
+    check_on(CPython::Extra("3.10"), 18712, Mode::EveryAllocation);
 }
 
 #[test]
 fn fastapi_on_cpython_3_12() {
-    check_version("3.12", 18713);
+    check_on(CPython::Extra("3.12"), 18713, Mode::EveryAllocation);
 }
 
 #[test]
 fn fastapi_on_cpython_3_13() {
-    check_version("3.13", 18714);
+    check_on(CPython::Extra("3.13"), 18714, Mode::EveryAllocation);
 }
 
 #[test]
 fn fastapi_on_debians_static_stripped_python() {
-    check_version("debian-3.11", 18715);
+    check_on(CPython::Extra("debian-3.11"), 18715, Mode::EveryAllocation);
 }
 
 /// An interpreter outside 3.10–3.14: a warning naming its version, native stacks, a report.
@@ -205,36 +163,14 @@ fn unsupported_python_is_a_warning_not_a_failure() {
     assert!(report.counters.iter().any(|c| c.name == "allocations" && c.value > 0));
 }
 
-/// `version=path` entry of a comma-separated list in the environment variable `var`.
-fn versioned_path(var: &str, version: &str) -> Option<std::path::PathBuf> {
-    std::env::var(var).ok()?.split(',').find_map(|entry| {
-        let (v, path) = entry.split_once('=')?;
-        (v == version).then(|| path.into())
-    })
-}
-
-/// Debian's own build of CPython `version` in a debootstrap'd root, run under chroot: every file
-/// of the target (interpreter, libc, the app) is reached through /proc/PID/root.
-fn check_in_debian_root(version: &str, port: u16) {
-    let (Some(root), Ok(python)) =
-        (versioned_path("LEAKPROBE_CHROOTS", version), std::env::var("LEAKPROBE_CHROOT_PYTHON"))
-    else {
-        eprintln!("SKIPPED: no Debian root with CPython {version} (run with `cargo xtask test`)");
-        return;
-    };
-    std::fs::create_dir_all(root.join("app")).unwrap();
-    std::fs::copy(fixture("fastapi_app.py"), root.join("app/fastapi_app.py")).unwrap();
-    let mut command = Command::new("chroot");
-    command.arg(&root).arg(python).arg("/app/fastapi_app.py");
-    check_fastapi_app(command, port, Mode::EveryAllocation);
-}
-
+/// Debian's own builds of CPython in debootstrap'd roots, run under chroot: every file of the
+/// target (interpreter, libc, the app) is reached through /proc/PID/root.
 #[test]
 fn fastapi_on_debian_trixie_python_3_13_in_another_root() {
-    check_in_debian_root("3.13", 18716);
+    check_on(CPython::DebianRoot("3.13"), 18716, Mode::EveryAllocation);
 }
 
 #[test]
 fn fastapi_on_debian_sid_python_3_14_in_another_root() {
-    check_in_debian_root("3.14", 18717);
+    check_on(CPython::DebianRoot("3.14"), 18717, Mode::EveryAllocation);
 }

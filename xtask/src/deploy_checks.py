@@ -235,6 +235,22 @@ def check_podmonitor(m):
     return f"selects the agent's pods, {len(endpoints)} endpoint on port metrics, honorLabels"
 
 
+def check_networkpolicy(m):
+    np = m.one("NetworkPolicy")
+    pod = m.one("DaemonSet")["spec"]["template"]
+    labels_match(np["spec"]["podSelector"].get("matchLabels"), pod["metadata"]["labels"], "the NetworkPolicy")
+    require(np["spec"].get("policyTypes") == ["Ingress"], "the NetworkPolicy must restrict ingress")
+    ports = {p["name"] for p in pod["spec"]["containers"][0]["ports"]}
+    rules = np["spec"].get("ingress") or []
+    require(rules, "the NetworkPolicy admits nothing: Prometheus could not scrape")
+    for rule in rules:
+        require(rule.get("from"), "a NetworkPolicy ingress rule without `from` admits every peer")
+        allowed = [p.get("port") for p in rule.get("ports") or []]
+        require(allowed and all(p in ports for p in allowed),
+                f"NetworkPolicy ingress ports {allowed} must be named container ports ({sorted(ports)})")
+    return f"only the listed peers reach the agent's pods, on port {', '.join(sorted(ports))}"
+
+
 def check_prometheusrule(m, spec_out):
     pr = m.one("PrometheusRule")
     require(pr["apiVersion"] == "monitoring.coreos.com/v1", "PrometheusRule must be monitoring.coreos.com/v1")
@@ -306,6 +322,7 @@ def main():
         check(f"Kubernetes {version} schemas", check_schemas, m, version)
     check("manifests agree", check_references, m)
     check("podmonitor.yaml", check_podmonitor, m)
+    check("networkpolicy.yaml", check_networkpolicy, m)
     check("prometheusrule.yaml", check_prometheusrule, m, args.prometheusrule_spec)
     check("rules' metrics", check_documented_metrics, args.root)
     return 1 if failed else 0

@@ -10,6 +10,7 @@ use crate::{
     advice::StackAdvice,
     aggregate::Recording,
     assess::{recorded_process_verdict, time_to_limit},
+    block_liveness::SampleLiveness,
     budget::BudgetSummary,
     cgroup::MemoryLimit,
     report::{
@@ -41,6 +42,8 @@ pub struct Context {
     pub accounting: Accounting,
     /// `Accounting::Sampled`: the stacks whose series are sampled live objects (empty otherwise).
     pub object_stacks: HashSet<u64>,
+    /// `Accounting::Sampled`: how the samples were judged.
+    pub sample_liveness: Option<SampleLiveness>,
 }
 
 /// A stack's frames and how it was allocated, as the caller resolves them.
@@ -168,6 +171,7 @@ pub fn build(rec: &Recording, mut ctx: Context, judged: Judged, named: &HashMap<
         warnings: ctx.warnings,
         budget: ctx.budget,
         probe_sites: ctx.probe_sites,
+        sample_liveness: ctx.sample_liveness,
     }
 }
 
@@ -196,6 +200,7 @@ mod tests {
             probe_sites: vec![],
             accounting: Accounting::Exact,
             object_stacks: HashSet::new(),
+            sample_liveness: None,
             verdict: VerdictConfig::default(),
         }
     }

@@ -28,6 +28,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::{
     advice::StackAdvice,
+    block_liveness::SampleLiveness,
     budget::BudgetSummary,
     process_memory::ProcessMemory,
     symbolize::Frame,
@@ -63,6 +64,10 @@ pub struct Report {
     pub warnings: Vec<String>,
     /// The overhead budget and the probes' estimated cost (`None` in reports built without one).
     pub budget: Option<BudgetSummary>,
+    /// Sampling mode: how many samples each signal judged dead or alive (absent otherwise, and
+    /// in reports written before it existed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sample_liveness: Option<SampleLiveness>,
     /// Where each hooked function's breakpoint sat and what a hit there cost (empty in reports
     /// from before per-site placement).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]

@@ -202,6 +202,7 @@ pub fn leaking() -> Report {
                 fallback: Some("no emulated instruction before `jmp *0x2ad000(%rip)` at 0x1ca ends the prefix".into()),
             },
         ],
+        sample_liveness: None,
     }
 }
 

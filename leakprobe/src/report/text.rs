@@ -126,10 +126,28 @@ fn render_raw(report: &Report) -> String {
     if let Some(unfollowed) = facts::unfollowed_by_design(report) {
         let _ = writeln!(out, "not followed, by design: {unfollowed}");
     }
+    if let Some(l) = &report.sample_liveness {
+        let _ = writeln!(out, "samples: {}", sample_signals(l));
+    }
     for w in &report.warnings {
         let _ = writeln!(out, "warning: {w}");
     }
     out
+}
+
+/// "live 40 (object 30, glibc chunk 10), dead 120 (...), 12 not followed": which signal decided.
+fn sample_signals(l: &crate::block_liveness::SampleLiveness) -> String {
+    let by = |c: &crate::block_liveness::SignalCounts| {
+        let parts = [
+            ("object", c.object_fingerprint),
+            ("glibc chunk", c.glibc_chunk),
+            ("pymalloc pool", c.pymalloc_pool),
+            ("content", c.content_fingerprint),
+        ];
+        let named: Vec<String> = parts.iter().filter(|(_, n)| *n > 0).map(|(what, n)| format!("{what} {n}")).collect();
+        format!("{}{}", c.total(), if named.is_empty() { String::new() } else { format!(" ({})", named.join(", ")) })
+    };
+    format!("live {}, dead {}, {} not followed", by(&l.live), by(&l.dead), l.unverifiable)
 }
 
 fn write_stack(out: &mut String, rank: usize, s: &StackReport) {

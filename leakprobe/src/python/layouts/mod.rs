@@ -35,6 +35,46 @@ pub fn complete(minor: u32) -> Option<Layout> {
     }
 }
 
+/// pymalloc's pool header and geometry (x86_64), the same in 3.10–3.14: `struct pool_header`
+/// (`ref.count`, `freeblock`, `nextpool`, `prevpool`, `arenaindex`, `szidx`, `nextoffset`,
+/// `maxnextoffset`), 16 KiB pools (`USE_LARGE_POOLS`, set with the radix tree on 64-bit since
+/// 3.10), 16-byte size classes up to 512 bytes. Checked constants rather than generated: 3.10 and
+/// 3.11 declare the struct in `Objects/obmalloc.c`, which installs do not ship; the test below
+/// checks them against the installed 3.12+ headers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PoolLayout {
+    pub ref_count: u64,
+    pub freeblock: u64,
+    pub szidx: u64,
+    pub nextoffset: u64,
+    pub maxnextoffset: u64,
+    /// `POOL_OVERHEAD`: the header rounded up to the alignment; the first block starts there.
+    pub overhead: u64,
+    pub pool_size: u64,
+    pub alignment_shift: u32,
+    pub small_request_threshold: u64,
+    /// `DUMMY_SIZE_IDX`: the class of a pool emptied and cached.
+    pub dummy_size_index: u32,
+}
+
+pub const POOL_LAYOUT: PoolLayout = PoolLayout {
+    ref_count: 0,
+    freeblock: 8,
+    szidx: 36,
+    nextoffset: 40,
+    maxnextoffset: 44,
+    overhead: 48,
+    pool_size: 1 << 14,
+    alignment_shift: 4,
+    small_request_threshold: 512,
+    dummy_size_index: 0xffff,
+};
+
+/// The pool layout of CPython 3.`minor`, when it is supported.
+pub fn pool(minor: u32) -> Option<PoolLayout> {
+    tables(minor).map(|_| POOL_LAYOUT)
+}
+
 #[cfg(test)]
 mod tests {
     use leakprobe_common::{PythonConfig, NO_OFFSET};
@@ -57,6 +97,50 @@ mod tests {
         assert!(tables(9).is_none() && tables(15).is_none());
         assert_eq!(supported(), "3.10 to 3.14");
         assert!(ALL.windows(2).all(|w| w[0].minor() < w[1].minor()), "oldest first, each once");
+    }
+
+    /// The pool constants against the installed headers (3.12+ ship `pycore_obmalloc.h`).
+    #[test]
+    fn pool_layout_matches_the_installed_headers() {
+        let header = |minor: u32| {
+            let root = std::env::var("HOME").unwrap_or_else(|_| "/root".into());
+            let versions = std::fs::read_dir(format!("{root}/.pyenv/versions")).ok()?;
+            versions.flatten().find_map(|v| {
+                let name = v.file_name().to_string_lossy().into_owned();
+                name.starts_with(&format!("3.{minor}.")).then(|| {
+                    std::fs::read_to_string(
+                        v.path().join(format!("include/python3.{minor}/internal/pycore_obmalloc.h")),
+                    )
+                    .ok()
+                })?
+            })
+        };
+        for minor in 12..=14 {
+            let Some(text) = header(minor) else { continue };
+            let l = pool(minor).unwrap();
+            let start = text.find("struct pool_header {").expect("pool_header");
+            let body = &text[start..start + text[start..].find("};").unwrap()];
+            let order = [
+                "count; } ref",
+                "*freeblock",
+                "*nextpool",
+                "*prevpool",
+                "arenaindex",
+                "szidx",
+                "nextoffset",
+                "maxnextoffset",
+            ];
+            let at: Vec<usize> = order.iter().map(|f| body.find(f).unwrap_or_else(|| panic!("{f}"))).collect();
+            assert!(at.windows(2).all(|w| w[0] < w[1]), "3.{minor}: field order");
+            // Four words then four u32s: the offsets above, 48 bytes in all.
+            assert_eq!((l.freeblock, l.szidx, l.nextoffset, l.maxnextoffset, l.overhead), (8, 36, 40, 44, 48));
+            assert!(text.contains("#define POOL_BITS               14"), "3.{minor}: 16 KiB pools");
+            assert!(text.contains("#define ALIGNMENT_SHIFT         4"));
+            assert!(text.contains("#define SMALL_REQUEST_THRESHOLD 512"));
+            assert!(text.contains("#define DUMMY_SIZE_IDX          0xffff"));
+            assert_eq!(l.pool_size, 1 << 14);
+        }
+        assert!(pool(9).is_none());
     }
 
     /// The kernel recipes the hand-typed tables gave before they were generated.

@@ -11,15 +11,27 @@
 //! changed (glibc's tcache key, a free list or a new occupant), or the first bytes of its body
 //! changed: a block freed and reused by another object of the same type (the leak and the churn
 //! in one size class) holds other contents. Objects mutated in place (a dict updated, a list
-//! appended to) therefore look dead: leaks are objects created and then kept, unchanged.
-//! Blocks that hold no object (buffers) cannot be judged and are dropped from the sample.
+//! appended to) therefore look dead: leaks are objects created and then kept, unchanged. (The
+//! allocators' state cannot rescue them: a block freed and reused by an object of the same type
+//! is in use too, and that is the churn the same-size-class case must not count.)
+//! Blocks that hold no object (buffers, native `malloc`) are followed by their allocator's state
+//! (`block_liveness`) when the allocator is known, and dropped otherwise.
 //! Pure apart from the `ReadMemory` it is given, so it is tested on synthetic memory.
 
 use std::collections::HashMap;
 
 use leakprobe_common::LiveAllocation;
 
-use crate::python::{layout::ObjectLayout, memory::ReadMemory};
+mod type_info;
+
+use type_info::TypeInfo;
+#[cfg(test)]
+use type_info::{TPFLAGS_LONG_SUBCLASS, TPFLAGS_UNICODE_SUBCLASS, TP_BASICSIZE, TP_FLAGS};
+
+use crate::{
+    block_liveness::{fnv1a, Allocator, BlockReaders, BlockSample, Judgement, Signal, SignalCounts},
+    python::{layout::ObjectLayout, layouts::PoolLayout, memory::ReadMemory},
+};
 
 /// Where a Python object may start inside a block from the object allocator.
 const HEADER_OFFSETS: [u64; 3] = [0, 16, 32];
@@ -41,14 +53,26 @@ struct Object {
     fingerprint: u64,
 }
 
+/// What a sample is followed by.
+#[derive(Debug, Clone, Copy)]
+enum Followed {
+    Object(Object),
+    /// No object in it: its allocator's state.
+    Block(BlockSample),
+}
+
 #[derive(Debug, Clone, Copy)]
 struct Sampled {
     /// Identifies the allocation (an address is reused by later ones).
     timestamp_ns: u64,
     stack_id: u64,
     size: u64,
-    object: Object,
+    followed: Followed,
 }
+
+/// A sampled allocation to check: its address, the kernel's record, and the allocator it came
+/// from when known (to follow it when it holds no object).
+pub type Candidate = (u64, LiveAllocation, Option<Allocator>);
 
 /// Verified live samples of one stack.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -64,6 +88,8 @@ pub struct Pass {
     pub live: HashMap<u64, StackLive>,
     /// Addresses whose allocation is dead or cannot be judged: to drop from the kernel's table.
     pub forget: Vec<u64>,
+    /// The live samples, by the signal that judged them alive in this pass.
+    pub live_by: SignalCounts,
 }
 
 pub struct Liveness {
@@ -74,14 +100,30 @@ pub struct Liveness {
     /// Per address: the type object there (`None`: not a type).
     types: HashMap<u64, Option<TypeInfo>>,
     sampled: HashMap<u64, Sampled>,
-    /// Samples found dead, and samples that held no object.
+    /// pymalloc's pools, to follow blocks that hold no object.
+    pool: PoolLayout,
+    /// glibc's tcache key in the target, once learnt (see `block_liveness::glibc`).
+    pub tcache_key: Option<u64>,
+    /// Samples found dead, and samples that could not be followed.
     pub dead: u64,
     pub unverifiable: u64,
+    /// The dead samples, by the signal that decided it.
+    pub dead_by: SignalCounts,
 }
 
 impl Liveness {
-    pub fn new(type_type: u64, objects: ObjectLayout) -> Liveness {
-        Liveness { type_type, objects, types: HashMap::new(), sampled: HashMap::new(), dead: 0, unverifiable: 0 }
+    pub fn new(type_type: u64, objects: ObjectLayout, pool: PoolLayout) -> Liveness {
+        Liveness {
+            type_type,
+            objects,
+            types: HashMap::new(),
+            sampled: HashMap::new(),
+            pool,
+            tcache_key: None,
+            dead: 0,
+            unverifiable: 0,
+            dead_by: SignalCounts::default(),
+        }
     }
 
     /// Checks every sampled allocation in `table` (the kernel's live table, already restricted to
@@ -89,41 +131,33 @@ impl Liveness {
     /// identified now. Only while the probes are attached (the target slowed) is the object in a
     /// new sample still the one allocated; a sample first seen later may already hold another
     /// object of the same size that reused its freed block, and is dropped.
-    pub fn check(&mut self, mem: &impl ReadMemory, table: &[(u64, LiveAllocation)], first_looks: bool) -> Pass {
+    pub fn check(&mut self, mem: &impl ReadMemory, table: &[Candidate], first_looks: bool) -> Pass {
         let mut pass = Pass::default();
         let mut seen = HashMap::with_capacity(table.len());
-        for &(address, allocation) in table {
+        let pool = self.pool;
+        let mut readers = BlockReaders { pool: &pool, pools: Default::default(), tcache_key: self.tcache_key };
+        for &(address, allocation, allocator) in table {
             let known = self.sampled.get(&address).filter(|s| s.timestamp_ns == allocation.timestamp_ns).copied();
-            let verdict = match known {
-                Some(sample) => self.still_alive(mem, address, sample.size, sample.object).then_some(sample),
-                None if !first_looks => {
-                    self.unverifiable += 1;
-                    pass.forget.push(address);
-                    continue;
-                }
-                None => match self.find_object(mem, address, allocation.size) {
-                    Some(object) => Some(Sampled {
-                        timestamp_ns: allocation.timestamp_ns,
-                        stack_id: allocation.stack_id,
-                        size: allocation.size,
-                        object,
-                    }),
-                    None => {
-                        self.unverifiable += 1;
-                        pass.forget.push(address);
-                        continue;
-                    }
-                },
+            let judged = match known {
+                Some(sample) => self.judge(mem, &mut readers, address, sample),
+                None if !first_looks => None,
+                None => self.first_look(mem, &mut readers, address, allocation, allocator),
             };
-            match verdict {
-                Some(sample) => {
+            match judged {
+                Some((sample, Judgement::Alive(signal))) => {
                     let stack = pass.live.entry(sample.stack_id).or_default();
                     stack.allocations += 1;
                     stack.bytes += sample.size;
+                    pass.live_by.add(signal);
                     seen.insert(address, sample);
                 }
-                None => {
+                Some((_, Judgement::Dead(signal))) => {
                     self.dead += 1;
+                    self.dead_by.add(signal);
+                    pass.forget.push(address);
+                }
+                Some((_, Judgement::Unverifiable)) | None => {
+                    self.unverifiable += 1;
                     pass.forget.push(address);
                 }
             }
@@ -131,6 +165,46 @@ impl Liveness {
         // Samples gone from the table (freed through a path the kernel saw) are forgotten too.
         self.sampled = seen;
         pass
+    }
+
+    /// A later look at a sample.
+    fn judge(
+        &self,
+        mem: &impl ReadMemory,
+        readers: &mut BlockReaders,
+        address: u64,
+        mut sample: Sampled,
+    ) -> Option<(Sampled, Judgement)> {
+        let judgement = match &mut sample.followed {
+            Followed::Object(object) => match self.still_alive(mem, address, sample.size, *object) {
+                true => Judgement::Alive(Signal::ObjectFingerprint),
+                false => Judgement::Dead(Signal::ObjectFingerprint),
+            },
+            Followed::Block(block) => block.judge(mem, readers, address, sample.size),
+        };
+        Some((sample, judgement))
+    }
+
+    /// The first look at a sample: the object in it, or else its allocator's state.
+    fn first_look(
+        &mut self,
+        mem: &impl ReadMemory,
+        readers: &mut BlockReaders,
+        address: u64,
+        allocation: LiveAllocation,
+        allocator: Option<Allocator>,
+    ) -> Option<(Sampled, Judgement)> {
+        let sampled = |followed| Sampled {
+            timestamp_ns: allocation.timestamp_ns,
+            stack_id: allocation.stack_id,
+            size: allocation.size,
+            followed,
+        };
+        if let Some(object) = self.find_object(mem, address, allocation.size) {
+            return Some((sampled(Followed::Object(object)), Judgement::Alive(Signal::ObjectFingerprint)));
+        }
+        let (block, judgement) = BlockSample::first_look(mem, readers, allocator?, address, allocation.size)?;
+        Some((sampled(Followed::Block(block)), judgement))
     }
 
     fn still_alive(&self, mem: &impl ReadMemory, address: u64, size: u64, object: Object) -> bool {
@@ -198,63 +272,6 @@ impl Liveness {
     }
 }
 
-/// What a type says about the size of its instances (`PyTypeObject`'s layout is the same in
-/// every supported version).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct TypeInfo {
-    basicsize: u64,
-    itemsize: u64,
-    flags: u64,
-}
-
-const TP_BASICSIZE: u64 = 32;
-const TP_FLAGS: u64 = 168;
-const TPFLAGS_LONG_SUBCLASS: u64 = 1 << 24;
-const TPFLAGS_UNICODE_SUBCLASS: u64 = 1 << 28;
-
-impl TypeInfo {
-    fn read(mem: &impl ReadMemory, address: u64) -> Option<TypeInfo> {
-        let basicsize = mem.read_u64(address + TP_BASICSIZE).ok()?;
-        let itemsize = mem.read_u64(address + TP_BASICSIZE + 8).ok()?;
-        let flags = mem.read_u64(address + TP_FLAGS).ok()?;
-        (basicsize >= 16 && basicsize < 1 << 20 && itemsize < 1 << 16).then_some(TypeInfo {
-            basicsize,
-            itemsize,
-            flags,
-        })
-    }
-
-    /// Whether an object of this type with header and body `object` needs exactly `size` bytes,
-    /// the way CPython sizes it: compact `str`, `int` digits, var-sized objects, fixed ones.
-    fn sizes_match(&self, object: &[u8], size: u64, layout: &ObjectLayout) -> bool {
-        let word = |i: usize| object.get(i..i + 8).map(|b| u64::from_le_bytes(b.try_into().unwrap_or_default()));
-        if self.flags & TPFLAGS_UNICODE_SUBCLASS != 0 && self.basicsize >= 40 {
-            let (Some(length), Some(state)) = (word(layout.str.length as usize), word(layout.str.state as usize))
-            else {
-                return false;
-            };
-            let state = state as u32;
-            let (kind, compact, ascii) = ((state >> 2) & 7, (state >> 5) & 1, (state >> 6) & 1);
-            if compact == 0 || !matches!(kind, 1 | 2 | 4) {
-                return false;
-            }
-            let header = if ascii == 1 { layout.str.ascii_data } else { layout.str.compact_data };
-            return length.checked_add(1).and_then(|n| n.checked_mul(kind as u64)).map(|n| n + header) == Some(size);
-        }
-        if self.flags & TPFLAGS_LONG_SUBCLASS != 0 && self.itemsize > 0 {
-            let Some(tag) = word(layout.int.size as usize) else { return false };
-            let digits = layout.int.digit_count(tag);
-            return layout.int.digits + self.itemsize * digits.max(1) == size;
-        }
-        if self.itemsize == 0 {
-            return self.basicsize == size;
-        }
-        let Some(items) = word(16).map(|n| (n as i64).unsigned_abs()) else { return false };
-        let raw = items.checked_mul(self.itemsize).and_then(|n| n.checked_add(self.basicsize));
-        raw.is_some_and(|raw| size == raw || size == raw.div_ceil(8) * 8)
-    }
-}
-
 fn split(header: &[u8]) -> (u64, u64) {
     let word = |i: usize| u64::from_le_bytes(header[i..i + 8].try_into().unwrap_or_default());
     (word(0), word(8))
@@ -280,10 +297,7 @@ fn pre_header(block: &[u8], offset: u64) -> u64 {
 
 /// FNV-1a of the body, with the lazily computed `str` hash left out.
 fn fingerprint(body: &[u8]) -> u64 {
-    body.iter()
-        .enumerate()
-        .filter(|(i, _)| !MUTABLE_BODY.contains(i))
-        .fold(0xcbf2_9ce4_8422_2325, |h, (_, &b)| (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3))
+    fnv1a(body.iter().enumerate().filter(|(i, _)| !MUTABLE_BODY.contains(i)).map(|(_, b)| b))
 }
 
 fn plausible_refcount(refcount: u64) -> bool {
@@ -360,8 +374,12 @@ mod tests {
 
     const STR3_SIZE: u64 = 48 + 4;
 
-    fn entry(address: u64, stack_id: u64, size: u64, timestamp_ns: u64) -> (u64, LiveAllocation) {
-        (address, LiveAllocation { size, stack_id, timestamp_ns })
+    fn entry(address: u64, stack_id: u64, size: u64, timestamp_ns: u64) -> Candidate {
+        (address, LiveAllocation { size, stack_id, timestamp_ns }, None)
+    }
+
+    fn fresh(minor: u32) -> Liveness {
+        Liveness::new(TYPE_TYPE, layouts::objects(minor).unwrap(), layouts::pool(minor).unwrap())
     }
 
     #[test]
@@ -371,7 +389,7 @@ mod tests {
         block(&m, 0x20_000, &[0x7f00_0000_1000, 0x7f00_0000_2000, 3, TUPLE_TYPE, 2, 0x10_000, 0x10_000]); // GC, at 16
         block(&m, 0x30_000, &[0xdead_beef_0000_0000, 7, 9, 11, 13, 15]); // a buffer: no object
         let table = [entry(0x10_000, 1, STR3_SIZE, 5), entry(0x20_000, 2, 16 + 24 + 16, 6), entry(0x30_000, 1, 64, 7)];
-        let mut liveness = Liveness::new(TYPE_TYPE, layouts::objects(11).unwrap());
+        let mut liveness = fresh(11);
         let pass = liveness.check(&m, &table, true);
         assert_eq!(pass.live[&1], StackLive { allocations: 1, bytes: STR3_SIZE });
         assert_eq!(pass.live[&2], StackLive { allocations: 1, bytes: 56 });
@@ -392,7 +410,7 @@ mod tests {
     fn a_new_occupant_of_another_type_means_the_sample_died() {
         let m = memory();
         block(&m, 0x10_000, &[1, INT_TYPE, 1, 42]);
-        let mut liveness = Liveness::new(TYPE_TYPE, layouts::objects(11).unwrap());
+        let mut liveness = fresh(11);
         assert_eq!(liveness.check(&m, &[entry(0x10_000, 1, 28, 5)], true).live.len(), 1);
         block(&m, 0x10_000, &[1, TUPLE_TYPE, 0, 0]);
         let pass = liveness.check(&m, &[entry(0x10_000, 1, 28, 5)], true);
@@ -407,7 +425,7 @@ mod tests {
     fn a_same_type_occupant_with_other_contents_means_the_sample_died() {
         let m = memory();
         str3(&m, 0x10_000, 1, u64::MAX, 0x0031_3233);
-        let mut liveness = Liveness::new(TYPE_TYPE, layouts::objects(11).unwrap());
+        let mut liveness = fresh(11);
         let table = [entry(0x10_000, 1, STR3_SIZE, 5)];
         assert_eq!(liveness.check(&m, &table, true).live.len(), 1);
         // Its hash gets computed and its count moves: still the same object.
@@ -423,21 +441,46 @@ mod tests {
         let m = memory();
         // Sampled as a 3-character str, found holding a 12-character one (same size class).
         block(&m, 0x10_000, &[1, STR_TYPE, 12, u64::MAX, ASCII, 0, 0x2d55_4b53, 0x3837_3732]);
-        let mut liveness = Liveness::new(TYPE_TYPE, layouts::objects(11).unwrap());
+        let mut liveness = fresh(11);
         let pass = liveness.check(&m, &[entry(0x10_000, 1, STR3_SIZE, 5)], true);
         assert!(pass.live.is_empty());
         assert_eq!(liveness.unverifiable, 1);
         // 3.12+ str headers are 40 bytes.
         block(&m, 0x20_000, &[1, STR_TYPE, 3, u64::MAX, ASCII, 0x0031_3233]);
-        let mut liveness = Liveness::new(TYPE_TYPE, layouts::objects(12).unwrap());
+        let mut liveness = fresh(12);
         assert_eq!(liveness.check(&m, &[entry(0x20_000, 1, 44, 5)], true).live.len(), 1);
+    }
+
+    #[test]
+    fn a_native_block_is_followed_by_its_chunk_and_counted_by_signal() {
+        let m = memory();
+        // A 4096-byte malloc block with no object: its chunk header, its next chunk in use.
+        block(&m, 0x70_008, &[4112 | 1, 0xdead_beef_0000_0001, 0]);
+        m.set(0x70_000 + 4112 + 8, 48 | 1);
+        let mut liveness = fresh(11);
+        let mut table = [entry(0x70_010, 3, 4096, 5)];
+        table[0].2 = Some(Allocator::Glibc);
+        let pass = liveness.check(&m, &table, true);
+        assert_eq!(pass.live[&3], StackLive { allocations: 1, bytes: 4096 });
+        assert_eq!(pass.live_by, SignalCounts { glibc_chunk: 1, ..Default::default() });
+        // Freed into a bin: the next chunk's PREV_INUSE bit is cleared.
+        m.set(0x70_000 + 4112 + 8, 48);
+        let pass = liveness.check(&m, &table, true);
+        assert!(pass.live.is_empty());
+        assert_eq!(liveness.dead_by, SignalCounts { glibc_chunk: 1, ..Default::default() });
+        // The same bytes with an unknown allocator: not followed, as before.
+        let mut liveness = fresh(11);
+        table[0].2 = None;
+        m.set(0x70_000 + 4112 + 8, 48 | 1);
+        assert!(liveness.check(&m, &table, true).live.is_empty());
+        assert_eq!(liveness.unverifiable, 1);
     }
 
     #[test]
     fn a_sample_first_seen_after_the_window_is_not_trusted() {
         let m = memory();
         str3(&m, 0x10_000, 1, u64::MAX, 0x0031_3233);
-        let mut liveness = Liveness::new(TYPE_TYPE, layouts::objects(11).unwrap());
+        let mut liveness = fresh(11);
         let pass = liveness.check(&m, &[entry(0x10_000, 1, STR3_SIZE, 5)], false);
         assert!(pass.live.is_empty());
         assert_eq!(pass.forget, vec![0x10_000]);
@@ -446,7 +489,7 @@ mod tests {
     #[test]
     fn unreadable_or_garbage_memory_is_never_alive() {
         let m = memory();
-        let mut liveness = Liveness::new(TYPE_TYPE, layouts::objects(11).unwrap());
+        let mut liveness = fresh(11);
         // Unmapped block, a block too small for a header, a "type" that is not a type.
         block(&m, 0x40_000, &[1, 0x9999_0000]);
         m.set(0x9999_0008, 0x1234);
@@ -465,7 +508,7 @@ mod tests {
         m.set(class + 8, meta);
         m.set(class + TP_BASICSIZE, 32);
         block(&m, 0x10_000, &[1, class, 0, 0]);
-        let mut liveness = Liveness::new(TYPE_TYPE, layouts::objects(11).unwrap());
+        let mut liveness = fresh(11);
         assert_eq!(liveness.check(&m, &[entry(0x10_000, 1, 32, 1)], true).live[&1].bytes, 32);
     }
 }
