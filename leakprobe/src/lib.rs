@@ -15,6 +15,7 @@ pub mod assess;
 pub mod block_liveness;
 pub mod budget;
 pub mod census;
+pub mod census_history;
 pub mod cgroup;
 pub mod elf_symbols;
 pub mod kernel;

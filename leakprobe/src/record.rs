@@ -14,6 +14,9 @@ use leakprobe_common::AllocFunction;
 use tokio::time::MissedTickBehavior;
 
 use crate::{
+    census_history::{self, sampler::CensusSampler},
+    python::heap::Interpreter,
+    symbolize::{Frame, FrameKind},
     accounting::Accounting,
     advice::{StackAdvisor, TargetSources},
     aggregate::{LowWater, Recording},
@@ -130,6 +133,7 @@ pub async fn record(opts: RecordOptions) -> Result<Report> {
     let target = Target::inspect(pid)?;
     // Opened now: the report's advice reads the sources even if the target has exited by then.
     let mut advisor = StackAdvisor::new(TargetSources::of_process(pid));
+    let sources = TargetSources::of_process(pid);
     let mut warnings = Vec::new();
     let python = match python::runtime::detect(&target) {
         Ok(python) => python,
@@ -190,6 +194,14 @@ pub async fn record(opts: RecordOptions) -> Result<Report> {
         .zip(type_type)
         .filter(|_| accounting == Accounting::Sampled)
         .map(|(python, type_type)| SampledHeap::new(type_type, &python.layout, pid));
+    // The heap censuses run beside the probes, on their own thread (reads only).
+    let census = match &python {
+        Some(p) => Some(
+            CensusSampler::start(p.mem, Interpreter::of(p), opts.interval, Instant::now())
+                .context("cannot start the heap census thread")?,
+        ),
+        None => None,
+    };
     let (recording, end) = sample_until_done(
         &mut probes,
         &mut windows,
@@ -201,6 +213,7 @@ pub async fn record(opts: RecordOptions) -> Result<Report> {
         &opts,
     )
     .await?;
+    let census = census.map(CensusSampler::finish);
     let budget = windows.finish(&probes);
     if opts.progress {
         eprintln!(
@@ -232,6 +245,9 @@ pub async fn record(opts: RecordOptions) -> Result<Report> {
         accounting,
         object_stacks: sampled_heap.as_ref().map(SampledHeap::object_stacks).unwrap_or_default(),
         sample_liveness: sampled_heap.as_ref().map(SampledHeap::sample_liveness),
+        census: None,
+        holders: Vec::new(),
+        types: Vec::new(),
     };
     // The stacks the report lists are read out of the kernel (and the flagged ones advised) while
     // the probes are still attached; the report is built from them after.
@@ -247,8 +263,38 @@ pub async fn record(opts: RecordOptions) -> Result<Report> {
         })
         .collect();
     drop(probes);
+    let mut ctx = ctx;
+    if let Some((history, error)) = census {
+        let (files, main_script) = python_files(named.values().map(|n| &n.stack.frames[..]));
+        let (summary, holders, types) =
+            census_history::report_parts(&history, error, &ctx.verdict, &files, main_script.as_deref(), &sources);
+        ctx.census = Some(summary);
+        ctx.holders = holders;
+        ctx.types = types;
+    }
     let report = build::build(&recording, ctx, judged, &named);
     Ok(report)
+}
+
+/// The Python files of `stacks`' frames, and the one `__main__` runs (the file of an outermost
+/// `<module>` frame).
+fn python_files<'a>(stacks: impl Iterator<Item = &'a [Frame]>) -> (Vec<String>, Option<String>) {
+    let mut files: Vec<String> = Vec::new();
+    let mut main_script = None;
+    for frames in stacks {
+        let python: Vec<&Frame> = frames.iter().filter(|f| f.kind == FrameKind::Python).collect();
+        for f in &python {
+            if let Some(file) = &f.file {
+                if !files.contains(file) {
+                    files.push(file.clone());
+                }
+            }
+        }
+        if let Some(outer) = python.last().filter(|f| f.function == "<module>") {
+            main_script = main_script.or_else(|| outer.file.clone());
+        }
+    }
+    (files, main_script)
 }
 
 /// Distribution builds of CPython (Debian's, the official Docker images') are built with LTO and

@@ -43,7 +43,10 @@ pub struct Context {
     /// `Accounting::Sampled`: the stacks whose series are sampled live objects (empty otherwise).
     pub object_stacks: HashSet<u64>,
     /// `Accounting::Sampled`: how the samples were judged.
-    pub sample_liveness: Option<SampleLiveness>,
+    pub sample_liveness: Option<SampleLiveness>,    /// The heap censuses and what they found (judged, and the holders' lines found, by the caller).
+    pub census: Option<super::CensusSummary>,
+    pub holders: Vec<super::HolderReport>,
+    pub types: Vec<super::TypeReport>,
 }
 
 /// A stack's frames and how it was allocated, as the caller resolves them.
@@ -172,6 +175,9 @@ pub fn build(rec: &Recording, mut ctx: Context, judged: Judged, named: &HashMap<
         budget: ctx.budget,
         probe_sites: ctx.probe_sites,
         sample_liveness: ctx.sample_liveness,
+        census: ctx.census,
+        holders: ctx.holders,
+        types: ctx.types,
     }
 }
 
@@ -201,6 +207,9 @@ mod tests {
             accounting: Accounting::Exact,
             object_stacks: HashSet::new(),
             sample_liveness: None,
+            census: None,
+            holders: vec![],
+            types: vec![],
             verdict: VerdictConfig::default(),
         }
     }

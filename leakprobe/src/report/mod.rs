@@ -7,6 +7,7 @@ pub mod build;
 pub mod collapsed;
 pub(crate) mod facts;
 pub mod flamegraph;
+pub mod heap;
 pub mod html;
 mod html_tables;
 pub mod json;
@@ -22,6 +23,7 @@ pub mod serde_helpers;
 pub mod speedscope;
 pub mod text;
 
+pub use heap::{CensusSummary, CountPoint, HolderReport, TypeReport};
 pub use output::{render, write, Format};
 
 use serde::{Deserialize, Serialize};
@@ -72,6 +74,15 @@ pub struct Report {
     /// from before per-site placement).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub probe_sites: Vec<ProbeSiteInfo>,
+    /// The heap censuses (absent when none was taken, and in older reports).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub census: Option<CensusSummary>,
+    /// Containers reached from `sys.modules`: flagged ones first (fastest growth), then the largest.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub holders: Vec<HolderReport>,
+    /// Python object types, ordered as the holders.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub types: Vec<TypeReport>,
 }
 
 /// The breakpoint of one hooked function (see `probe_site`).

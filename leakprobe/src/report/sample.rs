@@ -203,6 +203,9 @@ pub fn leaking() -> Report {
             },
         ],
         sample_liveness: None,
+        census: None,
+        holders: vec![],
+        types: vec![],
     }
 }
 

@@ -1,0 +1,71 @@
+//! The heap census's part of the report: which containers hold the growth (holders), which
+//! types grow, and what the censuses cost.
+
+use serde::{Deserialize, Serialize};
+
+use super::serde_helpers;
+use crate::advice::Advice;
+
+/// One value of a series at a time.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct CountPoint {
+    #[serde(deserialize_with = "serde_helpers::f64_or_nan")]
+    pub t_secs: f64,
+    #[serde(deserialize_with = "serde_helpers::f64_or_nan")]
+    pub value: f64,
+}
+
+/// A container reached from `sys.modules`, across the recording's censuses.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct HolderReport {
+    /// `module.name`, `module.Class.attr`, `module.obj.attr['key']` (names from the target).
+    pub path: String,
+    /// The container's type.
+    #[serde(rename = "type")]
+    pub type_name: String,
+    pub length_series: Vec<CountPoint>,
+    pub retained_bytes_series: Vec<CountPoint>,
+    #[serde(deserialize_with = "serde_helpers::f64_or_nan")]
+    pub growth_bytes_per_sec: f64,
+    #[serde(deserialize_with = "serde_helpers::f64_or_nan")]
+    pub growth_items_per_sec: f64,
+    pub flagged: bool,
+    pub reason: String,
+    /// The file and line that add to it, when found in its module's source.
+    pub file: Option<String>,
+    pub line: Option<u32>,
+    /// That line's code.
+    #[serde(default)]
+    pub code: Option<String>,
+    /// The leak pattern of that line, and its fix.
+    #[serde(default)]
+    pub advice: Option<Advice>,
+}
+
+/// Objects of one type, across the recording's censuses.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TypeReport {
+    pub name: String,
+    pub count_series: Vec<CountPoint>,
+    pub bytes_series: Vec<CountPoint>,
+    #[serde(deserialize_with = "serde_helpers::f64_or_nan")]
+    pub growth_bytes_per_sec: f64,
+    #[serde(deserialize_with = "serde_helpers::f64_or_nan")]
+    pub growth_objects_per_sec: f64,
+    pub flagged: bool,
+    pub reason: String,
+}
+
+/// What the censuses were.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CensusSummary {
+    pub censuses: usize,
+    /// Censuses that stopped at a bound (objects, bytes read, time) before seeing everything.
+    pub truncated: usize,
+    /// leakprobe's time reading the heap, all censuses together.
+    #[serde(deserialize_with = "serde_helpers::f64_or_nan")]
+    pub elapsed_secs: f64,
+    /// Why there is no census, when there is none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
