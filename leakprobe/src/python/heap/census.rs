@@ -133,8 +133,19 @@ pub struct Census {
 
 /// The most memory a census keeps of copied target pages.
 const PAGE_CACHE_BYTES: u64 = 32 << 20;
-/// Walks started again on a list that broke before it is given up.
+/// Walks started again on a list that broke before it is given up, the first after this
+/// pause, each next one after four times the last.
 const RETRIES: u32 = 3;
+const RETRY_PAUSE: Duration = Duration::from_millis(5);
+
+/// One walk of one list: what it counted and how it ended.
+struct Walk {
+    tally: Tally,
+    found: Vec<Pending>,
+    bad: Invalid,
+    seen: u64,
+    end: End,
+}
 /// Plausible refcounts are below this (python-heap.md §4).
 const MAX_REFCNT: u64 = 1 << 40;
 
@@ -164,7 +175,7 @@ pub fn take_census(mem: &impl ReadMemory, interp: &Interpreter, bounds: &Bounds)
         if bound.is_some() {
             break;
         }
-        let mut retries = 0;
+        let (mut retries, mut best): (u32, Option<Walk>) = (0, None);
         loop {
             let (mut tally, mut found, mut bad, mut seen) = (Tally::new(), Vec::new(), Invalid::default(), 0u64);
             let end = walk::walk_list(&mem, head, layout.heap.gc.head_size, bounds.max_objects + 1, |node| {
@@ -196,13 +207,24 @@ pub fn take_census(mem: &impl ReadMemory, interp: &Interpreter, bounds: &Bounds)
                 }
                 true
             });
-            let complete = end == End::Complete;
-            if end == End::Broken && retries < RETRIES && bound.is_none() {
+            // Of the walks of a list that keeps breaking, the longest is the best view of it.
+            let walk = Walk { tally, found, bad, seen, end };
+            if best.as_ref().is_none_or(|b| walk.end == End::Complete || walk.seen > b.seen) {
+                best = Some(walk);
+            }
+            let pause = RETRY_PAUSE * 4u32.pow(retries);
+            if end == End::Broken
+                && retries < RETRIES
+                && bound.is_none()
+                && started.elapsed() + pause < bounds.max_duration
+            {
+                // A collection splices lists for a while: give it time, and read fresh pages.
                 retries += 1;
+                std::thread::sleep(pause);
                 mem.clear();
                 continue;
             }
-            // Keep what this (last) walk saw, complete or not.
+            let Some(Walk { tally, found, bad, seen, end }) = best.take() else { break };
             invalid.types += bad.types;
             invalid.refcounts += bad.refcounts;
             if end == End::Broken {
@@ -215,6 +237,7 @@ pub fn take_census(mem: &impl ReadMemory, interp: &Interpreter, bounds: &Bounds)
             }
             pending.extend(found);
             objects += seen;
+            let complete = end == End::Complete;
             lists.push(ListWalk { generation: name.to_string(), objects: seen, complete, retries });
             break;
         }

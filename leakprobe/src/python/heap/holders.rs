@@ -130,7 +130,7 @@ impl<'t, 'l, M: ReadMemory> HolderSearch<'t, 'l, M> {
                 if self.types.types[t].flags & super::types::HEAPTYPE != 0 && self.types.types[t].kind == Kind::Other {
                     // An instance of a class: its attributes (`module.obj.attr`).
                     let info = &self.types.types[t];
-                    if let Some(at) = instances::locate(self.mem, self.layout, &info, value) {
+                    if let Some(at) = instances::locate(self.mem, self.layout, info, value) {
                         for (name, v) in instances::items(self.mem, self.layout, at, MAX_NAMES) {
                             if let Some(attr) = read_str(self.mem, &self.layout.objects.str, name) {
                                 holders.extend(self.holder(format!("{path}.{attr}"), v));
