@@ -14,16 +14,15 @@ use leakprobe_common::AllocFunction;
 use tokio::time::MissedTickBehavior;
 
 use crate::{
-    census_history::{self, sampler::CensusSampler},
-    python::heap::Interpreter,
-    symbolize::{Frame, FrameKind},
     accounting::Accounting,
     advice::{StackAdvisor, TargetSources},
     aggregate::{LowWater, Recording},
+    census_history::{self, sampler::CensusSampler},
     cgroup,
     kernel::TableSizes,
     loader::{self, Probes},
     process_memory,
+    python::heap::Interpreter,
     python::{self, resolver::PythonResolver, runtime::PythonRuntime},
     report::{
         build::{self, NamedStack},
@@ -33,6 +32,7 @@ use crate::{
     sampling_loop::{self, Event, Ticks},
     stack_names::{StackNamer, StackView},
     symbolize::NativeSymbolizer,
+    symbolize::{Frame, FrameKind},
     target::{self, Target},
     verdict::VerdictConfig,
     windows::{self, Windows},

@@ -3,7 +3,9 @@
 //! once, small dicts (< 512 B each: pymalloc's size classes) and 2 KiB buffers from libc's
 //! `malloc` called through ctypes (no Python object ever holds them), while two look-alike
 //! endpoints do the same work and give everything back. On every CPython target the ctypes leak is
-//! the fastest growing flagged place, the small-dict leak's line is flagged (or, on LTO+PGO builds
+//! the fastest growing flagged place, the heap census names the list that keeps the small dicts as
+//! the top growing container with the line that appends to it, the small-dict leak's line is
+//! flagged among the allocation stacks (or, on LTO+PGO builds
 //! whose inlined allocator no probe sees, the report says small objects go unseen), and nothing is
 //! flagged at the look-alikes' lines.
 //!
@@ -100,6 +102,24 @@ fn check_small_leaks(target: CPython, port: u16) {
         places.first(),
         Some(&ctypes_buffers),
         "Python {version}: the ctypes malloc leak is not the fastest growing flagged place\n{seen}"
+    );
+    // What keeps the small dicts is named by the heap census on every build, LTO or not: the
+    // module-level list, first among the growing containers, with the line that appends to it.
+    let holders: Vec<String> = report
+        .holders
+        .iter()
+        .filter(|h| h.flagged)
+        .map(|h| {
+            format!("{} ({}, {:.0} B/s, line {:?}): {}", h.path, h.type_name, h.growth_bytes_per_sec, h.line, h.reason)
+        })
+        .collect();
+    let top_holder = report.holders.first().filter(|h| h.flagged);
+    assert_eq!(
+        top_holder.map(|h| (h.path.as_str(), h.line)),
+        Some(("__main__._RECENT_VIEWS", Some(line_of(APP, "# LEAK-SMALL-DICT") as u32))),
+        "Python {version}: the list keeping the small dicts is not the top growing container with its line\n\
+         flagged holders: {holders:#?}\ncensus: {:?}\n{seen}",
+        report.census
     );
     // LTO+PGO builds inline pymalloc's fast path: there the small dicts' allocations mostly never
     // reach a probe (the heap census of issue 13 is what names that leak); the report must say so.

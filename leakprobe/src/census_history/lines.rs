@@ -19,7 +19,9 @@ pub fn module_file<'a>(holder: &str, files: &'a [String], main_script: Option<&'
         let as_path = module.join("/");
         let found = files.iter().find(|f| {
             let f = f.as_str();
-            f.ends_with(&format!("/{as_path}.py")) || f.ends_with(&format!("/{as_path}/__init__.py")) || f == format!("{as_path}.py")
+            f.ends_with(&format!("/{as_path}.py"))
+                || f.ends_with(&format!("/{as_path}/__init__.py"))
+                || f == format!("{as_path}.py")
         });
         if let Some(f) = found {
             return Some(f.as_str());
@@ -41,10 +43,14 @@ pub fn inserting_line(source: &str, name: &str) -> Option<(u32, String)> {
         r"(^|[^\w.])(self\.|cls\.|\w+\.)?{name}\s*(\.\s*(append|appendleft|extend|extendleft|add|update|setdefault|insert|put|put_nowait)\s*\(|\[[^\]\n]*\]\s*=[^=]|\+=|\|=)"
     ))
     .ok()?;
-    source.lines().enumerate().find(|(_, line)| {
-        let code = line.split('#').next().unwrap_or("");
-        insert.is_match(code)
-    }).map(|(i, line)| (i as u32 + 1, line.trim().to_string()))
+    source
+        .lines()
+        .enumerate()
+        .find(|(_, line)| {
+            let code = line.split('#').next().unwrap_or("");
+            insert.is_match(code)
+        })
+        .map(|(i, line)| (i as u32 + 1, line.trim().to_string()))
 }
 
 #[cfg(test)]

@@ -150,7 +150,8 @@ pub fn report_parts(
     };
     let mut holders = history.holders(cfg);
     for h in holders.iter_mut().filter(|h| h.flagged) {
-        let (Some(file), Some(name)) = (lines::module_file(&h.path, files, main_script), lines::holder_name(&h.path)) else {
+        let (Some(file), Some(name)) = (lines::module_file(&h.path, files, main_script), lines::holder_name(&h.path))
+        else {
             continue;
         };
         let Some(source) = sources.read(file) else { continue };
@@ -184,7 +185,12 @@ fn judge(times: &[f64], s: &Series, cfg: &VerdictConfig) -> Judged {
         times.iter().zip(&counts).filter(|(_, c)| c.is_finite()).map(|(&t, &c)| (t, c)).unzip();
     let count_per_sec = trend::trend(&t, &c).map_or(f64::NAN, |tr| tr.slope);
     let points = |values: &[f64]| {
-        times.iter().zip(values).filter(|(_, v)| v.is_finite()).map(|(&t, &v)| CountPoint { t_secs: t, value: v }).collect()
+        times
+            .iter()
+            .zip(values)
+            .filter(|(_, v)| v.is_finite())
+            .map(|(&t, &v)| CountPoint { t_secs: t, value: v })
+            .collect()
     };
     Judged {
         count_series: points(&counts),
@@ -242,7 +248,10 @@ mod tests {
             // filled in the first five censuses and stays at its bound.
             let bounded = (i.min(5)) * 100;
             let noise = (i * 7919) % 13;
-            h.push(i as f64 * 2.0, &census(&[("app.views", i * 40, i * 12_000 + noise), ("app.cache", bounded, bounded * 300)]));
+            h.push(
+                i as f64 * 2.0,
+                &census(&[("app.views", i * 40, i * 12_000 + noise), ("app.cache", bounded, bounded * 300)]),
+            );
         }
         let holders = h.holders(&VerdictConfig::default());
         assert_eq!(holders[0].path, "app.views");

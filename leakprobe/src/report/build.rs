@@ -43,7 +43,8 @@ pub struct Context {
     /// `Accounting::Sampled`: the stacks whose series are sampled live objects (empty otherwise).
     pub object_stacks: HashSet<u64>,
     /// `Accounting::Sampled`: how the samples were judged.
-    pub sample_liveness: Option<SampleLiveness>,    /// The heap censuses and what they found (judged, and the holders' lines found, by the caller).
+    pub sample_liveness: Option<SampleLiveness>,
+    /// The heap censuses and what they found (judged, and the holders' lines found, by the caller).
     pub census: Option<super::CensusSummary>,
     pub holders: Vec<super::HolderReport>,
     pub types: Vec<super::TypeReport>,

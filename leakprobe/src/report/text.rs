@@ -78,6 +78,8 @@ fn render_raw(report: &Report) -> String {
     }
     let _ = writeln!(out);
 
+    write_holders(&mut out, report);
+
     // Allocation stacks say who keeps the memory; memory-syscall stacks only where the heap grows,
     // so they get a section of their own unless they are all there is.
     let (allocations, syscalls) = report.growing_stacks();
@@ -191,6 +193,77 @@ fn write_stack(out: &mut String, rank: usize, s: &StackReport) {
     }
 }
 
+/// The heap census's answer, first: the containers that keep growing, the line that adds to each,
+/// and the types that grow.
+fn write_holders(out: &mut String, report: &Report) {
+    let Some(census) = &report.census else { return };
+    let flagged: Vec<_> = report.holders.iter().filter(|h| h.flagged).collect();
+    let growing_types: Vec<_> = report.types.iter().filter(|t| t.flagged).collect();
+    if flagged.is_empty() && growing_types.is_empty() {
+        let why = census.error.as_deref().map(|e| format!(": no census ({e})")).unwrap_or_default();
+        let _ = writeln!(
+            out,
+            "WHAT HOLDS THE MEMORY: no container or type grows ({} heap censuses){why}\n",
+            census.censuses
+        );
+        return;
+    }
+    if !flagged.is_empty() {
+        let _ = writeln!(
+            out,
+            "WHAT HOLDS THE MEMORY ({} growing container{}, from {} heap censuses), fastest first:",
+            flagged.len(),
+            if flagged.len() == 1 { "" } else { "s" },
+            census.censuses
+        );
+    }
+    for (i, h) in flagged.iter().enumerate() {
+        let now = |series: &[super::CountPoint]| series.last().map_or(0.0, |p| p.value);
+        let _ = writeln!(
+            out,
+            "  #{} {} ({}): {:+.1} items/s, +{}/min; now {:.0} items retaining {}",
+            i + 1,
+            truncate(&h.path, 100),
+            h.type_name,
+            h.growth_items_per_sec,
+            human_bytes(h.growth_bytes_per_sec * 60.0),
+            now(&h.length_series),
+            human_bytes(now(&h.retained_bytes_series))
+        );
+        let _ = writeln!(out, "    why: {}", h.reason);
+        match (&h.file, h.line) {
+            (Some(file), Some(line)) => {
+                let _ = writeln!(out, "    added at {file}:{line}");
+                match &h.advice {
+                    Some(advice) => crate::advice::scan::write_advice(out, "    ", advice),
+                    None => {
+                        let _ = writeln!(out, "        {}", h.code.as_deref().unwrap_or(""));
+                    }
+                }
+            }
+            _ => {
+                let _ = writeln!(out, "    (no line adding to it found in its module's source)");
+            }
+        }
+    }
+    if !growing_types.is_empty() {
+        let listed: Vec<String> = growing_types
+            .iter()
+            .take(6)
+            .map(|t| {
+                format!(
+                    "{} {:+.1}/s ({}/min)",
+                    t.name,
+                    t.growth_objects_per_sec,
+                    human_bytes(t.growth_bytes_per_sec * 60.0)
+                )
+            })
+            .collect();
+        let _ = writeln!(out, "  growing types (GC-tracked objects): {}", listed.join(", "));
+    }
+    let _ = writeln!(out);
+}
+
 fn frame_line(f: &Frame) -> String {
     let location = match (&f.file, f.line) {
         (Some(file), Some(line)) => format!("  {file}:{line}"),
@@ -213,6 +286,37 @@ fn truncate(s: &str, max: usize) -> String {
 mod tests {
     use super::*;
     use crate::report::sample;
+
+    #[test]
+    fn the_growing_container_and_its_line_come_before_the_stacks() {
+        use crate::report::{CensusSummary, CountPoint, HolderReport};
+        let mut report = sample::leaking();
+        let points = |per: f64| (0..10).map(|i| CountPoint { t_secs: i as f64, value: per * i as f64 }).collect();
+        report.census = Some(CensusSummary { censuses: 10, truncated: 0, elapsed_secs: 0.5, error: None });
+        report.holders = vec![HolderReport {
+            path: "__main__._SESSIONS\u{1b}[2J".into(),
+            type_name: "dict".into(),
+            length_series: points(40.0),
+            retained_bytes_series: points(12_000.0),
+            growth_bytes_per_sec: 12_000.0,
+            growth_items_per_sec: 40.0,
+            flagged: true,
+            reason: "still growing".into(),
+            file: Some("/srv/app/main.py".into()),
+            line: Some(18),
+            code: Some("_SESSIONS[session_id] = payload".into()),
+            advice: None,
+        }];
+        let text = render(&report);
+        let holder = text.find("#1 __main__._SESSIONS").expect(&text);
+        assert!(holder < text.find("GROWING STACKS").unwrap(), "{text}");
+        assert!(text.contains("+40.0 items/s") && text.contains("now 360 items"), "{text}");
+        assert!(text.contains("added at /srv/app/main.py:18\n        _SESSIONS[session_id] = payload"), "{text}");
+        // A name from the target cannot reach the terminal with its control characters.
+        assert!(!text.contains('\u{1b}'), "{text}");
+        // Old reports (no census) have no such section.
+        assert!(!render(&sample::leaking()).contains("WHAT HOLDS THE MEMORY"));
+    }
 
     #[test]
     fn a_flagged_stack_says_what_kind_of_leak_and_the_fix() {
