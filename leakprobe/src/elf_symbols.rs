@@ -34,10 +34,12 @@ fn read_function_offsets(path: &Path, names: &[&str]) -> Result<(HashMap<String,
 }
 
 /// Whether the ELF at `path` keeps its `.symtab` (static symbols): distribution builds strip it.
+/// Reads the section headers only, not the file (an interpreter is tens of megabytes).
 pub fn has_symbol_table(path: &Path) -> Result<bool> {
-    let data = fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
-    let file = object::File::parse(&*data).with_context(|| format!("{} is not an ELF file", path.display()))?;
-    Ok(file.section_by_name(".symtab").is_some())
+    let file = fs::File::open(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let cache = object::ReadCache::new(file);
+    let elf = object::File::parse(&cache).with_context(|| format!("{} is not an ELF file", path.display()))?;
+    Ok(elf.section_by_name(".symtab").is_some())
 }
 
 /// Virtual addresses of the defined symbols (of any kind: functions and data) among `names`,
@@ -141,6 +143,14 @@ mod tests {
         assert_eq!(file_offset(&segs, 0x1010), Some(0x10));
         assert_eq!(file_offset(&segs, 0x400020), Some(0x3020));
         assert_eq!(file_offset(&segs, 0x9000), None);
+    }
+
+    #[test]
+    fn the_symbol_table_is_found_without_reading_the_file() {
+        // The test binary is built with its symbols.
+        let exe = std::env::current_exe().unwrap();
+        assert!(has_symbol_table(&exe).unwrap());
+        assert!(has_symbol_table(Path::new("/proc/self/status")).is_err());
     }
 
     #[test]

@@ -133,7 +133,6 @@ pub async fn record(opts: RecordOptions) -> Result<Report> {
     let target = Target::inspect(pid)?;
     // Opened now: the report's advice reads the sources even if the target has exited by then.
     let mut advisor = StackAdvisor::new(TargetSources::of_process(pid));
-    let sources = TargetSources::of_process(pid);
     let mut warnings = Vec::new();
     let python = match python::runtime::detect(&target) {
         Ok(python) => python,
@@ -267,7 +266,7 @@ pub async fn record(opts: RecordOptions) -> Result<Report> {
     if let Some((history, error)) = census {
         let (files, main_script) = python_files(named.values().map(|n| &n.stack.frames[..]));
         let (summary, holders, types) =
-            census_history::report_parts(&history, error, &ctx.verdict, &files, main_script.as_deref(), &sources);
+            census_history::report_parts(&history, error, &ctx.verdict, &files, main_script.as_deref(), &mut advisor);
         ctx.census = Some(summary);
         ctx.holders = holders;
         ctx.types = types;

@@ -87,6 +87,17 @@ impl StackAdvisor {
         module
     }
 
+    /// The advice covering `line` of `file` (as `advice::advise` picks it), from the module cache
+    /// the stacks' advice reads.
+    pub fn advise_line(&mut self, file: &str, line: u32) -> Option<Advice> {
+        super::covering(self.module(file)?.all.iter().cloned(), line)
+    }
+
+    /// The source of `file`, from the same cache; `None` when it cannot be read or parsed.
+    pub fn source(&mut self, file: &str) -> Option<Arc<str>> {
+        self.module(file).map(|m| m.source.clone())
+    }
+
     /// The advice for a stack whose frames are `frames` (innermost first); `None` when no frame's
     /// code matches a pattern (or no source can be read).
     pub fn advise(&mut self, frames: &[Frame]) -> Option<StackAdvice> {

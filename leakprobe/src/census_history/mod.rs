@@ -140,7 +140,7 @@ pub fn report_parts(
     cfg: &VerdictConfig,
     files: &[String],
     main_script: Option<&str>,
-    sources: &crate::advice::TargetSources,
+    advisor: &mut crate::advice::StackAdvisor,
 ) -> (CensusSummary, Vec<HolderReport>, Vec<TypeReport>) {
     let summary = CensusSummary {
         censuses: history.times.len(),
@@ -154,9 +154,9 @@ pub fn report_parts(
         else {
             continue;
         };
-        let Some(source) = sources.read(file) else { continue };
+        let Some(source) = advisor.source(file) else { continue };
         if let Some((line, code)) = lines::inserting_line(&source, name) {
-            h.advice = crate::advice::advise(&source, line);
+            h.advice = advisor.advise_line(file, line);
             h.file = Some(file.to_string());
             h.line = Some(line);
             h.code = Some(code);
