@@ -253,6 +253,7 @@ mod tests {
             length: 5000,
             retained_objects: 5001,
             retained_bytes: 300_000,
+            ..Default::default()
         });
         let text = render_census(42, "3.11.7", &c, 2);
         assert!(text.contains("__main__.?]0;LEAKS") && text.contains("5001"), "{text}");

@@ -169,7 +169,28 @@ fn heap_fields(minor: u32) -> Vec<(&'static str, &'static str)> {
         ("type.dict", "offsetof(PyTypeObject, tp_dict)"),
         ("type.dictoffset", "offsetof(PyTypeObject, tp_dictoffset)"),
         ("type.cached_keys", "offsetof(PyHeapTypeObject, ht_cached_keys)"),
+        ("refs.func_code", "offsetof(PyFunctionObject, func_code)"),
+        ("refs.func_qualname", "offsetof(PyFunctionObject, func_qualname)"),
+        ("refs.func_defaults", "offsetof(PyFunctionObject, func_defaults)"),
+        ("refs.func_kwdefaults", "offsetof(PyFunctionObject, func_kwdefaults)"),
+        ("refs.func_closure", "offsetof(PyFunctionObject, func_closure)"),
+        ("refs.cell_ref", "offsetof(PyCellObject, ob_ref)"),
+        ("refs.method_func", "offsetof(PyMethodObject, im_func)"),
+        ("refs.method_self", "offsetof(PyMethodObject, im_self)"),
+        ("refs.code_argcount", "offsetof(PyCodeObject, co_argcount)"),
+        ("refs.type_members", "offsetof(PyTypeObject, tp_members)"),
+        ("refs.member_size", "sizeof(PyMemberDef)"),
+        ("refs.member_type", "offsetof(PyMemberDef, type)"),
+        ("refs.member_offset", "offsetof(PyMemberDef, offset)"),
+        ("refs.member_object", "T_OBJECT_EX"),
     ];
+    if minor == 10 {
+        f.push(("refs.code_names", "offsetof(PyCodeObject, co_varnames)"));
+        f.push(("refs.code_freevars", "offsetof(PyCodeObject, co_freevars)"));
+    } else {
+        f.push(("refs.code_names", "offsetof(PyCodeObject, co_localsplusnames)"));
+        f.push(("refs.code_freevars", "0"));
+    }
     if minor >= 13 {
         f.push(("instance.valid", "offsetof(PyDictValues, valid)"));
     }
@@ -281,6 +302,27 @@ fn render_heap(minor: u32, v: &BTreeMap<String, u64>) -> Result<String> {
             // Not in the installed headers: python-heap.md §11.2 (the same in 3.10–3.14, verified live).
             deque: DequeLayout {{ left_block: 24, left_index: 40, block_data: 8, block_items: 64, block_right: 520 }},
         }},
+        refs: RefLayout {{
+            func_code: {},
+            func_qualname: {},
+            func_defaults: {},
+            func_kwdefaults: {},
+            func_closure: {},
+            cell_ref: {},
+            method_func: {},
+            method_self: {},
+            code_argcount: {},
+            code_names: {},
+            code_freevars: {},
+            // Not in the installed headers: python-heap.md §11.1 (the same in 3.10–3.14, verified live).
+            lru_cache_dict: 72,
+            lru_cache_func: 88,
+            type_members: {},
+            member_size: {},
+            member_type: {},
+            member_offset: {},
+            member_object: {},
+        }},
     }}",
         get("heap.interp_gc")?,
         get("heap.interp_modules")?,
@@ -318,6 +360,22 @@ fn render_heap(minor: u32, v: &BTreeMap<String, u64>) -> Result<String> {
         get("containers.set_used")?,
         get("containers.set_mask")?,
         get("containers.set_table")?,
+        get("refs.func_code")?,
+        get("refs.func_qualname")?,
+        get("refs.func_defaults")?,
+        get("refs.func_kwdefaults")?,
+        get("refs.func_closure")?,
+        get("refs.cell_ref")?,
+        get("refs.method_func")?,
+        get("refs.method_self")?,
+        get("refs.code_argcount")?,
+        get("refs.code_names")?,
+        get("refs.code_freevars")?,
+        get("refs.type_members")?,
+        get("refs.member_size")?,
+        get("refs.member_type")?,
+        get("refs.member_offset")?,
+        get("refs.member_object")?,
     ))
 }
 
@@ -326,7 +384,7 @@ fn c_program(minor: u32) -> String {
     let mut c = String::from(
         "#define Py_BUILD_CORE 1\n#include <Python.h>\n#include <frameobject.h>\n#include <stdio.h>\n#include <stddef.h>\n\
          #include \"internal/pycore_runtime.h\"\n#include \"internal/pycore_interp.h\"\n\
-         #include \"internal/pycore_moduleobject.h\"\n",
+         #include \"internal/pycore_moduleobject.h\"\n#include \"structmember.h\"\n",
     );
     if minor >= 11 {
         c.push_str("#include \"internal/pycore_frame.h\"\n#include \"internal/pycore_dict.h\"\n");

@@ -30,9 +30,13 @@ pub fn module_file<'a>(holder: &str, files: &'a [String], main_script: Option<&'
     None
 }
 
-/// The name code uses for the holder: its last attribute, without subscripts.
+/// The name code uses for the holder: its last attribute, without subscripts; a default
+/// argument's parameter (`module.lookup(_cache=)`).
 pub fn holder_name(holder: &str) -> Option<&str> {
     let path = holder.split('[').next().unwrap_or(holder);
+    if let Some(param) = path.strip_suffix("=)").and_then(|p| p.rsplit_once('(')).map(|(_, param)| param) {
+        return Some(param).filter(|n| !n.is_empty() && n.chars().all(|c| c.is_alphanumeric() || c == '_'));
+    }
     path.rsplit('.').next().filter(|n| !n.is_empty() && n.chars().all(|c| c.is_alphanumeric() || c == '_'))
 }
 
@@ -80,5 +84,8 @@ mod tests {
         assert_eq!(inserting_line("seen |= {1}\n", "seen").map(|l| l.0), Some(1));
         assert_eq!(holder_name("app.Hub.subs['updates']"), Some("subs"));
         assert_eq!(holder_name("app.x\"; rm"), None);
+        assert_eq!(holder_name("app.lookup(_cache=)"), Some("_cache"));
+        assert_eq!(holder_name("app.lookup(_cache=)['k']"), Some("_cache"));
+        assert_eq!(holder_name("app.make.<locals>.seen"), Some("seen"));
     }
 }

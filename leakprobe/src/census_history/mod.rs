@@ -33,6 +33,9 @@ pub struct CensusHistory {
 #[derive(Debug, Default, Clone)]
 struct Series {
     type_name: String,
+    /// Holders: their module's `__file__`, and where the code that fills them is defined.
+    module_file: Option<String>,
+    defined_at: Option<(String, u32)>,
     /// Items (holders) or objects (types), NaN where this census did not see it.
     counts: Vec<f64>,
     bytes: Vec<f64>,
@@ -66,6 +69,12 @@ impl CensusHistory {
         for h in &census.holders {
             let series = self.holders.entry(h.path.clone()).or_default();
             series.type_name.clone_from(&h.type_name);
+            if h.module_file.is_some() {
+                series.module_file.clone_from(&h.module_file);
+            }
+            if h.defined_at.is_some() {
+                series.defined_at.clone_from(&h.defined_at);
+            }
             series.set(index, h.length, h.retained_bytes);
         }
         for t in &census.types {
@@ -150,14 +159,26 @@ pub fn report_parts(
     };
     let mut holders = history.holders(cfg);
     for h in holders.iter_mut().filter(|h| h.flagged) {
-        let (Some(file), Some(name)) = (lines::module_file(&h.path, files, main_script), lines::holder_name(&h.path))
-        else {
-            continue;
+        let series = history.holders.get(&h.path);
+        let found = match series.and_then(|s| s.defined_at.clone()) {
+            // An lru_cache: the decorated function's first line (its decorator) is what fills it.
+            Some((file, line)) => advisor.source(&file).and_then(|source| {
+                let code = source.lines().nth(line.checked_sub(1)? as usize)?.trim().to_string();
+                Some((file, line, code))
+            }),
+            None => {
+                let module = series.and_then(|s| s.module_file.clone()).filter(|_| !h.path.starts_with("__main__."));
+                let file = module
+                    .filter(|f| advisor.source(f).is_some())
+                    .or_else(|| lines::module_file(&h.path, files, main_script).map(str::to_string));
+                let (Some(file), Some(name)) = (file, lines::holder_name(&h.path)) else { continue };
+                let Some(source) = advisor.source(&file) else { continue };
+                lines::inserting_line(&source, name).map(|(line, code)| (file, line, code))
+            }
         };
-        let Some(source) = advisor.source(file) else { continue };
-        if let Some((line, code)) = lines::inserting_line(&source, name) {
-            h.advice = advisor.advise_line(file, line);
-            h.file = Some(file.to_string());
+        if let Some((file, line, code)) = found {
+            h.advice = advisor.advise_line(&file, line);
+            h.file = Some(file);
             h.line = Some(line);
             h.code = Some(code);
         }
@@ -235,6 +256,7 @@ mod tests {
                 length,
                 retained_objects: length,
                 retained_bytes: bytes,
+                ..Default::default()
             })
             .collect();
         c

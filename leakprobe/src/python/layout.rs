@@ -153,6 +153,44 @@ pub struct HeapLayout {
     pub gc: GcLayout,
     pub types: TypeLayout,
     pub containers: ContainerLayout,
+    pub refs: RefLayout,
+}
+
+/// The references a holder search follows out of functions (defaults, closures), cells, bound
+/// methods and `functools.lru_cache` wrappers, and the code fields that name them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RefLayout {
+    /// `PyFunctionObject`: `func_code`, `func_defaults` (a tuple), `func_kwdefaults` (a dict),
+    /// `func_closure` (a tuple of cells).
+    pub func_code: u64,
+    pub func_qualname: u64,
+    pub func_defaults: u64,
+    pub func_kwdefaults: u64,
+    pub func_closure: u64,
+    /// `PyCellObject.ob_ref`.
+    pub cell_ref: u64,
+    /// `PyMethodObject`: `im_func`, `im_self`.
+    pub method_func: u64,
+    pub method_self: u64,
+    /// `co_argcount` (an int).
+    pub code_argcount: u64,
+    /// The tuple of the code's local names: `co_varnames` (3.10), `co_localsplusnames` (3.11+,
+    /// where the free variables are its last entries).
+    pub code_names: u64,
+    /// `co_freevars` (a tuple, 3.10); 0 where the free variables end `code_names`.
+    pub code_freevars: u64,
+    /// `lru_cache_object.cache` and `.func` (Modules/_functoolsmodule.c, not in the installed
+    /// headers: python-heap.md §11.1, the same in 3.10–3.14, verified live).
+    pub lru_cache_dict: u64,
+    pub lru_cache_func: u64,
+    /// `tp_members` (a class's `__slots__` are members there) and `PyMemberDef`: its size, and
+    /// where its `type` and `offset` are; members of type `T_OBJECT_EX` (`member_object`) hold
+    /// an object pointer at `offset` in the instance.
+    pub type_members: u64,
+    pub member_size: u64,
+    pub member_type: u64,
+    pub member_offset: u64,
+    pub member_object: u64,
 }
 
 /// `struct _gc_runtime_state` and the `PyGC_Head` in front of every tracked object.

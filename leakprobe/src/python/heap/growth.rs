@@ -110,6 +110,7 @@ mod tests {
             length,
             retained_objects: length + 1,
             retained_bytes: length * 100,
+            ..Default::default()
         };
         let mut g = Growth::new();
         let mut c = census(&[]);

@@ -1,29 +1,24 @@
-//! Which containers hold the heap: from `sys.modules` (every module's dict, and the dicts of the
-//! classes defined there), each list, dict, set or deque reached gets a path (`module.name`,
-//! `module.Class.attr`, `module.obj.attr`), its length, and the objects first reached through
-//! it (what it retains, through lists, tuples, dicts, sets and instance attributes).
+//! Which containers hold the heap: from `sys.modules`, every module's names are followed into the
+//! classes defined there, module-level instances (and the instances they hold, a few levels
+//! down: `app.state._state`), functions' default arguments and closure variables, and
+//! `functools.lru_cache` wrappers. Each list, dict, set or deque reached gets a path a person
+//! reads as Python (`module.name`, `module.Class.attr`, `module.obj.attr['key']`,
+//! `module.lookup(_cache=)`, `module.make.<locals>.seen`, `module.Class.method.<lru_cache>`),
+//! its length, and the objects first reached through it (what it retains: `referents`).
 //! Bounded by the objects visited and by a deadline; shared objects count for the first holder
 //! that reaches them.
 
-use std::{
-    collections::{HashSet, VecDeque},
-    time::Instant,
-};
+use std::collections::{HashMap, HashSet};
+use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
 
 use super::{
     dicts, instances,
-    types::{Kind, TypeTable, HAVE_GC},
+    types::{Kind, TypeTable},
 };
-use crate::python::{
-    layout::Layout,
-    memory::{read_large, ReadMemory},
-    objects::read_str,
-};
+use crate::python::{layout::Layout, memory::ReadMemory, objects::read_str};
 
-/// Entries read of one container while walking it; more are left out (and the walk says so).
-const MAX_ITEMS: u64 = 1 << 20;
 /// Modules, and attributes per namespace, looked at.
 const MAX_NAMES: u64 = 1 << 16;
 /// Dicts of at most this many entries have their container values named (`d['key']`), this
@@ -31,8 +26,12 @@ const MAX_NAMES: u64 = 1 << 16;
 const MAX_NESTED_KEYS: u64 = 64;
 const MAX_NESTING: u32 = 3;
 const MAX_KEY_CHARS: usize = 64;
+/// How far below a module the names are followed through classes, instances and functions.
+const MAX_DEPTH: u32 = 3;
+/// Namespaces (classes, instances, functions) opened, over all modules.
+const MAX_NAMESPACES: usize = 50_000;
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Holder {
     /// `module.name` or `module.Class.attr`; names come from the target (untrusted).
     pub path: String,
@@ -43,6 +42,14 @@ pub struct Holder {
     /// Objects first reached through it, itself included.
     pub retained_objects: u64,
     pub retained_bytes: u64,
+    /// The `__file__` of the module the path starts in, when it has one (a path in the
+    /// target's root).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub module_file: Option<String>,
+    /// Where the code that fills it is defined, when the holder says so itself: an
+    /// `lru_cache`'s decorated function (file, first line).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub defined_at: Option<(String, u32)>,
 }
 
 /// What stops a holder search.
@@ -55,18 +62,20 @@ pub struct HolderBounds {
 }
 
 pub struct HolderSearch<'t, 'l, M: ReadMemory> {
-    mem: &'t M,
-    layout: &'l Layout,
-    types: &'t mut TypeTable<'l>,
+    pub(super) mem: &'t M,
+    pub(super) layout: &'l Layout,
+    pub(super) types: &'t mut TypeTable<'l>,
     bounds: HolderBounds,
-    visited: HashSet<u64>,
+    /// Objects already counted for a holder.
+    pub(super) visited: HashSet<u64>,
+    /// Classes, instances and functions whose names were already followed.
+    namespaces: HashSet<u64>,
+    /// The `__file__` of the module being walked.
+    module_file: Option<String>,
+    /// Each class's `__slots__`: (name, offset in the instance).
+    pub(super) slots_by_type: HashMap<u64, Vec<(String, u64)>>,
     /// Whether a bound cut the search short.
     pub truncated: bool,
-}
-
-fn word(bytes: &[u8], at: u64) -> u64 {
-    let at = at as usize;
-    bytes.get(at..at + 8).map_or(0, |b| u64::from_le_bytes(b.try_into().unwrap_or_default()))
 }
 
 /// Attribute names that are the interpreter's plumbing, not the program's state.
@@ -76,20 +85,43 @@ fn is_dunder(name: &str) -> bool {
 
 impl<'t, 'l, M: ReadMemory> HolderSearch<'t, 'l, M> {
     pub fn new(mem: &'t M, layout: &'l Layout, types: &'t mut TypeTable<'l>, bounds: HolderBounds) -> Self {
-        HolderSearch { mem, layout, types, bounds, visited: HashSet::new(), truncated: false }
+        HolderSearch {
+            mem,
+            layout,
+            types,
+            bounds,
+            visited: HashSet::new(),
+            namespaces: HashSet::new(),
+            module_file: None,
+            slots_by_type: HashMap::new(),
+            truncated: false,
+        }
     }
 
-    fn out_of_bounds(&mut self) -> bool {
+    pub(super) fn out_of_bounds(&mut self) -> bool {
         if self.visited.len() as u64 >= self.bounds.max_objects || Instant::now() >= self.bounds.deadline {
             self.truncated = true;
         }
         self.truncated
     }
 
+    pub(super) fn read(&self, address: u64) -> u64 {
+        self.mem.read_u64(address).unwrap_or(0)
+    }
+
+    pub(super) fn kind(&mut self, object: u64) -> Option<(usize, Kind)> {
+        let t = self.types.resolve(self.mem, self.read(object.wrapping_add(8)))?;
+        Some((t, self.types.types[t].kind))
+    }
+
+    fn str_at(&self, object: u64) -> Option<String> {
+        read_str(self.mem, &self.layout.objects.str, object)
+    }
+
     /// (name, value) of a dict whose keys are strs (a namespace), bounded.
     fn names(&mut self, dict: u64) -> Vec<(String, u64)> {
         let items = dicts::dict_items(self.mem, &self.layout.heap.containers, dict, MAX_NAMES).unwrap_or_default();
-        items.into_iter().filter_map(|(k, v)| Some((read_str(self.mem, &self.layout.objects.str, k)?, v))).collect()
+        items.into_iter().filter_map(|(k, v)| Some((self.str_at(k)?, v))).collect()
     }
 
     /// Every holder reached from the modules of `sys.modules` (the dict at `modules`).
@@ -98,48 +130,20 @@ impl<'t, 'l, M: ReadMemory> HolderSearch<'t, 'l, M> {
         // `__main__` first: what the program itself keeps is named after it.
         modules.sort_by(|a, b| (a.0 != "__main__", &a.0).cmp(&(b.0 != "__main__", &b.0)));
         let mut holders = Vec::new();
-        let mut classes_seen = HashSet::new();
         for (module_name, module) in modules {
             if self.out_of_bounds() {
                 break;
             }
-            let Some(t) = self.types.resolve(self.mem, self.read(module + 8)) else { continue };
-            if self.types.types[t].kind != Kind::Module {
+            if self.kind(module).map(|k| k.1) != Some(Kind::Module) {
                 continue;
             }
             let md_dict = self.read(module + self.layout.heap.module_dict);
-            for (attr, value) in self.names(md_dict) {
-                if is_dunder(&attr) {
-                    continue;
+            let names = self.names(md_dict);
+            self.module_file = names.iter().find(|(n, _)| n == "__file__").and_then(|(_, f)| self.str_at(*f));
+            for (attr, value) in names {
+                if !is_dunder(&attr) {
+                    self.named(format!("{module_name}.{attr}"), value, 0, &mut holders);
                 }
-                let Some(t) = self.types.resolve(self.mem, self.read(value + 8)) else { continue };
-                let path = format!("{module_name}.{attr}");
-                if self.types.types[t].kind == Kind::Type {
-                    // A class: its attributes, once (a class imported elsewhere is the same one).
-                    let flags = self.read(value + self.layout.heap.types.flags);
-                    if flags & super::types::HEAPTYPE != 0 && classes_seen.insert(value) {
-                        let tp_dict = self.read(value + self.layout.heap.types.dict);
-                        for (class_attr, v) in self.names(tp_dict) {
-                            if !is_dunder(&class_attr) {
-                                holders.extend(self.holder(format!("{path}.{class_attr}"), v));
-                            }
-                        }
-                    }
-                    continue;
-                }
-                if self.types.types[t].flags & super::types::HEAPTYPE != 0 && self.types.types[t].kind == Kind::Other {
-                    // An instance of a class: its attributes (`module.obj.attr`).
-                    let info = &self.types.types[t];
-                    if let Some(at) = instances::locate(self.mem, self.layout, info, value) {
-                        for (name, v) in instances::items(self.mem, self.layout, at, MAX_NAMES) {
-                            if let Some(attr) = read_str(self.mem, &self.layout.objects.str, name) {
-                                holders.extend(self.holder(format!("{path}.{attr}"), v));
-                            }
-                        }
-                    }
-                    continue;
-                }
-                holders.extend(self.holder(path, value));
             }
         }
         holders.sort_by(|a, b| b.retained_bytes.cmp(&a.retained_bytes).then(a.path.cmp(&b.path)));
@@ -147,8 +151,148 @@ impl<'t, 'l, M: ReadMemory> HolderSearch<'t, 'l, M> {
         holders
     }
 
-    fn read(&self, address: u64) -> u64 {
-        self.mem.read_u64(address).unwrap_or(0)
+    /// The holders at and below the object `value` named `path`, `depth` levels below a module.
+    fn named(&mut self, path: String, value: u64, depth: u32, holders: &mut Vec<Holder>) {
+        let Some((t, kind)) = self.kind(value) else { return };
+        let flags = match kind {
+            // A class's own flags say whether it is one (its type's are type's).
+            Kind::Type => self.read(value + self.layout.heap.types.flags),
+            _ => self.types.types[t].flags,
+        };
+        let heap_type = flags & super::types::HEAPTYPE != 0;
+        let opens = matches!(kind, Kind::Type | Kind::Function | Kind::LruCache) || (kind == Kind::Other && heap_type);
+        if opens && (depth >= MAX_DEPTH || self.namespaces.len() >= MAX_NAMESPACES || !self.namespaces.insert(value)) {
+            return;
+        }
+        match kind {
+            // A class: its attributes, once (a class imported elsewhere is the same one).
+            Kind::Type if heap_type => {
+                let tp_dict = self.read(value + self.layout.heap.types.dict);
+                for (attr, v) in self.names(tp_dict) {
+                    if !is_dunder(&attr) {
+                        self.named(format!("{path}.{attr}"), v, depth + 1, holders);
+                    }
+                }
+            }
+            Kind::Function => self.function(&path, value, depth, holders),
+            Kind::LruCache => {
+                let cache = self.read(value + self.layout.heap.refs.lru_cache_dict);
+                let defined_at = self.definition(self.read(value + self.layout.heap.refs.lru_cache_func));
+                let start = holders.len();
+                holders.extend(self.holder(format!("{path}.<lru_cache>"), cache));
+                for h in &mut holders[start..] {
+                    h.defined_at.clone_from(&defined_at);
+                }
+            }
+            // An instance of a class: its attributes (`module.obj.attr`), and theirs below.
+            Kind::Other if heap_type => {
+                let attrs = self.attributes(t, value);
+                for (attr, v) in attrs {
+                    if !is_dunder(&attr) {
+                        self.named(format!("{path}.{attr}"), v, depth + 1, holders);
+                    }
+                }
+            }
+            _ => holders.extend(self.holder(path, value)),
+        }
+    }
+
+    /// A function's default arguments (`f(name=)`), keyword-only defaults and closure variables
+    /// (`enclosing.<locals>.name`, as Python names the enclosing function's locals).
+    fn function(&mut self, path: &str, function: u64, depth: u32, holders: &mut Vec<Holder>) {
+        let r = &self.layout.heap.refs;
+        let (code, defaults, kwdefaults, closure) = (
+            self.read(function + r.func_code),
+            self.read(function + r.func_defaults),
+            self.read(function + r.func_kwdefaults),
+            self.read(function + r.func_closure),
+        );
+        let names = self.tuple_strs(self.read(code + r.code_names));
+        let argcount = (self.read(code + r.code_argcount) as u32) as usize;
+        let defaults = self.tuple_items(defaults);
+        for (i, value) in defaults.iter().enumerate() {
+            let param = (argcount + i).checked_sub(defaults.len()).and_then(|at| names.get(at).cloned());
+            let param = param.unwrap_or_else(|| format!("<default {i}>"));
+            self.named(format!("{path}({param}=)"), *value, depth + 1, holders);
+        }
+        if kwdefaults != 0 && self.kind(kwdefaults).map(|k| k.1) == Some(Kind::Dict) {
+            for (param, value) in self.names(kwdefaults) {
+                self.named(format!("{path}({param}=)"), value, depth + 1, holders);
+            }
+        }
+        let cells = self.tuple_items(closure);
+        if cells.is_empty() {
+            return;
+        }
+        let free = if r.code_freevars != 0 { self.tuple_strs(self.read(code + r.code_freevars)) } else { names };
+        // The free variables are the last names (3.11+) or the whole co_freevars tuple (3.10).
+        let free = &free[free.len().saturating_sub(cells.len())..];
+        let qualname = self.str_at(self.read(function + self.layout.heap.refs.func_qualname));
+        let scope = qualname
+            .as_deref()
+            .and_then(|q| q.rfind(".<locals>.").map(|at| &q[..at + ".<locals>".len()]))
+            .map(|scope| match path.rsplit_once('.') {
+                Some((module_or_owner, _)) if depth == 0 => format!("{module_or_owner}.{scope}"),
+                _ => format!("{path}.<closure>"),
+            })
+            .unwrap_or_else(|| format!("{path}.<closure>"));
+        for (i, cell) in cells.iter().enumerate() {
+            let var = free.get(i).cloned().unwrap_or_else(|| format!("<cell {i}>"));
+            if self.kind(*cell).map(|k| k.1) == Some(Kind::Cell) {
+                let content = self.read(cell + self.layout.heap.refs.cell_ref);
+                if content != 0 {
+                    self.named(format!("{scope}.{var}"), content, depth + 1, holders);
+                }
+            }
+        }
+    }
+
+    /// Where a function is defined: its code's file and first line (a decorated function's is
+    /// its first decorator's).
+    fn definition(&mut self, function: u64) -> Option<(String, u32)> {
+        if self.kind(function)?.1 != Kind::Function {
+            return None;
+        }
+        let code = self.read(function + self.layout.heap.refs.func_code);
+        let c = &self.layout.objects.code;
+        let file = self.str_at(self.read(code + c.filename))?;
+        let line = self.read(code + c.firstlineno) as u32;
+        (line > 0).then_some((file, line))
+    }
+
+    /// An instance's attributes: its dict or split values, and its `__slots__`.
+    fn attributes(&mut self, t: usize, object: u64) -> Vec<(String, u64)> {
+        let mut out = Vec::new();
+        let info = self.types.types[t].clone();
+        if let Some(at) = instances::locate(self.mem, self.layout, &info, object) {
+            for (name, v) in instances::items(self.mem, self.layout, at, MAX_NAMES) {
+                if let Some(attr) = self.str_at(name) {
+                    out.push((attr, v));
+                }
+            }
+        }
+        for (name, offset) in self.slots(&info) {
+            let v = self.read(object.wrapping_add(offset));
+            if v != 0 {
+                out.push((name, v));
+            }
+        }
+        out
+    }
+
+    /// The items of the tuple at `tuple` (none when it is not one).
+    pub(super) fn tuple_items(&mut self, tuple: u64) -> Vec<u64> {
+        if tuple == 0 || self.kind(tuple).map(|k| k.1) != Some(Kind::Tuple) {
+            return Vec::new();
+        }
+        let n = self.read(tuple + self.layout.heap.containers.var_size);
+        let mut queue = std::collections::VecDeque::new();
+        self.queue_pointers(tuple + self.layout.heap.containers.tuple_items, n.min(MAX_NAMES), &mut queue);
+        queue.into()
+    }
+
+    fn tuple_strs(&mut self, tuple: u64) -> Vec<String> {
+        self.tuple_items(tuple).into_iter().map(|s| self.str_at(s).unwrap_or_default()).collect()
     }
 
     /// `object` as a holder, when it is a container not already reached by another path; a
@@ -159,8 +303,8 @@ impl<'t, 'l, M: ReadMemory> HolderSearch<'t, 'l, M> {
     }
 
     fn nested_holder(&mut self, path: String, object: u64, depth: u32) -> Vec<Holder> {
-        let Some(t) = self.types.resolve(self.mem, self.read(object + 8)) else { return Vec::new() };
-        let (kind, type_name) = (self.types.types[t].kind, self.types.types[t].name.clone());
+        let Some((t, kind)) = self.kind(object) else { return Vec::new() };
+        let type_name = self.types.types[t].name.clone();
         if !matches!(kind, Kind::List | Kind::Dict | Kind::Set | Kind::Deque) || self.visited.contains(&object) {
             return Vec::new();
         }
@@ -168,16 +312,23 @@ impl<'t, 'l, M: ReadMemory> HolderSearch<'t, 'l, M> {
         if kind == Kind::Dict && depth < MAX_NESTING {
             let c = &self.layout.heap.containers;
             for (key, value) in dicts::dict_items(self.mem, c, object, MAX_NESTED_KEYS).unwrap_or_default() {
-                if let Some(key) =
-                    read_str(self.mem, &self.layout.objects.str, key).filter(|k| k.len() <= MAX_KEY_CHARS)
-                {
+                if let Some(key) = self.str_at(key).filter(|k| k.len() <= MAX_KEY_CHARS) {
                     holders.extend(self.nested_holder(format!("{path}['{key}']"), value, depth + 1));
                 }
             }
         }
         let length = self.length(object, kind);
         let (retained_objects, retained_bytes) = self.retain(object);
-        holders.push(Holder { path, type_name, length, retained_objects, retained_bytes });
+        let module_file = self.module_file.clone();
+        holders.push(Holder {
+            path,
+            type_name,
+            length,
+            retained_objects,
+            retained_bytes,
+            module_file,
+            defined_at: None,
+        });
         holders
     }
 
@@ -187,130 +338,6 @@ impl<'t, 'l, M: ReadMemory> HolderSearch<'t, 'l, M> {
             Kind::Dict => self.read(object + c.dict_used),
             Kind::Set => self.read(object + c.set_used),
             _ => self.read(object + c.var_size),
-        }
-    }
-
-    /// Objects (and their bytes) first reached from `root`, breadth first.
-    fn retain(&mut self, root: u64) -> (u64, u64) {
-        let (mut objects, mut bytes) = (0, 0);
-        let mut queue = VecDeque::from([root]);
-        while let Some(object) = queue.pop_front() {
-            if self.out_of_bounds() {
-                break;
-            }
-            if object == 0 || !self.visited.insert(object) {
-                continue;
-            }
-            let Some(size) = self.visit(object, &mut queue) else { continue };
-            objects += 1;
-            bytes += size;
-        }
-        (objects, bytes)
-    }
-
-    /// The bytes of `object`, queueing what it refers to (for the containers walked).
-    fn visit(&mut self, object: u64, queue: &mut VecDeque<u64>) -> Option<u64> {
-        let header = self.mem.read_vec(object, 24).ok()?;
-        // Immortal objects (None, small ints, interned strs) belong to no holder.
-        if self.layout.heap.immortal_refcounts && (word(&header, 0) as u32 as i32) < 0 {
-            return None;
-        }
-        let t = self.types.resolve(self.mem, word(&header, 8))?;
-        let info = &self.types.types[t];
-        let c = &self.layout.heap.containers;
-        let gc = &self.layout.heap.gc;
-        let ob_size = word(&header, 16);
-        let mut size = info.basicsize;
-        if info.flags & HAVE_GC != 0 {
-            size += gc.head_size + if info.flags & gc.preheader_flags != 0 { gc.preheader_size } else { 0 };
-        }
-        if info.itemsize > 0 {
-            let items = if info.kind == Kind::Int {
-                self.layout.objects.int.digit_count(ob_size)
-            } else {
-                (ob_size as i64).unsigned_abs()
-            };
-            size += items.min(MAX_ITEMS) * info.itemsize;
-        }
-        match info.kind {
-            Kind::List => {
-                let allocated = self.read(object + c.list_allocated);
-                if ob_size <= allocated && allocated <= MAX_ITEMS {
-                    size += allocated * 8;
-                    self.queue_pointers(self.read(object + c.list_items), ob_size, queue);
-                }
-            }
-            Kind::Tuple => self.queue_pointers(object + c.tuple_items, ob_size, queue),
-            Kind::Dict => {
-                if let Some((_, keys, _)) = dicts::read_dict_header(self.mem, c, object) {
-                    if let Some(table) = self
-                        .mem
-                        .read_vec(keys, dicts::header_len(&c.keys))
-                        .ok()
-                        .and_then(|h| dicts::parse_keys(&c.keys, &h))
-                    {
-                        if table.refcnt == 1 {
-                            size += table.bytes;
-                        }
-                    }
-                }
-                for (k, v) in dicts::dict_items(self.mem, c, object, MAX_ITEMS).unwrap_or_default() {
-                    queue.push_back(k);
-                    queue.push_back(v);
-                }
-            }
-            Kind::Set => {
-                let (mask, table) = (self.read(object + c.set_mask), self.read(object + c.set_table));
-                if mask < MAX_ITEMS && (mask + 1).is_power_of_two() {
-                    // A table of more than 8 entries is its own block (the small one is inline).
-                    if table != object + c.set_table + 24 {
-                        size += (mask + 1) * 16;
-                    }
-                    if let Ok(entries) = read_large(self.mem, table, ((mask + 1) * 16) as usize) {
-                        queue.extend(entries.chunks_exact(16).map(|e| word(e, 0)).filter(|k| *k != 0));
-                    }
-                }
-            }
-            Kind::Deque => size += self.queue_deque(object, ob_size, queue),
-            Kind::Other if info.flags & super::types::HEAPTYPE != 0 => {
-                // An instance: what its attributes hold (its own dict, when it has one, too).
-                match instances::locate(self.mem, self.layout, info, object) {
-                    Some(instances::Attributes::Dict(d)) => queue.push_back(d),
-                    Some(at) => {
-                        queue.extend(instances::items(self.mem, self.layout, at, MAX_ITEMS).into_iter().map(|(_, v)| v))
-                    }
-                    None => {}
-                }
-            }
-            _ => {}
-        }
-        Some(size)
-    }
-
-    /// Queues the `len` items of the deque at `object`, block by block; returns the blocks' bytes.
-    fn queue_deque(&self, object: u64, len: u64, queue: &mut VecDeque<u64>) -> u64 {
-        let d = &self.layout.heap.containers.deque;
-        let (mut block, mut index) = (self.read(object + d.left_block), self.read(object + d.left_index));
-        let block_len = (d.block_right + 8) as usize;
-        let (mut left, mut bytes) = (len.min(MAX_ITEMS), 0);
-        while left > 0 && block != 0 && index < d.block_items {
-            let Ok(b) = self.mem.read_vec(block, block_len) else { break };
-            bytes += block_len as u64;
-            while index < d.block_items && left > 0 {
-                queue.push_back(word(&b, d.block_data + index * 8));
-                (index, left) = (index + 1, left - 1);
-            }
-            (block, index) = (word(&b, d.block_right), 0);
-        }
-        bytes
-    }
-
-    fn queue_pointers(&self, items: u64, n: u64, queue: &mut VecDeque<u64>) {
-        if n == 0 || n > MAX_ITEMS || items == 0 {
-            return;
-        }
-        if let Ok(bytes) = read_large(self.mem, items, (n * 8) as usize) {
-            queue.extend(bytes.chunks_exact(8).map(|p| word(p, 0)).filter(|p| *p != 0));
         }
     }
 }

@@ -15,6 +15,7 @@ pub mod holders;
 pub mod instances;
 pub mod metered;
 pub mod page_cache;
+mod referents;
 pub mod sizes;
 pub mod types;
 pub mod walk;

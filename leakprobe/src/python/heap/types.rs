@@ -40,6 +40,12 @@ pub enum Kind {
     Module,
     /// A type object (a class, for heap types).
     Type,
+    /// A Python function (`function`), a closure cell (`cell`), a bound method (`method`).
+    Function,
+    Cell,
+    Method,
+    /// `functools.lru_cache`'s wrapper (`functools._lru_cache_wrapper`, a heap type).
+    LruCache,
     Other,
 }
 
@@ -102,12 +108,17 @@ fn kind_of(flags: u64, tp_name: &str) -> Kind {
         Kind::Type
     } else if tp_name == "collections.deque" {
         Kind::Deque
+    } else if tp_name == "functools._lru_cache_wrapper" {
+        Kind::LruCache
     } else if flags & HEAPTYPE != 0 {
         Kind::Other
     } else {
         match tp_name {
             "set" | "frozenset" => Kind::Set,
             "module" => Kind::Module,
+            "function" => Kind::Function,
+            "cell" => Kind::Cell,
+            "method" => Kind::Method,
             _ => Kind::Other,
         }
     }

@@ -93,5 +93,26 @@ pub const TABLES: VersionTables = VersionTables::Complete(Layout {
             // Not in the installed headers: python-heap.md §11.2 (the same in 3.10–3.14, verified live).
             deque: DequeLayout { left_block: 24, left_index: 40, block_data: 8, block_items: 64, block_right: 520 },
         },
+        refs: RefLayout {
+            func_code: 48,
+            func_qualname: 40,
+            func_defaults: 56,
+            func_kwdefaults: 64,
+            func_closure: 72,
+            cell_ref: 16,
+            method_func: 16,
+            method_self: 24,
+            code_argcount: 56,
+            code_names: 96,
+            code_freevars: 0,
+            // Not in the installed headers: python-heap.md §11.1 (the same in 3.10–3.14, verified live).
+            lru_cache_dict: 72,
+            lru_cache_func: 88,
+            type_members: 240,
+            member_size: 40,
+            member_type: 8,
+            member_offset: 16,
+            member_object: 16,
+        },
     },
 });

@@ -3,7 +3,7 @@
 //! numbers are the ones leakprobe typed by hand before generation (objects as on 3.12/3.13).
 //! `heap` is from `/work/shared/notes/python-heap.md` (verified live on Debian's 3.14.10): §2's
 //! interpreter table, §3.2's 3.14.5+ GC column (3.14.0–3.14.4's incremental GC keeps its heads
-//! at the same offsets, `[S]` there), §5's `ht_qualname`, `ht_cached_keys`, `tp_dict` and `tp_dictoffset`, §7's instance dicts, §6's dict, §8's tuple and set, §10's module, §11.2's deque.
+//! at the same offsets, `[S]` there), §5's `ht_qualname`, `ht_cached_keys`, `tp_dict` and `tp_dictoffset`, §7's instance dicts, §6's dict, §8's tuple and set, §10's module, §11.2's deque, §9's functions and §11.1's lru_cache.
 
 use crate::python::layout::*;
 
@@ -93,6 +93,27 @@ pub const TABLES: VersionTables = VersionTables::SelfDescribed(SelfDescribed {
             set_mask: 32,
             set_table: 40,
             deque: DequeLayout { left_block: 24, left_index: 40, block_data: 8, block_items: 64, block_right: 520 },
+        },
+        // §9: function, cell and bound-method fields [V all], code fields as on 3.12/3.13; §11.1's lru_cache.
+        refs: RefLayout {
+            func_code: 48,
+            func_qualname: 40,
+            func_defaults: 56,
+            func_kwdefaults: 64,
+            func_closure: 72,
+            cell_ref: 16,
+            method_func: 16,
+            method_self: 24,
+            code_argcount: 52,
+            code_names: 96,
+            code_freevars: 0,
+            lru_cache_dict: 72,
+            lru_cache_func: 88,
+            type_members: 240,
+            member_size: 40,
+            member_type: 8,
+            member_offset: 16,
+            member_object: 16,
         },
     },
 });
