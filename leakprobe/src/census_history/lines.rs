@@ -30,21 +30,29 @@ pub fn module_file<'a>(holder: &str, files: &'a [String], main_script: Option<&'
     None
 }
 
-/// The name code uses for the holder: its last attribute, without subscripts; a default
-/// argument's parameter (`module.lookup(_cache=)`).
-pub fn holder_name(holder: &str) -> Option<&str> {
+/// The names code may use for the holder, most likely first: its last attribute (without
+/// subscripts) or a default argument's parameter (`module.lookup(_cache=)`), then its last
+/// subscript's key when that is a name (`app.state._state['cache']` is `app.state.cache` in the
+/// code).
+pub fn holder_names(holder: &str) -> Vec<&str> {
+    let is_name = |n: &&str| !n.is_empty() && n.chars().all(|c| c.is_alphanumeric() || c == '_');
     let path = holder.split('[').next().unwrap_or(holder);
-    if let Some(param) = path.strip_suffix("=)").and_then(|p| p.rsplit_once('(')).map(|(_, param)| param) {
-        return Some(param).filter(|n| !n.is_empty() && n.chars().all(|c| c.is_alphanumeric() || c == '_'));
-    }
-    path.rsplit('.').next().filter(|n| !n.is_empty() && n.chars().all(|c| c.is_alphanumeric() || c == '_'))
+    let last = match path.strip_suffix("=)").and_then(|p| p.rsplit_once('(')) {
+        Some((_, param)) => Some(param),
+        None => path.rsplit('.').next(),
+    };
+    let key = holder.strip_suffix("']").and_then(|h| h.rsplit_once("['")).map(|(_, key)| key);
+    let mut names: Vec<&str> = last.into_iter().chain(key).filter(is_name).collect();
+    names.dedup();
+    names
 }
 
 /// The first line (1-based) of `source` that adds to `name`, and its code (trimmed).
 pub fn inserting_line(source: &str, name: &str) -> Option<(u32, String)> {
     let name = regex::escape(name);
+    const INSERTS: &str = "append|appendleft|extend|extendleft|add|update|setdefault|insert|put|put_nowait";
     let insert = Regex::new(&format!(
-        r"(^|[^\w.])(self\.|cls\.|\w+\.)?{name}\s*(\.\s*(append|appendleft|extend|extendleft|add|update|setdefault|insert|put|put_nowait)\s*\(|\[[^\]\n]*\]\s*=[^=]|\+=|\|=)"
+        r"(^|[^\w.])(self\.|cls\.|\w+\.)?{name}\s*(\.\s*({INSERTS})\s*\(|\[[^\]\n]*\]\s*(=[^=]|\.\s*({INSERTS})\s*\()|\+=|\|=)"
     ))
     .ok()?;
     source
@@ -82,10 +90,13 @@ mod tests {
         assert_eq!(inserting_line(source, "subs").map(|l| l.0), Some(6));
         assert_eq!(inserting_line("OTHER_VIEWS.append(1)\n", "VIEWS"), None);
         assert_eq!(inserting_line("seen |= {1}\n", "seen").map(|l| l.0), Some(1));
-        assert_eq!(holder_name("app.Hub.subs['updates']"), Some("subs"));
-        assert_eq!(holder_name("app.x\"; rm"), None);
-        assert_eq!(holder_name("app.lookup(_cache=)"), Some("_cache"));
-        assert_eq!(holder_name("app.lookup(_cache=)['k']"), Some("_cache"));
-        assert_eq!(holder_name("app.make.<locals>.seen"), Some("seen"));
+        assert_eq!(inserting_line("x = EVENTS[u]\nEVENTS[u].append(1)\n", "EVENTS").map(|l| l.0), Some(2));
+        assert_eq!(holder_names("app.Hub.subs['updates']"), ["subs", "updates"]);
+        assert_eq!(holder_names("app.x\"; rm"), Vec::<&str>::new());
+        assert_eq!(holder_names("app.lookup(_cache=)"), ["_cache"]);
+        assert_eq!(holder_names("app.lookup(_cache=)['k']"), ["_cache", "k"]);
+        assert_eq!(holder_names("app.make.<locals>.seen"), ["seen"]);
+        assert_eq!(holder_names("__main__.app.state._state['cache']"), ["_state", "cache"]);
+        assert_eq!(holder_names("app.routes[3]"), ["routes"]);
     }
 }

@@ -171,9 +171,12 @@ pub fn report_parts(
                 let file = module
                     .filter(|f| advisor.source(f).is_some())
                     .or_else(|| lines::module_file(&h.path, files, main_script).map(str::to_string));
-                let (Some(file), Some(name)) = (file, lines::holder_name(&h.path)) else { continue };
+                let Some(file) = file else { continue };
                 let Some(source) = advisor.source(&file) else { continue };
-                lines::inserting_line(&source, name).map(|(line, code)| (file, line, code))
+                lines::holder_names(&h.path)
+                    .into_iter()
+                    .find_map(|name| lines::inserting_line(&source, name))
+                    .map(|(line, code)| (file, line, code))
             }
         };
         if let Some((file, line, code)) = found {

@@ -21,13 +21,13 @@ use crate::python::{layout::Layout, memory::ReadMemory, objects::read_str};
 
 /// Modules, and attributes per namespace, looked at.
 const MAX_NAMES: u64 = 1 << 16;
-/// Dicts of at most this many entries have their container values named (`d['key']`), this
-/// deep, for keys of at most this many characters.
-const MAX_NESTED_KEYS: u64 = 64;
-const MAX_NESTING: u32 = 3;
+/// Dicts and lists of at most this many entries have their values named (`d['key']`, `l[3]`),
+/// for keys of at most this many characters.
+const MAX_NESTED_ITEMS: u64 = 64;
 const MAX_KEY_CHARS: usize = 64;
-/// How far below a module the names are followed through classes, instances and functions.
-const MAX_DEPTH: u32 = 3;
+/// How far below a module the names are followed through classes, instances, functions and
+/// small containers (`logging.Logger.manager.loggerDict['app'].handlers` is 4 down).
+const MAX_DEPTH: u32 = 5;
 /// Namespaces (classes, instances, functions) opened, over all modules.
 const MAX_NAMESPACES: usize = 50_000;
 
@@ -179,7 +179,9 @@ impl<'t, 'l, M: ReadMemory> HolderSearch<'t, 'l, M> {
                 let cache = self.read(value + self.layout.heap.refs.lru_cache_dict);
                 let defined_at = self.definition(self.read(value + self.layout.heap.refs.lru_cache_func));
                 let start = holders.len();
-                holders.extend(self.holder(format!("{path}.<lru_cache>"), cache));
+                if let Some((t, kind)) = self.kind(cache) {
+                    self.container(format!("{path}.<lru_cache>"), cache, t, kind, depth + 1, holders);
+                }
                 for h in &mut holders[start..] {
                     h.defined_at.clone_from(&defined_at);
                 }
@@ -193,7 +195,7 @@ impl<'t, 'l, M: ReadMemory> HolderSearch<'t, 'l, M> {
                     }
                 }
             }
-            _ => holders.extend(self.holder(path, value)),
+            _ => self.container(path, value, t, kind, depth, holders),
         }
     }
 
@@ -295,41 +297,57 @@ impl<'t, 'l, M: ReadMemory> HolderSearch<'t, 'l, M> {
         self.tuple_items(tuple).into_iter().map(|s| self.str_at(s).unwrap_or_default()).collect()
     }
 
-    /// `object` as a holder, when it is a container not already reached by another path; a
-    /// small dict's container values first, as holders of their own (`path['key']`), so that what
-    /// grows inside `subs['updates']` is named there rather than only as more retained by `subs`.
-    fn holder(&mut self, path: String, object: u64) -> Vec<Holder> {
-        self.nested_holder(path, object, 0)
-    }
-
-    fn nested_holder(&mut self, path: String, object: u64, depth: u32) -> Vec<Holder> {
-        let Some((t, kind)) = self.kind(object) else { return Vec::new() };
-        let type_name = self.types.types[t].name.clone();
+    /// The container `object` as a holder, when no other path reached it first; a small one's
+    /// elements first (a dict's str keys: `path['key']`, a list's items: `path[3]`), as holders
+    /// of their own or namespaces to follow, so that what grows inside `subs['updates']` or in a
+    /// closure of `app.router.routes[3].endpoint` is named there rather than only as more retained
+    /// by the outer container.
+    fn container(&mut self, path: String, object: u64, t: usize, kind: Kind, depth: u32, holders: &mut Vec<Holder>) {
         if !matches!(kind, Kind::List | Kind::Dict | Kind::Set | Kind::Deque) || self.visited.contains(&object) {
-            return Vec::new();
+            return;
         }
-        let mut holders = Vec::new();
-        if kind == Kind::Dict && depth < MAX_NESTING {
-            let c = &self.layout.heap.containers;
-            for (key, value) in dicts::dict_items(self.mem, c, object, MAX_NESTED_KEYS).unwrap_or_default() {
-                if let Some(key) = self.str_at(key).filter(|k| k.len() <= MAX_KEY_CHARS) {
-                    holders.extend(self.nested_holder(format!("{path}['{key}']"), value, depth + 1));
+        if depth < MAX_DEPTH {
+            match kind {
+                Kind::Dict if self.read(object + self.layout.heap.containers.dict_used) <= MAX_NESTED_ITEMS => {
+                    let c = &self.layout.heap.containers;
+                    for (key, value) in dicts::dict_items(self.mem, c, object, MAX_NESTED_ITEMS).unwrap_or_default() {
+                        if let Some(key) = self.str_at(key).filter(|k| k.len() <= MAX_KEY_CHARS) {
+                            self.named(format!("{path}['{key}']"), value, depth + 1, holders);
+                        }
+                    }
                 }
+                Kind::List if self.read(object + self.layout.heap.containers.var_size) <= MAX_NESTED_ITEMS => {
+                    let (len, items) = (
+                        self.read(object + self.layout.heap.containers.var_size),
+                        self.read(object + self.layout.heap.containers.list_items),
+                    );
+                    let mut queue = std::collections::VecDeque::new();
+                    self.queue_pointers(items, len, &mut queue);
+                    // Items that are namespaces (instances, functions), not containers: a list of
+                    // lists is one holder, however short.
+                    for (i, item) in queue.into_iter().enumerate() {
+                        if !matches!(self.kind(item), Some((_, Kind::List | Kind::Dict | Kind::Set | Kind::Deque))) {
+                            self.named(format!("{path}[{i}]"), item, depth + 1, holders);
+                        }
+                    }
+                }
+                _ => {}
             }
+        }
+        if self.visited.contains(&object) {
+            return;
         }
         let length = self.length(object, kind);
         let (retained_objects, retained_bytes) = self.retain(object);
-        let module_file = self.module_file.clone();
         holders.push(Holder {
             path,
-            type_name,
+            type_name: self.types.types[t].name.clone(),
             length,
             retained_objects,
             retained_bytes,
-            module_file,
+            module_file: self.module_file.clone(),
             defined_at: None,
         });
-        holders
     }
 
     fn length(&self, object: u64, kind: Kind) -> u64 {

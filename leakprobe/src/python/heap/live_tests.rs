@@ -42,6 +42,42 @@ BROKER = Broker(250)
 TOUCHED = Broker(120)
 RECENT = collections.deque([[i] for i in range(150)], maxlen=1000)
 vars(TOUCHED)  # its attributes now live in a dict object
+import functools
+def lookup(key, _cache={}):
+    _cache[key] = [key]
+for i in range(200):
+    lookup(i)
+def make_tracker():
+    seen = []
+    def track(x):
+        seen.append(x)
+    return track
+track = make_tracker()
+for i in range(70):
+    track([i])
+class Pricing:
+    @functools.lru_cache(maxsize=None)
+    def quote(self, sku):
+        return [sku]
+PRICING = Pricing()
+for i in range(90):
+    PRICING.quote(i)
+class Sample:
+    __slots__ = ("name", "values")
+    def __init__(self):
+        self.name, self.values = "s", [[i] for i in range(40)]
+SAMPLE = Sample()
+class State:
+    pass
+class App:
+    def __init__(self):
+        self.state = State()
+        self.state._state = {"sessions": {("s", i): [i] for i in range(80)}}
+        self.routes = [State() for _ in range(3)]
+        self.routes[1].endpoint = make_tracker()
+APP = App()
+for i in range(30):
+    APP.routes[1].endpoint([i])
 gc.disable()
 def key(t):
     if t.__flags__ & (1 << 9) or t.__module__ == "builtins":
@@ -179,6 +215,17 @@ fn census_matches_gc_get_objects_live() {
         // `collections.deque` up to 3.11, a heap type named by its `__qualname__` from 3.12.
         assert!(recent.type_name.ends_with("deque") && recent.length == 150, "{who}: {recent:?}");
         assert!(recent.retained_objects > 150, "{who}: the deque and its lists: {recent:?}");
+        // Functions' defaults and closures, lru_cache dicts, __slots__, instances a few levels down.
+        assert_eq!(holder("__main__.lookup(_cache=)").length, 200, "{who}");
+        assert_eq!(holder("__main__.make_tracker.<locals>.seen").length, 70, "{who}");
+        let quote = holder("__main__.Pricing.quote.<lru_cache>");
+        assert_eq!(quote.length, 90, "{who}");
+        let (file, line) = quote.defined_at.clone().unwrap_or_else(|| panic!("{who}: {quote:?}"));
+        assert!(file.ends_with(".py") || file == "<string>", "{who}: {file}");
+        assert!(line > 0);
+        assert_eq!(holder("__main__.SAMPLE.values").retained_objects, 41, "{who}: through __slots__");
+        assert_eq!(holder("__main__.APP.state._state['sessions']").length, 80, "{who}");
+        assert_eq!(holder("__main__.APP.routes[1].endpoint.<closure>.seen").length, 30, "{who}");
         let touched = holder("__main__.TOUCHED.subs['updates']");
         assert_eq!(touched.retained_objects, 121, "{who}: through a materialised __dict__");
         let gc = census.gc.as_ref().expect("the GC state");
