@@ -6,7 +6,10 @@
 //! chroot so that every file of the target is reached through /proc/PID/root.
 
 use crate::{fixture, python};
-use std::{path::PathBuf, process::Command};
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+};
 
 #[derive(Clone, Copy, Debug)]
 pub enum CPython {
@@ -41,12 +44,36 @@ fn in_debian_root(version: &str, script: &str) -> Result<Command, String> {
     else {
         return Err(format!("no Debian root with CPython {version} (run with `cargo xtask test`)"));
     };
-    // The script is reached from inside the root, as a container's app is.
-    std::fs::create_dir_all(root.join("app")).unwrap();
-    std::fs::copy(fixture(script), root.join("app").join(script)).unwrap();
+    // The script is reached from inside the root, as a container's app is. A script in a
+    // directory of fixtures (`scenarios/app.py`) brings that whole directory: the modules and
+    // packages next to it that it imports.
+    let app = root.join("app");
+    match Path::new(script).parent().filter(|dir| !dir.as_os_str().is_empty()) {
+        Some(dir) => copy_dir(&fixture(&dir.to_string_lossy()), &app.join(dir)),
+        None => {
+            std::fs::create_dir_all(&app).unwrap();
+            std::fs::copy(fixture(script), app.join(script)).unwrap();
+        }
+    }
     let mut command = Command::new("chroot");
     command.arg(&root).arg(python).arg(format!("/app/{script}"));
     Ok(command)
+}
+
+/// Copies the directory `from` into `to`, recursively, leaving out compiled `__pycache__`.
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let (name, kind) = (entry.file_name(), entry.file_type().unwrap());
+        if kind.is_dir() {
+            if name != "__pycache__" {
+                copy_dir(&entry.path(), &to.join(&name));
+            }
+        } else {
+            std::fs::copy(entry.path(), to.join(&name)).unwrap();
+        }
+    }
 }
 
 /// The `version=path` entry of the comma-separated list in the environment variable `var`.
