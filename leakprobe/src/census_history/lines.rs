@@ -55,10 +55,18 @@ pub fn inserting_line(source: &str, name: &str) -> Option<(u32, String)> {
         r"(^|[^\w.])(self\.|cls\.|\w+\.)?{name}\s*(\.\s*({INSERTS})\s*\(|\[[^\]\n]*\]\s*(=[^=]|\.\s*({INSERTS})\s*\()|\+=|\|=)"
     ))
     .ok()?;
+    // Lines inside a triple-quoted string (a docstring that shows the call) are not code.
+    let mut in_string = false;
     source
         .lines()
         .enumerate()
         .find(|(_, line)| {
+            let quotes = line.matches("\"\"\"").count() + line.matches("'''").count();
+            let was_in_string = in_string;
+            in_string ^= quotes % 2 == 1;
+            if was_in_string || quotes > 0 {
+                return false;
+            }
             let code = line.split('#').next().unwrap_or("");
             insert.is_match(code)
         })
@@ -90,6 +98,8 @@ mod tests {
         assert_eq!(inserting_line(source, "subs").map(|l| l.0), Some(6));
         assert_eq!(inserting_line("OTHER_VIEWS.append(1)\n", "VIEWS"), None);
         assert_eq!(inserting_line("seen |= {1}\n", "seen").map(|l| l.0), Some(1));
+        let documented = "\"\"\"Keeps views.\n\n- `VIEWS.append(x)` forever.\n\"\"\"\nVIEWS = []\nVIEWS.append(1)\n";
+        assert_eq!(inserting_line(documented, "VIEWS").map(|l| l.0), Some(6));
         assert_eq!(inserting_line("x = EVENTS[u]\nEVENTS[u].append(1)\n", "EVENTS").map(|l| l.0), Some(2));
         assert_eq!(holder_names("app.Hub.subs['updates']"), ["subs", "updates"]);
         assert_eq!(holder_names("app.x\"; rm"), Vec::<&str>::new());
