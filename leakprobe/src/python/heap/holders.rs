@@ -288,9 +288,7 @@ impl<'t, 'l, M: ReadMemory> HolderSearch<'t, 'l, M> {
             return Vec::new();
         }
         let n = self.read(tuple + self.layout.heap.containers.var_size);
-        let mut queue = std::collections::VecDeque::new();
-        self.queue_pointers(tuple + self.layout.heap.containers.tuple_items, n.min(MAX_NAMES), &mut queue);
-        queue.into()
+        self.pointers(tuple + self.layout.heap.containers.tuple_items, n.min(MAX_NAMES))
     }
 
     fn tuple_strs(&mut self, tuple: u64) -> Vec<String> {
@@ -316,16 +314,13 @@ impl<'t, 'l, M: ReadMemory> HolderSearch<'t, 'l, M> {
                         }
                     }
                 }
-                Kind::List if self.read(object + self.layout.heap.containers.var_size) <= MAX_NESTED_ITEMS => {
-                    let (len, items) = (
-                        self.read(object + self.layout.heap.containers.var_size),
-                        self.read(object + self.layout.heap.containers.list_items),
-                    );
-                    let mut queue = std::collections::VecDeque::new();
-                    self.queue_pointers(items, len, &mut queue);
+                Kind::List => {
+                    let c = &self.layout.heap.containers;
+                    let (len, items) = (self.read(object + c.var_size), self.read(object + c.list_items));
+                    let items = if len <= MAX_NESTED_ITEMS { self.pointers(items, len) } else { Vec::new() };
                     // Items that are namespaces (instances, functions), not containers: a list of
                     // lists is one holder, however short.
-                    for (i, item) in queue.into_iter().enumerate() {
+                    for (i, item) in items.into_iter().enumerate() {
                         if !matches!(self.kind(item), Some((_, Kind::List | Kind::Dict | Kind::Set | Kind::Deque))) {
                             self.named(format!("{path}[{i}]"), item, depth + 1, holders);
                         }

@@ -185,12 +185,17 @@ impl<M: ReadMemory> HolderSearch<'_, '_, M> {
         bytes
     }
 
-    pub(super) fn queue_pointers(&self, items: u64, n: u64, queue: &mut VecDeque<u64>) {
+    fn queue_pointers(&self, items: u64, n: u64, queue: &mut VecDeque<u64>) {
+        queue.extend(self.pointers(items, n));
+    }
+
+    /// The `n` non-null object pointers of the array at `items` (none when it is unreadable or
+    /// implausibly long).
+    pub(super) fn pointers(&self, items: u64, n: u64) -> Vec<u64> {
         if n == 0 || n > MAX_ITEMS || items == 0 {
-            return;
+            return Vec::new();
         }
-        if let Ok(bytes) = read_large(self.mem, items, (n * 8) as usize) {
-            queue.extend(bytes.chunks_exact(8).map(|p| word(p, 0)).filter(|p| *p != 0));
-        }
+        let Ok(bytes) = read_large(self.mem, items, (n * 8) as usize) else { return Vec::new() };
+        bytes.chunks_exact(8).map(|p| word(p, 0)).filter(|p| *p != 0).collect()
     }
 }
