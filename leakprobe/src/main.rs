@@ -86,9 +86,12 @@ struct AgentArgs {
     /// Most processes watched at once (more are counted as dropped).
     #[arg(long, default_value_t = 1000)]
     max_targets: usize,
-    /// Leak sites exported per process.
+    /// Leak sites exported per process (and growing containers, from the heap censuses).
     #[arg(long, default_value_t = 3)]
     sites_per_process: usize,
+    /// Time between two heap censuses of one process (memory reads, no probe); 0s: none.
+    #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+    census_interval: Duration,
     /// Leak sites exported in all (the fastest growing).
     #[arg(long, default_value_t = 50)]
     max_sites: usize,
@@ -148,9 +151,12 @@ struct WatchArgs {
     /// One JSON object per interval on stdout, for scripts.
     #[arg(long)]
     json: bool,
-    /// Growth attributions shown per interval.
+    /// Growth attributions (and growing containers) shown per interval.
     #[arg(long, default_value_t = 5)]
     top: usize,
+    /// Time between heap censuses of a Python target (memory reads, no probe); 0s: none.
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    census_interval: Duration,
 }
 
 #[derive(clap::Args)]
@@ -263,6 +269,7 @@ async fn run_watch(args: WatchArgs) -> anyhow::Result<ExitCode> {
         rate_window: args.rate_window,
         json: args.json,
         top: args.top,
+        census_interval: (!args.census_interval.is_zero()).then_some(args.census_interval),
     })
     .await?;
     Ok(ExitCode::SUCCESS)
@@ -286,6 +293,7 @@ async fn run_agent(args: AgentArgs) -> anyhow::Result<ExitCode> {
         max_targets: args.max_targets,
         sites_per_process: args.sites_per_process,
         max_sites: args.max_sites,
+        census_interval: (!args.census_interval.is_zero()).then_some(args.census_interval),
         escalation: (!args.no_escalation).then(|| EscalationPolicy {
             reports_dir: args.reports_dir,
             record_duration: args.record_duration,

@@ -17,7 +17,10 @@ use crate::{
     accounting::Accounting,
     advice::{StackAdvisor, TargetSources},
     aggregate::{LowWater, Recording},
-    census_history::{self, sampler::CensusSampler},
+    census_history::{
+        self,
+        sampler::{CensusSampler, Schedule},
+    },
     cgroup,
     kernel::TableSizes,
     loader::{self, Probes},
@@ -195,10 +198,12 @@ pub async fn record(opts: RecordOptions) -> Result<Report> {
         .map(|(python, type_type)| SampledHeap::new(type_type, &python.layout, pid));
     // The heap censuses run beside the probes, on their own thread (reads only).
     let census = match &python {
-        Some(p) => Some(
-            CensusSampler::start(p.mem, Interpreter::of(p), opts.interval, Instant::now())
-                .context("cannot start the heap census thread")?,
-        ),
+        Some(p) => {
+            let sampler = CensusSampler::start(Schedule::recording(opts.interval), Instant::now())
+                .context("cannot start the heap census thread")?;
+            sampler.add(pid, p.mem, Interpreter::of(p));
+            Some(sampler)
+        }
         None => None,
     };
     let (recording, end) = sample_until_done(
@@ -212,7 +217,7 @@ pub async fn record(opts: RecordOptions) -> Result<Report> {
         &opts,
     )
     .await?;
-    let census = census.map(CensusSampler::finish);
+    let census = census.map(|sampler| sampler.finish(pid));
     let budget = windows.finish(&probes);
     if opts.progress {
         eprintln!(

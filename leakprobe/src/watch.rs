@@ -4,8 +4,13 @@
 //! grows, whether that is a leak, which kind of memory grows (pymalloc arenas, the native heap,
 //! other mappings) and which Python lines the growth comes through: coarse (whoever allocates when
 //! the heap must grow is blamed, see docs/overhead.md), but cheap enough to leave running.
+//! Every few intervals a heap census (memory reads only) says which containers grow, and the
+//! GC's own counters.
 
-use std::{collections::HashMap, time::Duration};
+use std::{
+    collections::HashMap,
+    time::{Duration, Instant},
+};
 
 use anyhow::{bail, Result};
 use serde::Serialize;
@@ -13,6 +18,10 @@ use serde::Serialize;
 use crate::{
     aggregate::Recording,
     assess::{self, memory_kind, window_growth, MemoryKind},
+    census_history::{
+        monitor::{HeapView, KEPT_CENSUSES},
+        sampler::{CensusSampler, Schedule},
+    },
     cgroup,
     kernel::TableSizes,
     loader,
@@ -22,8 +31,9 @@ use crate::{
     stack_names::{StackNamer, StackView},
     symbolize::NativeSymbolizer,
     target::{self, Target},
-    verdict::VerdictKind,
+    verdict::{VerdictConfig, VerdictKind},
 };
+
 
 pub struct WatchOptions {
     pub pid: u32,
@@ -32,8 +42,10 @@ pub struct WatchOptions {
     /// Samples in the sliding window the growth rate is measured over.
     pub rate_window: usize,
     pub json: bool,
-    /// Attributions listed per interval.
+    /// Attributions (and growing containers) listed per interval.
     pub top: usize,
+    /// Time between heap censuses (Python targets); `None`: none.
+    pub census_interval: Option<Duration>,
 }
 
 #[derive(Debug, Serialize)]
@@ -62,6 +74,9 @@ pub struct Snapshot {
     pub memory: HashMap<MemoryKind, u64>,
     pub growth_by_kind: HashMap<MemoryKind, f64>,
     pub top: Vec<Attribution>,
+    /// The containers the heap censuses see growing, and the GC (Python targets).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub heap: Option<HeapView>,
 }
 
 pub async fn watch(opts: WatchOptions) -> Result<()> {
@@ -79,6 +94,15 @@ pub async fn watch(opts: WatchOptions) -> Result<()> {
     let mut namer =
         StackNamer::new(NativeSymbolizer::new(opts.pid)?, python.clone().map(PythonResolver::new), StackView::Merged);
     let limit = cgroup::memory_limit(opts.pid).ok().flatten();
+    let census = match (&python, opts.census_interval) {
+        (Some(p), Some(every)) => {
+            let sampler = CensusSampler::start(Schedule::monitor(every, KEPT_CENSUSES, 4), Instant::now())?;
+            sampler.add(opts.pid, p.mem, crate::python::heap::Interpreter::of(p));
+            Some(sampler)
+        }
+        _ => None,
+    };
+    let verdicts = VerdictConfig::default();
     if !opts.json {
         eprintln!(
             "leakprobe: watching PID {} ({}) every {}; memory syscalls only, no allocator probes; Ctrl-C to stop",
@@ -107,9 +131,14 @@ pub async fn watch(opts: WatchOptions) -> Result<()> {
             stacks.identify(*id, |id| probes.kernel().stack_trace(id), |_| None);
         }
         recording.push(ticks.elapsed_secs(), Some(memory), &counters, probes.kernel().counters()?.named());
-        let snapshot = snapshot(&recording, &mut stacks, &opts, limit.as_ref(), |id| {
+        let mut snapshot = snapshot(&recording, &mut stacks, &opts, limit.as_ref(), |id| {
             assess::site(&namer.resolve(&probes, |_| None, id).frames)
         });
+        snapshot.heap = census
+            .as_ref()
+            .and_then(|c| c.snapshot(opts.pid))
+            .filter(|(history, _)| !history.is_empty())
+            .map(|(history, _)| HeapView::of(&history, &verdicts, opts.top));
         if opts.json {
             println!("{}", serde_json::to_string(&snapshot)?);
         } else {
@@ -183,6 +212,7 @@ fn snapshot(
         memory: by_kind,
         growth_by_kind,
         top,
+        heap: None,
     }
 }
 
@@ -221,6 +251,9 @@ fn render(s: &Snapshot) -> String {
     for a in &s.top {
         out.push_str(&format!("         {:>12}  {}  [{}]\n", rate(a.growth_bytes_per_sec), a.site, kind_name(a.kind)));
     }
+    if let Some(heap) = &s.heap {
+        out.push_str(&heap.render("         heap: "));
+    }
     out
 }
 
@@ -249,6 +282,7 @@ mod tests {
             rate_window: 5,
             json: true,
             top: 3,
+            census_interval: None,
         };
         let s = snapshot(&rec, &mut stacks, &opts, None, |id| format!("stack {id}"));
         assert_eq!(s.verdict, VerdictKind::Leak);

@@ -20,6 +20,8 @@ fn agent_flags_only_the_leaker_names_its_line_and_follows_process_churn() {
         "10s",
         "--record-max-overhead",
         "100",
+        "--census-interval",
+        "2s",
     ]);
     assert!(
         eventually(Duration::from_secs(20), || agent.said(&format!("watching PID {}", leak.pid())).is_some()
@@ -68,6 +70,18 @@ fn agent_flags_only_the_leaker_names_its_line_and_follows_process_churn() {
     assert!(agent.sample(&metrics, &["leakprobe_agent_probes_attached "]).unwrap() >= 10.0);
     assert!(agent.sample(&metrics, &["leakprobe_agent_resident_memory_bytes "]).unwrap() > 0.0);
     assert!(!metrics.contains("pid="), "PIDs must not be labels");
+    // The heap censuses: the list the leaker appends to, flagged, and its GC.
+    let holder_flagged = eventually(Duration::from_secs(40), || {
+        metrics = agent.metrics();
+        agent.sample(&metrics, &["leakprobe_python_holder_flagged{", leak_labels, r#"holder="__main__.HISTORY""#])
+            == Some(1.0)
+    });
+    assert!(holder_flagged, "the leaker's list was never flagged:\n{metrics}\nstderr:\n{}", agent.stderr());
+    assert!(agent.sample(&metrics, &["leakprobe_python_gc_tracked_objects{", leak_labels]).unwrap_or(0.0) > 1000.0);
+    assert!(
+        metrics.lines().any(|l| l.starts_with("leakprobe_python_gc_collections_total{") && l.contains(steady_labels)),
+        "{metrics}"
+    );
     let (status, body) = http_get(&agent.addr, "/healthz").unwrap();
     assert_eq!((status, body.trim()), (200, "ok"));
 

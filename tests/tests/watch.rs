@@ -7,10 +7,11 @@ use std::process::Command;
 use leakprobe_tests::*;
 
 /// `leakprobe watch --json` for `duration`: one parsed snapshot per interval.
-fn watch_json(pid: u32, duration: &str) -> Vec<serde_json::Value> {
+fn watch_json(pid: u32, duration: &str, extra: &[&str]) -> Vec<serde_json::Value> {
     let out = Command::new(leakprobe_bin())
         .args(["watch", "--pid", &pid.to_string(), "--interval", "1s", "--duration", duration, "--json"])
         .args(["--rate-window", "6"])
+        .args(extra)
         .output()
         .expect("leakprobe runs");
     let stderr = String::from_utf8_lossy(&out.stderr);
@@ -26,7 +27,7 @@ fn watch_json(pid: u32, duration: &str) -> Vec<serde_json::Value> {
 #[test]
 fn watch_calls_a_leak_a_leak_with_its_rate_and_line() {
     let target = spawn_python("py_leak.py");
-    let snapshots = watch_json(target.pid(), "16s");
+    let snapshots = watch_json(target.pid(), "16s", &[]);
     let last = snapshots.last().unwrap();
     assert_eq!(last["verdict"], "leak", "{last:#}");
     // ~10 KB of payload every 50 ms.
@@ -41,9 +42,28 @@ fn watch_calls_a_leak_a_leak_with_its_rate_and_line() {
 }
 
 #[test]
+fn watch_names_the_growing_container_and_the_gc_from_heap_censuses() {
+    let target = spawn_python("py_leak.py");
+    let snapshots = watch_json(target.pid(), "20s", &["--census-interval", "1s"]);
+    let last = snapshots.last().unwrap();
+    let heap = &last["heap"];
+    assert!(heap["censuses"].as_u64().unwrap_or(0) >= 8, "{heap:#}");
+    // 20 records a second appended to a module-level list.
+    let first = &heap["holders"][0];
+    assert_eq!(first["path"], "__main__.HISTORY", "{heap:#}");
+    assert_eq!(first["flagged"], true, "{heap:#}");
+    let items = first["growth_items_per_sec"].as_f64().unwrap();
+    assert!(items > 10.0 && items < 30.0, "{items} items/s: {heap:#}");
+    let gc = &heap["gc"];
+    assert_eq!(gc["collections"].as_array().map(Vec::len), Some(3), "{heap:#}");
+    assert!(gc["tracked_objects"].as_u64().unwrap_or(0) > 1000, "{heap:#}");
+    assert!(leakprobe_programs_loaded().is_empty());
+}
+
+#[test]
 fn watch_does_not_call_a_bounded_cache_a_leak() {
     let target = spawn_python("py_bounded_cache.py");
-    let snapshots = watch_json(target.pid(), "16s");
+    let snapshots = watch_json(target.pid(), "16s", &[]);
     let last = snapshots.last().unwrap();
     assert_ne!(last["verdict"], "leak", "{last:#}");
 }

@@ -13,7 +13,7 @@ use prometheus_client::{
     registry::Registry,
 };
 
-use crate::{assess::MemoryKind, untrusted::label_value, verdict::VerdictKind};
+use crate::{assess::MemoryKind, census_history::monitor::HeapView, untrusted::label_value, verdict::VerdictKind};
 
 /// Who a process is, as far as metrics may say.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
@@ -89,7 +89,16 @@ pub struct Snapshot {
     pub sites: Vec<SiteMetric>,
     /// At most `escalation::MAX_DIAGNOSES` per process.
     pub diagnoses: Vec<DiagnosisMetric>,
+    /// What the heap censuses see of each Python process.
+    pub heaps: Vec<HeapMetrics>,
     pub health: Health,
+}
+
+/// A Python process's growing containers (at most `--sites-per-process`) and its GC.
+#[derive(Debug, Clone)]
+pub struct HeapMetrics {
+    pub labels: Labels,
+    pub view: HeapView,
 }
 
 pub fn kind_label(kind: MemoryKind) -> &'static str {
@@ -233,6 +242,8 @@ pub fn render(snapshot: &Snapshot) -> String {
         }
     }
 
+    render_heaps(&mut r, &snapshot.heaps);
+
     let h = &snapshot.health;
     let plain = |r: &mut Registry, name: &str, help: &str, value: f64| {
         let g = GaugeF::default();
@@ -263,6 +274,51 @@ pub fn render(snapshot: &Snapshot) -> String {
     // Writing into a String cannot fail.
     let _ = encode(&mut out, &r);
     out
+}
+
+/// Holders and the GC. Processes merged under the same labels (a server's workers) add up: the
+/// same container in every worker is one series of their sum, flagged when any worker's is.
+fn render_heaps(r: &mut Registry, heaps: &[HeapMetrics]) {
+    let retained = gauge_family(
+        r,
+        "leakprobe_python_holder_retained_bytes",
+        "Bytes a growing Python container retains (objects first reached through it), from heap censuses",
+    );
+    let length = gauge_family(r, "leakprobe_python_holder_length", "len() of a growing Python container");
+    let growth = gauge_family(
+        r,
+        "leakprobe_python_holder_growth_bytes_per_second",
+        "Growth of a Python container's retained bytes over the kept censuses",
+    );
+    let flagged = gauge_family(r, "leakprobe_python_holder_flagged", "1 when the container grows as a leak does");
+    let collections = counter_family(
+        r,
+        "leakprobe_python_gc_collections",
+        "Collections of the cyclic GC, by generation, since the interpreter started",
+    );
+    let tracked = gauge_family(r, "leakprobe_python_gc_tracked_objects", "Objects tracked by the cyclic GC");
+    let add = |g: &GaugeF, v: f64| {
+        g.set(g.get() + v);
+    };
+    for heap in heaps {
+        for holder in &heap.view.holders {
+            let pairs = with(&heap.labels, &[("holder", &holder.path), ("type", &holder.type_name)]);
+            add(&retained.get_or_create(&pairs), holder.retained_bytes as f64);
+            add(&length.get_or_create(&pairs), holder.length as f64);
+            add(&growth.get_or_create(&pairs), holder.growth_bytes_per_sec);
+            let f = flagged.get_or_create(&pairs);
+            if holder.flagged {
+                f.set(1.0);
+            }
+        }
+        if let Some(gc) = &heap.view.gc {
+            for (generation, &n) in gc.collections.iter().enumerate() {
+                let pairs = with(&heap.labels, &[("generation", &generation.to_string())]);
+                collections.get_or_create(&pairs).inc_by(n.max(0) as f64);
+            }
+            add(&tracked.get_or_create(&heap.labels.pairs()), gc.tracked_objects as f64);
+        }
+    }
 }
 
 #[cfg(test)]
@@ -331,6 +387,7 @@ mod tests {
                     confidence: 0.8,
                 },
             ],
+            heaps: vec![],
             health: Health::default(),
         };
         let text = render(&snapshot);
@@ -363,6 +420,7 @@ mod tests {
                 growth_bytes_per_sec: 1e6,
             }],
             diagnoses: vec![],
+            heaps: vec![],
             health: Health {
                 targets: 3,
                 probes_attached: 10,
@@ -381,5 +439,35 @@ mod tests {
         assert!(text.contains(r#"leakprobe_agent_drops_total{reason="drop_live_table_full"} 2"#));
         assert!(text.contains("leakprobe_agent_cpu_seconds_total 1.5"));
         assert!(!text.contains("pid"));
+    }
+
+    #[test]
+    fn holders_and_the_gc_are_exported_and_workers_add_up() {
+        use crate::census_history::monitor::{GcView, HolderView};
+        let labels = Labels { pod: "api-1".into(), command: "gunicorn".into(), ..Default::default() };
+        let worker = |retained: u64| HeapMetrics {
+            labels: labels.clone(),
+            view: HeapView {
+                censuses: 10,
+                holders: vec![HolderView {
+                    path: "app.views\"}\nforged 1".into(),
+                    type_name: "list".into(),
+                    length: 100,
+                    retained_bytes: retained,
+                    growth_bytes_per_sec: 50.0,
+                    growth_items_per_sec: 1.0,
+                    flagged: retained > 1000,
+                }],
+                gc: Some(GcView { enabled: true, collections: vec![40, 3, 1], uncollectable: 0, tracked_objects: 5000 }),
+            },
+        };
+        let text = render(&Snapshot { heaps: vec![worker(500), worker(2000)], ..Default::default() });
+        assert!(!text.contains("\nforged 1"), "{text}");
+        let line = |name: &str| text.lines().find(|l| l.starts_with(name)).unwrap_or_default().to_string();
+        assert!(line("leakprobe_python_holder_retained_bytes{").ends_with("} 2500.0"), "{text}");
+        assert!(line("leakprobe_python_holder_flagged{").ends_with("} 1.0"), "{text}");
+        assert!(line("leakprobe_python_holder_length{").contains("holder="), "{text}");
+        assert!(text.contains(r#"generation="0"} 80"#), "{text}");
+        assert!(line("leakprobe_python_gc_tracked_objects{").ends_with("} 10000.0"), "{text}");
     }
 }

@@ -48,6 +48,8 @@ pub struct AgentOptions {
     /// Leak sites exported per process, and in all.
     pub sites_per_process: usize,
     pub max_sites: usize,
+    /// Time between two heap censuses of one Python process; `None`: no censuses.
+    pub census_interval: Option<Duration>,
     /// `None`: never escalate.
     pub escalation: Option<EscalationPolicy>,
     /// Stop after this long (tests); until SIGINT/SIGTERM otherwise.

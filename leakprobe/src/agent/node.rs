@@ -20,12 +20,17 @@ use super::{
     AgentOptions,
 };
 use crate::{
-    assess, cgroup, process_memory,
-    python::{self, resolver::PythonResolver},
+    assess,
+    census_history::{
+        monitor::{HeapView, KEPT_CENSUSES},
+        sampler::{CensusSampler, Schedule},
+    },
+    cgroup, process_memory,
+    python::{self, heap::Interpreter, resolver::PythonResolver},
     sampling_loop::{self, StackCache},
     target::Target,
     untrusted::terminal,
-    verdict::VerdictKind,
+    verdict::{VerdictConfig, VerdictKind},
 };
 
 /// A process being watched.
@@ -45,6 +50,8 @@ struct Pending {
 }
 
 const INSPECT_ATTEMPTS: u32 = 5;
+/// The agent's heap censuses, all processes together, use at most a twentieth of a core.
+const AGENT_CENSUS_SPACING: u32 = 19;
 
 pub(super) struct Agent<'a> {
     own_pid: u32,
@@ -61,6 +68,8 @@ pub(super) struct Agent<'a> {
     escalations: Option<Escalations>,
     start: Instant,
     pods: Option<kube::PodDirectory>,
+    /// Heap censuses of the Python processes, one at a time on a thread of their own.
+    census: Option<CensusSampler>,
 }
 
 impl<'a> Agent<'a> {
@@ -78,6 +87,11 @@ impl<'a> Agent<'a> {
             escalations: opts.escalation.clone().map(Escalations::new),
             start,
             pods,
+            census: opts.census_interval.and_then(|every| {
+                CensusSampler::start(Schedule::monitor(every, KEPT_CENSUSES, AGENT_CENSUS_SPACING), start)
+                    .map_err(|e| eprintln!("leakprobe agent: no heap censuses: cannot start their thread: {e}"))
+                    .ok()
+            }),
         };
         for pid in discovery::scan(agent.own_pid) {
             agent.pending.insert(pid, Pending { attempts: 0 });
@@ -149,6 +163,9 @@ impl<'a> Agent<'a> {
                     if let Err(e) = probes.add_target(pid, python) {
                         eprintln!("leakprobe agent: {e:#}");
                         continue;
+                    }
+                    if let (Some(census), Some(python)) = (&self.census, python) {
+                        census.add(pid, python.mem, Interpreter::of(python));
                     }
                     eprintln!(
                         "leakprobe agent: watching PID {pid} ({}{})",
@@ -260,6 +277,9 @@ impl<'a> Agent<'a> {
             if self.watched.remove(pid).is_some() {
                 eprintln!("leakprobe agent: PID {pid} ended");
             }
+            if let Some(census) = &self.census {
+                census.remove(*pid);
+            }
             if let Some(e) = self.escalations.as_mut() {
                 e.forget(*pid);
             }
@@ -364,7 +384,15 @@ impl<'a> Agent<'a> {
         let mut processes = Vec::new();
         let mut sites = Vec::new();
         let mut diagnoses = Vec::new();
-        for w in self.watched.values() {
+        let mut heaps = Vec::new();
+        let verdicts = VerdictConfig::default();
+        for (pid, w) in &self.watched {
+            if let Some((history, _)) = self.census.as_ref().and_then(|c| c.snapshot(*pid)) {
+                if !history.is_empty() {
+                    let view = HeapView::of(&history, &verdicts, self.opts.sites_per_process);
+                    heaps.push(metrics::HeapMetrics { labels: w.labels.clone(), view });
+                }
+            }
             let Some(a) = &w.last else { continue };
             processes.push(ProcessMetrics {
                 labels: w.labels.clone(),
@@ -407,6 +435,7 @@ impl<'a> Agent<'a> {
             processes,
             sites,
             diagnoses,
+            heaps,
             health: metrics::Health {
                 targets: self.watched.len() as u64,
                 probes_attached: probes.programs_attached() as u64,

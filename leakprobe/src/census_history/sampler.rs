@@ -1,13 +1,17 @@
-//! Censuses taken on a thread of their own through a recording, so a census (hundreds of
-//! milliseconds on a big heap) never delays the sampling loop or a window's close. Reads only
-//! (process_vm_readv): the target pays no CPU for them, leakprobe's own CPU is kept to a fifth
-//! of the time by spacing censuses five times their own duration apart (measured: ten times left
-//! 5-7 censuses in a minute on a busy 2-core machine, too few for the trend test).
+//! Censuses taken on a thread of their own, so a census (hundreds of milliseconds on a big heap)
+//! never delays a sampling loop or a window's close. One thread takes them in turn for every
+//! process it is given (`record` gives it one, `watch` one, the agent every Python process on
+//! the node), the most overdue process first. Reads only (process_vm_readv): the targets pay no
+//! CPU for them. leakprobe's own CPU is bounded by pausing after each census a multiple of its
+//! duration: 4× in `record` and `watch` (a fifth of a core; measured: 9× left 5-7 censuses a
+//! minute on a busy 2-core machine, too few for the trend test), 19× in the agent (a twentieth
+//! of a core for the whole node, its processes taking turns).
 
 use std::{
+    collections::HashMap,
     sync::{
         atomic::{AtomicBool, Ordering},
-        Arc,
+        Arc, Mutex, MutexGuard,
     },
     thread::JoinHandle,
     time::{Duration, Instant},
@@ -19,52 +23,103 @@ use crate::python::{
     memory::RemoteMemory,
 };
 
-/// What one census in a recording may take: seconds, not the CLI's tens.
+/// What one census may take beside a recording or a monitor: seconds, not the CLI's tens.
 pub fn recording_bounds() -> Bounds {
     Bounds { max_duration: Duration::from_secs(2), max_holders: 200, ..Bounds::default() }
 }
 
-/// Time between censuses, at least `interval`, at least 5× the last census's duration.
-fn pause_after(interval: Duration, took: Duration) -> Duration {
-    interval.max(took * 5)
+/// How often each process is counted, within what bounds, and how much of it is kept.
+#[derive(Debug, Clone, Copy)]
+pub struct Schedule {
+    /// At least this long between two censuses of one process.
+    pub interval: Duration,
+    pub bounds: Bounds,
+    /// Censuses kept per process: all of them through a recording, the last N for a monitor
+    /// that never ends (`watch`, the agent), so its memory stays bounded.
+    pub max_censuses: Option<usize>,
+    /// A census is followed by a pause of this many times its duration, for every process:
+    /// leakprobe's census thread uses at most 1/(1 + spacing) of a core.
+    pub spacing: u32,
 }
+
+impl Schedule {
+    /// A recording's: a census every `interval` (or 5× its duration), all kept.
+    pub fn recording(interval: Duration) -> Schedule {
+        Schedule { interval, bounds: recording_bounds(), max_censuses: None, spacing: 4 }
+    }
+
+    /// A monitor's: a census of each process every `interval`, the last `keep` kept, at most
+    /// 1/(1 + spacing) of a core for all of them (the agent's processes wait their turn).
+    pub fn monitor(interval: Duration, keep: usize, spacing: u32) -> Schedule {
+        Schedule { interval, bounds: recording_bounds(), max_censuses: Some(keep), spacing }
+    }
+}
+
+/// Time from one census's start to the next one's: `interval`, at least (1 + spacing)× the
+/// census's duration.
+fn pause_after(interval: Duration, took: Duration, spacing: u32) -> Duration {
+    interval.max(took * (1 + spacing))
+}
+
+struct Counted {
+    mem: RemoteMemory,
+    interp: Interpreter,
+    history: CensusHistory,
+    /// The last error, kept while no census succeeded.
+    error: Option<String>,
+    next: Instant,
+}
+
+type Targets = Arc<Mutex<HashMap<u32, Counted>>>;
 
 pub struct CensusSampler {
     stop: Arc<AtomicBool>,
-    thread: Option<JoinHandle<(CensusHistory, Option<String>)>>,
+    targets: Targets,
+    thread: Option<JoinHandle<()>>,
 }
 
 impl CensusSampler {
-    /// Starts taking censuses of `mem`'s heap every `interval` (times in seconds since `start`).
-    pub fn start(mem: RemoteMemory, interp: Interpreter, interval: Duration, start: Instant) -> std::io::Result<Self> {
+    /// Starts the census thread (times are seconds since `start`); processes are added to it.
+    pub fn start(schedule: Schedule, start: Instant) -> std::io::Result<Self> {
         let stop = Arc::new(AtomicBool::new(false));
-        let stopping = stop.clone();
-        let thread = std::thread::Builder::new().name("lp-census".into()).spawn(move || {
-            let bounds = recording_bounds();
-            let mut history = CensusHistory::default();
-            let mut last_error = None;
-            while !stopping.load(Ordering::Relaxed) {
-                let began = Instant::now();
-                match take_census(&mem, &interp, &bounds) {
-                    Ok(census) => history.push(began.duration_since(start).as_secs_f64(), &census),
-                    Err(e) => last_error = Some(e),
-                }
-                let next = began + pause_after(interval, began.elapsed());
-                // Sleep in short steps so a stop is prompt.
-                while !stopping.load(Ordering::Relaxed) && Instant::now() < next {
-                    std::thread::sleep(Duration::from_millis(50).min(next.saturating_duration_since(Instant::now())));
-                }
-            }
-            (history, last_error)
-        })?;
-        Ok(CensusSampler { stop, thread: Some(thread) })
+        let targets: Targets = Arc::default();
+        let (stopping, shared) = (stop.clone(), targets.clone());
+        let thread = std::thread::Builder::new()
+            .name("lp-census".into())
+            .spawn(move || run(&stopping, &shared, schedule, start))?;
+        Ok(CensusSampler { stop, targets, thread: Some(thread) })
     }
 
-    /// Stops the censuses; what they saw, and the last error when none succeeded.
-    pub fn finish(mut self) -> (CensusHistory, Option<String>) {
+    /// Starts counting `pid` (its first census as soon as the thread is free).
+    pub fn add(&self, pid: u32, mem: RemoteMemory, interp: Interpreter) {
+        if let Some(mut targets) = self.lock() {
+            let counted = Counted { mem, interp, history: CensusHistory::default(), error: None, next: Instant::now() };
+            targets.entry(pid).or_insert(counted);
+        }
+    }
+
+    /// Stops counting `pid`; what its censuses saw.
+    pub fn remove(&self, pid: u32) -> Option<(CensusHistory, Option<String>)> {
+        self.lock()?.remove(&pid).map(|c| (c.history, c.error))
+    }
+
+    /// What `pid`'s censuses saw so far, and the last error while none succeeded.
+    pub fn snapshot(&self, pid: u32) -> Option<(CensusHistory, Option<String>)> {
+        self.lock()?.get(&pid).map(|c| (c.history.clone(), c.error.clone()))
+    }
+
+    /// Stops the censuses; what they saw of `pid`.
+    pub fn finish(mut self, pid: u32) -> (CensusHistory, Option<String>) {
         self.stop.store(true, Ordering::Relaxed);
-        let history = self.thread.take().and_then(|t| t.join().ok());
-        history.unwrap_or_else(|| (CensusHistory::default(), Some("the census thread panicked".into())))
+        let joined = self.thread.take().is_some_and(|t| t.join().is_ok());
+        match self.remove(pid) {
+            Some(seen) if joined => seen,
+            _ => (CensusHistory::default(), Some("the census thread panicked".into())),
+        }
+    }
+
+    fn lock(&self) -> Option<MutexGuard<'_, HashMap<u32, Counted>>> {
+        self.targets.lock().ok()
     }
 }
 
@@ -74,13 +129,51 @@ impl Drop for CensusSampler {
     }
 }
 
+/// The census thread: the most overdue process, counted without holding the lock (a snapshot
+/// never waits for a census), then a pause of 5× that census's duration for all.
+fn run(stop: &AtomicBool, targets: &Mutex<HashMap<u32, Counted>>, schedule: Schedule, start: Instant) {
+    let mut not_before = Instant::now();
+    while !stop.load(Ordering::Relaxed) {
+        let now = Instant::now();
+        let due = (now >= not_before)
+            .then(|| {
+                let targets = targets.lock().ok()?;
+                let (pid, c) = targets.iter().filter(|(_, c)| c.next <= now).min_by_key(|(_, c)| c.next)?;
+                Some((*pid, c.mem, c.interp))
+            })
+            .flatten();
+        let Some((pid, mem, interp)) = due else {
+            std::thread::sleep(Duration::from_millis(50));
+            continue;
+        };
+        let began = Instant::now();
+        let census = take_census(&mem, &interp, &schedule.bounds);
+        let took = began.elapsed();
+        let Ok(mut targets) = targets.lock() else { return };
+        // Removed while it was being counted: nothing to keep.
+        let Some(c) = targets.get_mut(&pid) else { continue };
+        match census {
+            Ok(census) => {
+                c.history.push(began.duration_since(start).as_secs_f64(), &census);
+                if let Some(max) = schedule.max_censuses {
+                    c.history.keep_last(max);
+                }
+                c.error = None;
+            }
+            Err(e) => c.error = Some(e),
+        }
+        c.next = began + pause_after(schedule.interval, took, schedule.spacing);
+        not_before = began + took * (1 + schedule.spacing);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn censuses_are_spaced_to_a_tenth_of_the_time() {
-        assert_eq!(pause_after(Duration::from_secs(2), Duration::from_millis(50)), Duration::from_secs(2));
-        assert_eq!(pause_after(Duration::from_secs(2), Duration::from_millis(700)), Duration::from_millis(3500));
+    fn censuses_are_spaced_five_times_their_duration() {
+        assert_eq!(pause_after(Duration::from_secs(2), Duration::from_millis(50), 4), Duration::from_secs(2));
+        assert_eq!(pause_after(Duration::from_secs(2), Duration::from_millis(700), 4), Duration::from_millis(3500));
     }
 }

@@ -68,4 +68,22 @@ pub struct CensusSummary {
     /// Why there is no census, when there is none.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// The GC's own counters over the censuses (the guide's "GC slowdown" signal).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gc: Option<GcSummary>,
+}
+
+/// The cyclic GC as the censuses read it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct GcSummary {
+    pub enabled: bool,
+    /// Collections per generation since the interpreter started, at the last census.
+    pub collections: Vec<i64>,
+    /// Collections per generation per second, over the censuses.
+    #[serde(deserialize_with = "serde_helpers::vec_f64_or_nan")]
+    pub collections_per_sec: Vec<f64>,
+    /// Objects found uncollectable (`gc.garbage`), all generations.
+    pub uncollectable: i64,
+    /// GC-tracked objects at each census.
+    pub tracked_objects: Vec<CountPoint>,
 }

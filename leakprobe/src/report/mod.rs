@@ -23,7 +23,7 @@ pub mod serde_helpers;
 pub mod speedscope;
 pub mod text;
 
-pub use heap::{CensusSummary, CountPoint, HolderReport, TypeReport};
+pub use heap::{CensusSummary, CountPoint, GcSummary, HolderReport, TypeReport};
 pub use output::{render, write, Format};
 
 use serde::{Deserialize, Serialize};

@@ -203,9 +203,11 @@ fn write_holders(out: &mut String, report: &Report) {
         let why = census.error.as_deref().map(|e| format!(": no census ({e})")).unwrap_or_default();
         let _ = writeln!(
             out,
-            "WHAT HOLDS THE MEMORY: no container or type grows ({} heap censuses){why}\n",
+            "WHAT HOLDS THE MEMORY: no container or type grows ({} heap censuses){why}",
             census.censuses
         );
+        write_gc(out, census);
+        let _ = writeln!(out);
         return;
     }
     if !flagged.is_empty() {
@@ -261,7 +263,28 @@ fn write_holders(out: &mut String, report: &Report) {
             .collect();
         let _ = writeln!(out, "  growing types (GC-tracked objects): {}", listed.join(", "));
     }
+    write_gc(out, census);
     let _ = writeln!(out);
+}
+
+/// The GC's own counters: collections per generation per second and the objects it tracks, the
+/// guide's "GC slowdown" signal (a growing tracked set makes every full collection longer).
+fn write_gc(out: &mut String, census: &super::CensusSummary) {
+    let Some(gc) = &census.gc else { return };
+    let per_generation: Vec<String> = gc
+        .collections_per_sec
+        .iter()
+        .enumerate()
+        .map(|(i, r)| if r.is_finite() { format!("gen {i} {r:.2}/s") } else { format!("gen {i} ?") })
+        .collect();
+    let tracked = match (gc.tracked_objects.first(), gc.tracked_objects.last()) {
+        (Some(a), Some(b)) => format!("; tracked objects {:.0} -> {:.0}", a.value, b.value),
+        _ => String::new(),
+    };
+    let disabled = if gc.enabled { "" } else { " (GC disabled)" };
+    let uncollectable =
+        if gc.uncollectable > 0 { format!("; {} uncollectable", gc.uncollectable) } else { String::new() };
+    let _ = writeln!(out, "  GC{disabled}: collections {}{tracked}{uncollectable}", per_generation.join(", "));
 }
 
 fn frame_line(f: &Frame) -> String {
@@ -292,7 +315,7 @@ mod tests {
         use crate::report::{CensusSummary, CountPoint, HolderReport};
         let mut report = sample::leaking();
         let points = |per: f64| (0..10).map(|i| CountPoint { t_secs: i as f64, value: per * i as f64 }).collect();
-        report.census = Some(CensusSummary { censuses: 10, truncated: 0, elapsed_secs: 0.5, error: None });
+        report.census = Some(CensusSummary { censuses: 10, truncated: 0, elapsed_secs: 0.5, error: None, gc: None });
         report.holders = vec![HolderReport {
             path: "__main__._SESSIONS\u{1b}[2J".into(),
             type_name: "dict".into(),

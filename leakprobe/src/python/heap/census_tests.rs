@@ -244,5 +244,9 @@ fn dict_items_of_combined_and_split_tables() {
         );
         h.put(values + c.split_values + 16, 0);
         assert_eq!(dicts::dict_items(&h.memory(), &c, dict, 100), None, "ma_used disagrees: torn");
+        // Read while it grows (or shrinks): close enough to its count is a moving dict.
+        assert_eq!(dicts::dict_items_moving(&h.memory(), &c, dict, 100), Some(vec![(0x1110, 0x3330)]), "3.{minor}");
+        h.put(dict + c.dict_used, 90);
+        assert_eq!(dicts::dict_items_moving(&h.memory(), &c, dict, 100), None, "90 said, 1 found: garbage");
     }
 }

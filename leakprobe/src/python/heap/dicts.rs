@@ -107,13 +107,29 @@ pub fn read_dict_header(mem: &impl ReadMemory, c: &ContainerLayout, dict: u64) -
 /// The live (key, value) pairs of the dict at `dict`, in entry order; None when it has more than
 /// `max` entries or does not validate.
 pub fn dict_items(mem: &impl ReadMemory, c: &ContainerLayout, dict: u64, max: u64) -> Option<Vec<(u64, u64)>> {
+    let (items, used) = items_and_count(mem, c, dict, max)?;
+    (items.len() as u64 == used).then_some(items)
+}
+
+/// The pairs found in the dict's table, and the count its header says it has.
+fn items_and_count(mem: &impl ReadMemory, c: &ContainerLayout, dict: u64, max: u64) -> Option<(Vec<(u64, u64)>, u64)> {
     let (used, keys, values) = read_dict_header(mem, c, dict)?;
     if keys == 0 || used > max {
         return None;
     }
     let values = (values != 0).then(|| values.wrapping_add(c.split_values));
-    let items = table_items(mem, c, keys, values, max)?;
-    (items.len() as u64 == used).then_some(items)
+    Some((table_items(mem, c, keys, values, max)?, used))
+}
+
+/// As `dict_items`, for a dict that may be changing while it is read: a dict that keeps growing
+/// under load gains entries between the read of its header and the read of its entries (measured:
+/// a 25k-entry dict gaining 500 a second was never read exactly, so nothing it held was
+/// counted). A count off by a little is a moving dict, not garbage; each item still has to
+/// validate as an object before it is counted.
+pub fn dict_items_moving(mem: &impl ReadMemory, c: &ContainerLayout, dict: u64, max: u64) -> Option<Vec<(u64, u64)>> {
+    let (items, used) = items_and_count(mem, c, dict, max)?;
+    let slack = 64 + used / 8;
+    (items.len() as u64).abs_diff(used).le(&slack).then_some(items)
 }
 
 /// The live pairs of the keys object at `keys`: values from its entries, or from the array at

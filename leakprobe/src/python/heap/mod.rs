@@ -28,6 +28,6 @@ pub(crate) mod fake;
 mod live_tests;
 
 pub use census::{take_census, Bound, Bounds, Census, Interpreter, Invalid, TypeCount};
-pub use gc_state::GcState;
+pub use gc_state::{GcState, GenerationState};
 pub use growth::{CensusGrowth, Grown, Growth};
 pub use holders::Holder;

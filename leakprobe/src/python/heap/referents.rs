@@ -93,7 +93,7 @@ impl<M: ReadMemory> HolderSearch<'_, '_, M> {
                         }
                     }
                 }
-                for (k, v) in dicts::dict_items(self.mem, c, object, MAX_ITEMS).unwrap_or_default() {
+                for (k, v) in dicts::dict_items_moving(self.mem, c, object, MAX_ITEMS).unwrap_or_default() {
                     queue.push_back(k);
                     queue.push_back(v);
                 }
