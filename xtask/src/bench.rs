@@ -31,16 +31,19 @@ enum Mode {
     LeakprobeFull,
     /// `leakprobe watch`: memory syscalls only, continuous.
     LeakprobeWatch,
+    /// `leakprobe census` every second: heap reads only, no probe.
+    LeakprobeCensus,
     Memray,
     Tracemalloc,
     PySpy,
 }
 
 impl Mode {
-    const ALL: [Mode; 7] = [
+    const ALL: [Mode; 8] = [
         Mode::Baseline,
         Mode::LeakprobeRecord,
         Mode::LeakprobeWatch,
+        Mode::LeakprobeCensus,
         Mode::LeakprobeFull,
         Mode::Memray,
         Mode::Tracemalloc,
@@ -54,6 +57,7 @@ impl Mode {
             Mode::LeakprobeRecord => "record",
             Mode::LeakprobeFull => "record-full",
             Mode::LeakprobeWatch => "watch",
+            Mode::LeakprobeCensus => "census",
             Mode::Memray => "memray",
             Mode::Tracemalloc => "tracemalloc",
             Mode::PySpy => "py-spy",
@@ -61,7 +65,7 @@ impl Mode {
     }
 
     fn is_leakprobe(self) -> bool {
-        matches!(self, Mode::LeakprobeRecord | Mode::LeakprobeFull | Mode::LeakprobeWatch)
+        matches!(self, Mode::LeakprobeRecord | Mode::LeakprobeFull | Mode::LeakprobeWatch | Mode::LeakprobeCensus)
     }
 
     fn name(self) -> &'static str {
@@ -70,6 +74,7 @@ impl Mode {
             Mode::LeakprobeRecord => "leakprobe record (default budget, --max-overhead 5)",
             Mode::LeakprobeFull => "leakprobe record --max-overhead 100 (every allocation)",
             Mode::LeakprobeWatch => "leakprobe watch (memory syscalls only; detects the leak, no line)",
+            Mode::LeakprobeCensus => "leakprobe census every 1 s (heap reads only, 200 holders; no probe)",
             Mode::Memray => "memray run",
             Mode::Tracemalloc => "tracemalloc, 1 frame",
             Mode::PySpy => "py-spy record (CPU, reference)",
@@ -216,6 +221,14 @@ fn measure(mode: Mode, python: &Path, leakprobe: &Path, out_dir: &Path, seconds:
                 .spawn()
                 .context("cannot start leakprobe watch")?,
         ),
+        Mode::LeakprobeCensus => Some(
+            Command::new(leakprobe)
+                .args(["census", "--pid", &pid, "--interval", "1s", "--holders", "200", "--format", "json", "--count"])
+                .arg((seconds + 4).to_string())
+                .stdout(Stdio::null())
+                .spawn()
+                .context("cannot start leakprobe census")?,
+        ),
         Mode::PySpy => Some(
             Command::new(python.with_file_name("py-spy"))
                 .args(["record", "--pid", &pid, "--duration", &(seconds + 4).to_string(), "-o"])
@@ -238,13 +251,18 @@ fn measure(mode: Mode, python: &Path, leakprobe: &Path, out_dir: &Path, seconds:
         if mode.is_leakprobe() {
             sample.tool_cpu_share = Some(cpu / started.elapsed().as_secs_f64());
             sample.tool_peak_rss_mb = Some(peak_kb / 1024.0);
-            let flagged_after = if mode == Mode::LeakprobeWatch {
-                watch_detected_after(&report).unwrap_or(None)
-            } else {
-                flagged_leak_after(&report).unwrap_or(None)
-            };
-            sample.named_leak_line = Some(flagged_after.is_some());
-            sample.flagged_after_secs = flagged_after;
+            match mode {
+                Mode::LeakprobeWatch => {
+                    sample.flagged_after_secs = watch_detected_after(&report).unwrap_or(None);
+                    sample.named_leak_line = Some(sample.flagged_after_secs.is_some());
+                }
+                Mode::LeakprobeRecord | Mode::LeakprobeFull => {
+                    sample.flagged_after_secs = flagged_leak_after(&report).unwrap_or(None);
+                    let by_holder = holder_names_leak_line(&report).unwrap_or(false);
+                    sample.named_leak_line = Some(sample.flagged_after_secs.is_some() || by_holder);
+                }
+                _ => {}
+            }
         }
     }
     drop(app);
@@ -268,9 +286,7 @@ fn watch_detected_after(snapshots: &Path) -> Result<Option<f64>> {
 /// Whether a flagged stack's innermost frame in demo/app.py is the leaking line, and when the
 /// first such stack would have been flagged.
 fn flagged_leak_after(report: &Path) -> Result<Option<f64>> {
-    let app_source = fs::read_to_string(root().join("demo/app.py"))?;
-    let leak_line =
-        app_source.lines().position(|l| l.contains("# the leak")).map(|i| i as u64 + 1).context("leak marker")?;
+    let leak_line = demo_leak_line()?;
     let report: serde_json::Value = serde_json::from_str(&fs::read_to_string(report)?)?;
     let stacks = report["stacks"].as_array().cloned().unwrap_or_default();
     let at_leak = |s: &&serde_json::Value| {
@@ -287,6 +303,22 @@ fn flagged_leak_after(report: &Path) -> Result<Option<f64>> {
         .filter(at_leak)
         .map(|s| s["flagged_after_secs"].as_f64().unwrap_or(f64::NAN))
         .reduce(f64::min))
+}
+
+/// Whether the report's first flagged holder (the heap census's answer) is added to at the
+/// leaking line of demo/app.py.
+fn holder_names_leak_line(report: &Path) -> Result<bool> {
+    let leak_line = demo_leak_line()?;
+    let report: serde_json::Value = serde_json::from_str(&fs::read_to_string(report)?)?;
+    let holders = report["holders"].as_array().cloned().unwrap_or_default();
+    Ok(holders.iter().find(|h| h["flagged"] == true).is_some_and(|h| {
+        h["file"].as_str().is_some_and(|f| f.ends_with("demo/app.py")) && h["line"].as_u64() == Some(leak_line)
+    }))
+}
+
+fn demo_leak_line() -> Result<u64> {
+    let app_source = fs::read_to_string(root().join("demo/app.py"))?;
+    app_source.lines().position(|l| l.contains("# the leak")).map(|i| i as u64 + 1).context("leak marker")
 }
 
 /// Requests/sec and the 50th/99th latency percentiles from `wrk --latency`.

@@ -227,7 +227,9 @@ pub fn report_parts(
                 Some((file, line, code))
             }),
             None => {
-                let module = series.and_then(|s| s.module_file.clone()).filter(|_| !h.path.starts_with("__main__."));
+                // The module's own `__file__` (the script's for `__main__`), when it can be read;
+                // else a stack's file of that module, or the script an outermost frame runs.
+                let module = series.and_then(|s| s.module_file.clone());
                 let file = module
                     .filter(|f| advisor.source(f).is_some())
                     .or_else(|| lines::module_file(&h.path, files, main_script).map(str::to_string));
