@@ -19,7 +19,7 @@ use crate::{
     aggregate::Recording,
     assess::{self, memory_kind, window_growth, MemoryKind},
     census_history::{
-        monitor::{HeapView, KEPT_CENSUSES},
+        monitor::{per_minute, HeapView, KEPT_CENSUSES},
         sampler::{CensusSampler, Schedule},
     },
     cgroup,
@@ -115,6 +115,8 @@ pub async fn watch(opts: WatchOptions) -> Result<()> {
     let mut recording = Recording::default();
     // What each stack is (its allocator, and its site once shown): never changes, read once.
     let mut stacks = StackCache::default();
+    // The heap view, judged again only when a census was taken since (censuses taken, view).
+    let mut heap: (u64, Option<HeapView>) = (0, None);
     loop {
         match ticks.next(sampling_loop::no_mode_events()).await {
             Event::Sample => {}
@@ -134,11 +136,10 @@ pub async fn watch(opts: WatchOptions) -> Result<()> {
         let mut snapshot = snapshot(&recording, &mut stacks, &opts, limit.as_ref(), |id| {
             assess::site(&namer.resolve(&probes, |_| None, id).frames)
         });
-        snapshot.heap = census
-            .as_ref()
-            .and_then(|c| c.snapshot(opts.pid))
-            .filter(|(history, _)| !history.is_empty())
-            .map(|(history, _)| HeapView::of(&history, &verdicts, opts.top));
+        if let Some((taken, history)) = census.as_ref().and_then(|c| c.newer(opts.pid, heap.0)) {
+            heap = (taken, Some(HeapView::of(&history, &verdicts, opts.top)));
+        }
+        snapshot.heap = heap.1.clone();
         if opts.json {
             println!("{}", serde_json::to_string(&snapshot)?);
         } else {
@@ -225,8 +226,7 @@ fn kind_name(kind: MemoryKind) -> &'static str {
 }
 
 fn render(s: &Snapshot) -> String {
-    // Per minute: the unit people watch a slow leak in.
-    let rate = |r: f64| format!("{}{}/min", if r < 0.0 { "-" } else { "+" }, human_bytes(r.abs() * 60.0));
+    let rate = per_minute;
     let limit = s.time_to_limit_seconds.map(|t| format!("; limit in ~{}", human_duration(t))).unwrap_or_default();
     let mut out = format!(
         "t={:>6.0}s  RSS {} (anon {}, file {}, swap {})  {}  {}{limit}\n",

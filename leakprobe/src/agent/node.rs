@@ -42,6 +42,8 @@ struct Watched {
     last: Option<process::Assessment>,
     /// The leak patterns its last escalated recording found.
     diagnoses: Vec<escalation::Diagnosis>,
+    /// What its heap censuses show, judged when the `n`-th census was taken: (n, view).
+    heap: (u64, Option<HeapView>),
 }
 
 /// A process seen but not (yet) watched: not Python after all, or not ready.
@@ -210,6 +212,7 @@ impl<'a> Agent<'a> {
             verdict: VerdictKind::Inconclusive,
             last: None,
             diagnoses: Vec::new(),
+            heap: (0, None),
         }))
     }
 
@@ -310,6 +313,9 @@ impl<'a> Agent<'a> {
             };
             let counters = by_process.remove(&pid).unwrap_or_default();
             w.history.push(t, memory, &counters, |id| self.stacks.get(id).cloned().unwrap_or_default());
+            if let Some((taken, history)) = self.census.as_ref().and_then(|c| c.newer(pid, w.heap.0)) {
+                w.heap = (taken, Some(HeapView::of(&history, &VerdictConfig::default(), self.opts.sites_per_process)));
+            }
             let limit = cgroup::memory_limit(pid).ok().flatten().map(|l| (l.limit_bytes, l.usage_bytes));
             let Some(a) = w.history.assess(limit, self.opts.sites_per_process) else { continue };
             if a.verdict != w.verdict {
@@ -385,13 +391,9 @@ impl<'a> Agent<'a> {
         let mut sites = Vec::new();
         let mut diagnoses = Vec::new();
         let mut heaps = Vec::new();
-        let verdicts = VerdictConfig::default();
-        for (pid, w) in &self.watched {
-            if let Some((history, _)) = self.census.as_ref().and_then(|c| c.snapshot(*pid)) {
-                if !history.is_empty() {
-                    let view = HeapView::of(&history, &verdicts, self.opts.sites_per_process);
-                    heaps.push(metrics::HeapMetrics { labels: w.labels.clone(), view });
-                }
+        for w in self.watched.values() {
+            if let Some(view) = &w.heap.1 {
+                heaps.push(metrics::HeapMetrics { labels: w.labels.clone(), view: view.clone() });
             }
             let Some(a) = &w.last else { continue };
             processes.push(ProcessMetrics {

@@ -29,9 +29,8 @@ pub struct CensusHistory {
     pub truncated: usize,
     /// Seconds the censuses took, all together.
     pub elapsed_secs: f64,
-    /// Per census: the GC's own counters, and the objects it tracks.
-    pub gc: Vec<Option<GcState>>,
-    pub tracked_objects: Vec<u64>,
+    /// Per census: the GC's own counters (when read), and the objects it tracks.
+    pub gc: Vec<(Option<GcState>, u64)>,
 }
 
 #[derive(Debug, Default, Clone)]
@@ -67,8 +66,7 @@ impl CensusHistory {
         let index = self.times.len();
         self.times.push(t_secs);
         self.elapsed_secs += census.elapsed_secs;
-        self.gc.push(census.gc.clone());
-        self.tracked_objects.push(census.objects);
+        self.gc.push((census.gc.clone(), census.objects));
         if census.bounds_hit.is_some() || census.holders_truncated {
             self.truncated += 1;
         }
@@ -102,8 +100,7 @@ impl CensusHistory {
             return;
         }
         self.times.drain(..drop);
-        self.gc.drain(..drop.min(self.gc.len()));
-        self.tracked_objects.drain(..drop.min(self.tracked_objects.len()));
+        self.gc.drain(..drop);
         for series in [&mut self.holders, &mut self.types] {
             series.retain(|_, s| {
                 s.counts.drain(..drop.min(s.counts.len()));
@@ -115,15 +112,14 @@ impl CensusHistory {
 
     /// The latest GC counters read, with the objects tracked then.
     pub fn latest_gc(&self) -> Option<(&GcState, u64)> {
-        let i = self.gc.iter().rposition(Option::is_some)?;
-        Some((self.gc[i].as_ref()?, *self.tracked_objects.get(i)?))
+        self.gc.iter().rev().find_map(|(gc, tracked)| Some((gc.as_ref()?, *tracked)))
     }
 
     /// The GC over the censuses: collections per generation per second (first to last census
     /// that read the counters), and the tracked objects at each census.
     pub fn gc_summary(&self) -> Option<GcSummary> {
         let read: Vec<(f64, &GcState)> =
-            self.times.iter().zip(&self.gc).filter_map(|(&t, g)| Some((t, g.as_ref()?))).collect();
+            self.times.iter().zip(&self.gc).filter_map(|(&t, (g, _))| Some((t, g.as_ref()?))).collect();
         let (&(t0, first), &(t1, last)) = (read.first()?, read.last()?);
         let span = t1 - t0;
         let collections_per_sec = first
@@ -135,8 +131,8 @@ impl CensusHistory {
         let tracked_objects = self
             .times
             .iter()
-            .zip(&self.tracked_objects)
-            .map(|(&t, &n)| CountPoint { t_secs: t, value: n as f64 })
+            .zip(&self.gc)
+            .map(|(&t, &(_, n))| CountPoint { t_secs: t, value: n as f64 })
             .collect();
         Some(GcSummary {
             enabled: last.enabled,
@@ -443,7 +439,7 @@ mod tests {
         }
         assert_eq!(h.times.len(), 10);
         assert_eq!(h.times[0], 20.0);
-        assert_eq!(h.tracked_objects.len(), 10);
+        assert_eq!(h.gc.len(), 10);
         let holders = h.holders(&VerdictConfig::default());
         assert_eq!(holders.len(), 1);
         assert_eq!(holders[0].length_series.len(), 10);

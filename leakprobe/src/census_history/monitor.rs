@@ -76,12 +76,12 @@ impl HeapView {
         let mut out = String::new();
         for h in &self.holders {
             out.push_str(&format!(
-                "{indent}{} {} ({}): {:+.1} items/s, {}/min; {} items retaining {}\n",
+                "{indent}{} {} ({}): {:+.1} items/s, {}; {} items retaining {}\n",
                 if h.flagged { "LEAK" } else { "grows" },
                 h.path,
                 h.type_name,
                 h.growth_items_per_sec,
-                signed_bytes(h.growth_bytes_per_sec * 60.0),
+                per_minute(h.growth_bytes_per_sec),
                 h.length,
                 human_bytes(h.retained_bytes as f64)
             ));
@@ -101,8 +101,10 @@ impl HeapView {
     }
 }
 
-fn signed_bytes(b: f64) -> String {
-    format!("{}{}", if b < 0.0 { "-" } else { "+" }, human_bytes(b.abs()))
+/// A growth rate per minute (the unit people watch a slow leak in), signed: `+1.2 MB/min`.
+pub fn per_minute(bytes_per_sec: f64) -> String {
+    let sign = if bytes_per_sec < 0.0 { "-" } else { "+" };
+    format!("{sign}{}/min", human_bytes(bytes_per_sec.abs() * 60.0))
 }
 
 #[cfg(test)]
@@ -134,7 +136,7 @@ mod tests {
         assert_eq!(view.holders[0].length, 650);
         assert!(view.holders.iter().all(|h| h.path != "app.config"), "{view:?}");
         let gc = view.gc.as_ref().unwrap();
-        assert_eq!((gc.collections[0], gc.tracked_objects), (18, history.tracked_objects[11]));
+        assert_eq!((gc.collections[0], gc.tracked_objects), (18, history.gc[11].1));
         let text = view.render("  ");
         assert!(text.contains("LEAK app.views (list): +10.0 items/s"), "{text}");
         assert!(text.contains("GC: "), "{text}");

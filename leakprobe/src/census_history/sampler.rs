@@ -68,6 +68,8 @@ struct Counted {
     /// The last error, kept while no census succeeded.
     error: Option<String>,
     next: Instant,
+    /// Censuses taken so far (their history keeps the last few).
+    taken: u64,
 }
 
 type Targets = Arc<Mutex<HashMap<u32, Counted>>>;
@@ -93,7 +95,7 @@ impl CensusSampler {
     /// Starts counting `pid` (its first census as soon as the thread is free).
     pub fn add(&self, pid: u32, mem: RemoteMemory, interp: Interpreter) {
         if let Some(mut targets) = self.lock() {
-            let counted = Counted { mem, interp, history: CensusHistory::default(), error: None, next: Instant::now() };
+            let counted = Counted { mem, interp, history: CensusHistory::default(), error: None, next: Instant::now(), taken: 0 };
             targets.entry(pid).or_insert(counted);
         }
     }
@@ -103,9 +105,10 @@ impl CensusSampler {
         self.lock()?.remove(&pid).map(|c| (c.history, c.error))
     }
 
-    /// What `pid`'s censuses saw so far, and the last error while none succeeded.
-    pub fn snapshot(&self, pid: u32) -> Option<(CensusHistory, Option<String>)> {
-        self.lock()?.get(&pid).map(|c| (c.history.clone(), c.error.clone()))
+    /// What `pid`'s censuses saw, when a census was taken since the `seen`-th (a history changes
+    /// only once a census, so a caller judges it again only then), with the censuses taken.
+    pub fn newer(&self, pid: u32, seen: u64) -> Option<(u64, CensusHistory)> {
+        self.lock()?.get(&pid).filter(|c| c.taken > seen).map(|c| (c.taken, c.history.clone()))
     }
 
     /// Stops the censuses; what they saw of `pid`.
@@ -158,6 +161,7 @@ fn run(stop: &AtomicBool, targets: &Mutex<HashMap<u32, Counted>>, schedule: Sche
                 if let Some(max) = schedule.max_censuses {
                     c.history.keep_last(max);
                 }
+                c.taken += 1;
                 c.error = None;
             }
             Err(e) => c.error = Some(e),
