@@ -50,7 +50,12 @@ impl SampledHeap {
         // Every supported version has a pool layout; one not in the tables is assumed unchanged.
         let pool = crate::python::layouts::pool(layout.minor).unwrap_or(crate::python::layouts::POOL_LAYOUT);
         SampledHeap {
-            liveness: Liveness::new(type_type, layout.objects, pool),
+            liveness: Liveness::new(
+                type_type,
+                layout.objects,
+                pool,
+                crate::python::layouts::recycled_types(layout.minor),
+            ),
             pool,
             pid,
             tcache_key_attempts: 0,
@@ -62,7 +67,13 @@ impl SampledHeap {
 
     /// How the samples were judged so far.
     pub fn sample_liveness(&self) -> SampleLiveness {
-        SampleLiveness { dead: self.liveness.dead_by, live: self.live_by, unverifiable: self.liveness.unverifiable }
+        SampleLiveness {
+            dead: self.liveness.dead_by,
+            live: self.live_by,
+            unverifiable: self.liveness.unverifiable,
+            recycled: self.liveness.recycled,
+            ambiguous: self.liveness.ambiguous,
+        }
     }
 
     /// Learns glibc's tcache key from the main thread's cache, at the start of `[heap]`, while

@@ -34,7 +34,6 @@ use crate::{
     verdict::{VerdictConfig, VerdictKind},
 };
 
-
 pub struct WatchOptions {
     pub pid: u32,
     pub interval: Duration,

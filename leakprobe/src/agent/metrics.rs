@@ -458,7 +458,12 @@ mod tests {
                     growth_items_per_sec: 1.0,
                     flagged: retained > 1000,
                 }],
-                gc: Some(GcView { enabled: true, collections: vec![40, 3, 1], uncollectable: 0, tracked_objects: 5000 }),
+                gc: Some(GcView {
+                    enabled: true,
+                    collections: vec![40, 3, 1],
+                    uncollectable: 0,
+                    tracked_objects: 5000,
+                }),
             },
         };
         let text = render(&Snapshot { heaps: vec![worker(500), worker(2000)], ..Default::default() });

@@ -107,6 +107,14 @@ pub struct SampleLiveness {
     pub live: SignalCounts,
     #[serde(default)]
     pub unverifiable: u64,
+    /// Of those not followed: objects of the types the interpreter recycles through its own free
+    /// lists, whose block need not hold the object allocated in it by the first look.
+    #[serde(default)]
+    pub recycled: u64,
+    /// Of those not followed: blocks whose size and first bytes match a live block of another
+    /// stack (contents that cannot tell a reuse by the other from the block itself).
+    #[serde(default)]
+    pub ambiguous: u64,
 }
 
 /// Looks in a row that the allocator's state may leave undecided before a sample is dropped.
@@ -164,6 +172,11 @@ impl BlockSample {
         let mut sample = BlockSample { allocator, content, undecided_looks: 0 };
         let judgement = sample.judge(mem, readers, address, size);
         Some((sample, judgement))
+    }
+
+    /// The hash of the block's first bytes at its first look.
+    pub fn content(&self) -> u64 {
+        self.content
     }
 
     /// A later look (see the module's rule).

@@ -59,7 +59,8 @@ impl HeapView {
                 flagged: h.flagged,
             })
             .collect();
-        holders.sort_by(|a, b| b.flagged.cmp(&a.flagged).then(b.growth_bytes_per_sec.total_cmp(&a.growth_bytes_per_sec)));
+        holders
+            .sort_by(|a, b| b.flagged.cmp(&a.flagged).then(b.growth_bytes_per_sec.total_cmp(&a.growth_bytes_per_sec)));
         holders.truncate(top);
         let gc = history.latest_gc().map(|(gc, tracked_objects)| GcView {
             enabled: gc.enabled,

@@ -95,7 +95,8 @@ impl CensusSampler {
     /// Starts counting `pid` (its first census as soon as the thread is free).
     pub fn add(&self, pid: u32, mem: RemoteMemory, interp: Interpreter) {
         if let Some(mut targets) = self.lock() {
-            let counted = Counted { mem, interp, history: CensusHistory::default(), error: None, next: Instant::now(), taken: 0 };
+            let counted =
+                Counted { mem, interp, history: CensusHistory::default(), error: None, next: Instant::now(), taken: 0 };
             targets.entry(pid).or_insert(counted);
         }
     }

@@ -10,22 +10,35 @@ pub(super) struct TypeInfo {
     basicsize: u64,
     itemsize: u64,
     flags: u64,
+    /// A built-in type whose objects the interpreter recycles through a free list of its own.
+    pub(super) recycled: bool,
 }
 
+pub(super) const TP_NAME: u64 = 24;
 pub(super) const TP_BASICSIZE: u64 = 32;
 pub(super) const TP_FLAGS: u64 = 168;
 pub(super) const TPFLAGS_LONG_SUBCLASS: u64 = 1 << 24;
 pub(super) const TPFLAGS_UNICODE_SUBCLASS: u64 = 1 << 28;
+/// Classes defined in Python (and heap types from C): never on the interpreter's free lists.
+const TPFLAGS_HEAPTYPE: u64 = 1 << 9;
 
 impl TypeInfo {
-    pub(super) fn read(mem: &impl ReadMemory, address: u64) -> Option<TypeInfo> {
+    /// `recycled`: the names of the built-in types the interpreter keeps free lists of.
+    pub(super) fn read(mem: &impl ReadMemory, address: u64, recycled: &[&str]) -> Option<TypeInfo> {
         let basicsize = mem.read_u64(address + TP_BASICSIZE).ok()?;
         let itemsize = mem.read_u64(address + TP_BASICSIZE + 8).ok()?;
         let flags = mem.read_u64(address + TP_FLAGS).ok()?;
+        let recycled = flags & TPFLAGS_HEAPTYPE == 0 && {
+            let mut name = [0u8; 32];
+            let read = mem.read_u64(address + TP_NAME).ok().is_some_and(|at| mem.read(at, &mut name).is_ok());
+            let name = name.split(|&b| b == 0).next().unwrap_or_default();
+            read && recycled.iter().any(|r| r.as_bytes() == name)
+        };
         (basicsize >= 16 && basicsize < 1 << 20 && itemsize < 1 << 16).then_some(TypeInfo {
             basicsize,
             itemsize,
             flags,
+            recycled,
         })
     }
 

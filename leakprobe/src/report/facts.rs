@@ -128,3 +128,23 @@ pub fn advice_headline(a: &StackAdvice) -> String {
         a.advice.confidence * 100.0
     )
 }
+
+/// "GC: collections gen 0 0.34/s, gen 1 0.03/s, gen 2 0.00/s; tracked objects 45346 -> 45088":
+/// the GC's own counters over the censuses (the guide's "GC slowdown" signal: a growing tracked
+/// set makes every full collection longer).
+pub fn gc(gc: &super::GcSummary) -> String {
+    let per_generation: Vec<String> = gc
+        .collections_per_sec
+        .iter()
+        .enumerate()
+        .map(|(i, r)| if r.is_finite() { format!("gen {i} {r:.2}/s") } else { format!("gen {i} ?") })
+        .collect();
+    let tracked = match (gc.tracked_objects.first(), gc.tracked_objects.last()) {
+        (Some(a), Some(b)) => format!("; tracked objects {:.0} -> {:.0}", a.value, b.value),
+        _ => String::new(),
+    };
+    let disabled = if gc.enabled { "" } else { " (GC disabled)" };
+    let uncollectable =
+        if gc.uncollectable > 0 { format!("; {} uncollectable", gc.uncollectable) } else { String::new() };
+    format!("GC{disabled}: collections {}{tracked}{uncollectable}", per_generation.join(", "))
+}

@@ -2,7 +2,8 @@
 //! RSS and the tracked heap over time, each growing stack with its leaking line, its growth as a
 //! plot and advice, the flame graph, and the recording's details. Plots are inline SVG drawn here
 //! (`plot`), the flame graph is inferno's SVG inline; no script, font or stylesheet is fetched.
-//! The page's frame is `html_template.html`; its closing tables are `html_tables`.
+//! The page's frame is `html_template.html`; the heap census's section is `html_heap`, the
+//! closing tables are `html_tables`.
 
 use std::fmt::Write as _;
 
@@ -42,13 +43,16 @@ pub fn escape(s: &str) -> String {
 /// its card under the frames; empty without advice.
 pub fn advice_html(stack: &StackReport) -> String {
     let Some(advice) = &stack.advice else { return String::new() };
-    let a = &advice.advice;
-    let mut out = format!(
-        r#"<p class="lp-advice-title"><strong>{}</strong></p><pre class="lp-mono">{}</pre><p>{}</p><ul>"#,
+    format!(
+        r#"<p class="lp-advice-title"><strong>{}</strong></p>{}"#,
         escape(&facts::advice_headline(advice)),
-        escape(&a.code),
-        escape(&a.why)
-    );
+        advice_body(&advice.advice)
+    )
+}
+
+/// The construct's code, why it leaks, what was seen, and the fix (escaped).
+pub fn advice_body(a: &crate::advice::Advice) -> String {
+    let mut out = format!(r#"<pre class="lp-mono">{}</pre><p>{}</p><ul>"#, escape(&a.code), escape(&a.why));
     a.evidence.iter().for_each(|e| out.push_str(&format!("<li>{}</li>", escape(e))));
     let _ = write!(
         out,
@@ -103,6 +107,7 @@ pub fn render(report: &Report) -> Result<String> {
             ("HEADING", escape(&format!("PID {} — {command}{python}", t.pid))),
             ("SUBHEADING", escape(&subheading)),
             ("VERDICT", verdict(report)),
+            ("HOLDERS", super::html_heap::holders(report)),
             ("MEMORY_PLOTS", memory_plots(report)),
             ("STACKS", growing(report)),
             ("FLAME_TITLE", escape(&flamegraph::title(report).replacen("leakprobe: l", "Flame graph: l", 1))),
@@ -366,6 +371,17 @@ mod tests {
         assert_eq!(html.matches(r#"<svg class="lp-flame""#).count(), 1);
         assert!(html.contains("&lt;module&gt;") && html.contains("a &lt;warning&gt; with &amp; markup"));
         assert!(html.contains("2023-11-14 22:13:20 UTC"));
+    }
+
+    #[test]
+    fn the_growing_container_comes_right_after_the_verdict() {
+        let html = render(&sample::holding()).unwrap();
+        let holder = html.find("<code>__main__._SESSIONS").expect("the holder's card");
+        assert!(holder > html.find("lp-verdict").unwrap() && holder < html.find("Memory over time").unwrap());
+        assert!(html.contains("Added at <code>/srv/app/main.py:18</code>"), "{html}");
+        assert!(html.contains("Now 360 items") && html.contains("_SESSIONS[session_id] = payload"));
+        // Reports without censuses have no such section.
+        assert!(!render(&sample::leaking()).unwrap().contains("What holds the memory"));
     }
 
     #[test]

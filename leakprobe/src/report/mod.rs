@@ -9,6 +9,7 @@ pub(crate) mod facts;
 pub mod flamegraph;
 pub mod heap;
 pub mod html;
+mod html_heap;
 mod html_tables;
 pub mod json;
 pub mod judge;

@@ -273,3 +273,27 @@ pub fn sampling_no_leak() -> Report {
     });
     report
 }
+
+/// `leaking()` with heap censuses that saw one growing module-level dict (its path carries a
+/// control character, as a name read from a target may).
+pub fn holding() -> Report {
+    use super::{CensusSummary, CountPoint, HolderReport};
+    let mut report = leaking();
+    let points = |per: f64| (0..10).map(|i| CountPoint { t_secs: i as f64, value: per * i as f64 }).collect();
+    report.census = Some(CensusSummary { censuses: 10, truncated: 0, elapsed_secs: 0.5, error: None, gc: None });
+    report.holders = vec![HolderReport {
+        path: "__main__._SESSIONS\u{1b}[2J".into(),
+        type_name: "dict".into(),
+        length_series: points(40.0),
+        retained_bytes_series: points(12_000.0),
+        growth_bytes_per_sec: 12_000.0,
+        growth_items_per_sec: 40.0,
+        flagged: true,
+        reason: "still growing".into(),
+        file: Some("/srv/app/main.py".into()),
+        line: Some(18),
+        code: Some("_SESSIONS[session_id] = payload".into()),
+        advice: None,
+    }];
+    report
+}

@@ -149,7 +149,13 @@ fn sample_signals(l: &crate::block_liveness::SampleLiveness) -> String {
         let named: Vec<String> = parts.iter().filter(|(_, n)| *n > 0).map(|(what, n)| format!("{what} {n}")).collect();
         format!("{}{}", c.total(), if named.is_empty() { String::new() } else { format!(" ({})", named.join(", ")) })
     };
-    format!("live {}, dead {}, {} not followed", by(&l.live), by(&l.dead), l.unverifiable)
+    let why: Vec<String> = [(l.recycled, "of types CPython recycles"), (l.ambiguous, "alike to another stack's")]
+        .iter()
+        .filter(|(n, _)| *n > 0)
+        .map(|(n, what)| format!("{n} {what}"))
+        .collect();
+    let why = if why.is_empty() { String::new() } else { format!(" ({})", why.join(", ")) };
+    format!("live {}, dead {}, {} not followed{why}", by(&l.live), by(&l.dead), l.unverifiable)
 }
 
 fn write_stack(out: &mut String, rank: usize, s: &StackReport) {
@@ -201,11 +207,8 @@ fn write_holders(out: &mut String, report: &Report) {
     let growing_types: Vec<_> = report.types.iter().filter(|t| t.flagged).collect();
     if flagged.is_empty() && growing_types.is_empty() {
         let why = census.error.as_deref().map(|e| format!(": no census ({e})")).unwrap_or_default();
-        let _ = writeln!(
-            out,
-            "WHAT HOLDS THE MEMORY: no container or type grows ({} heap censuses){why}",
-            census.censuses
-        );
+        let _ =
+            writeln!(out, "WHAT HOLDS THE MEMORY: no container or type grows ({} heap censuses){why}", census.censuses);
         write_gc(out, census);
         let _ = writeln!(out);
         return;
@@ -270,21 +273,9 @@ fn write_holders(out: &mut String, report: &Report) {
 /// The GC's own counters: collections per generation per second and the objects it tracks, the
 /// guide's "GC slowdown" signal (a growing tracked set makes every full collection longer).
 fn write_gc(out: &mut String, census: &super::CensusSummary) {
-    let Some(gc) = &census.gc else { return };
-    let per_generation: Vec<String> = gc
-        .collections_per_sec
-        .iter()
-        .enumerate()
-        .map(|(i, r)| if r.is_finite() { format!("gen {i} {r:.2}/s") } else { format!("gen {i} ?") })
-        .collect();
-    let tracked = match (gc.tracked_objects.first(), gc.tracked_objects.last()) {
-        (Some(a), Some(b)) => format!("; tracked objects {:.0} -> {:.0}", a.value, b.value),
-        _ => String::new(),
-    };
-    let disabled = if gc.enabled { "" } else { " (GC disabled)" };
-    let uncollectable =
-        if gc.uncollectable > 0 { format!("; {} uncollectable", gc.uncollectable) } else { String::new() };
-    let _ = writeln!(out, "  GC{disabled}: collections {}{tracked}{uncollectable}", per_generation.join(", "));
+    if let Some(gc) = &census.gc {
+        let _ = writeln!(out, "  {}", super::facts::gc(gc));
+    }
 }
 
 fn frame_line(f: &Frame) -> String {
@@ -312,24 +303,7 @@ mod tests {
 
     #[test]
     fn the_growing_container_and_its_line_come_before_the_stacks() {
-        use crate::report::{CensusSummary, CountPoint, HolderReport};
-        let mut report = sample::leaking();
-        let points = |per: f64| (0..10).map(|i| CountPoint { t_secs: i as f64, value: per * i as f64 }).collect();
-        report.census = Some(CensusSummary { censuses: 10, truncated: 0, elapsed_secs: 0.5, error: None, gc: None });
-        report.holders = vec![HolderReport {
-            path: "__main__._SESSIONS\u{1b}[2J".into(),
-            type_name: "dict".into(),
-            length_series: points(40.0),
-            retained_bytes_series: points(12_000.0),
-            growth_bytes_per_sec: 12_000.0,
-            growth_items_per_sec: 40.0,
-            flagged: true,
-            reason: "still growing".into(),
-            file: Some("/srv/app/main.py".into()),
-            line: Some(18),
-            code: Some("_SESSIONS[session_id] = payload".into()),
-            advice: None,
-        }];
+        let report = sample::holding();
         let text = render(&report);
         let holder = text.find("#1 __main__._SESSIONS").expect(&text);
         assert!(holder < text.find("GROWING STACKS").unwrap(), "{text}");

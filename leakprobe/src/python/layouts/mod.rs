@@ -75,6 +75,36 @@ pub fn pool(minor: u32) -> Option<PoolLayout> {
     tables(minor).map(|_| POOL_LAYOUT)
 }
 
+/// The built-in types whose freed objects CPython 3.`minor` keeps on free lists of its own and
+/// hands to the next object of the type without a call to the allocator (`Objects/floatobject.c`,
+/// `tupleobject.c`, `listobject.c`, `dictobject.c`, `sliceobject.c`, `context.c`, `genobject.c`;
+/// 3.14 gathers them in `Include/internal/pycore_freelist_state.h` and adds `int`, bound methods,
+/// C functions and ranges). Tuples are recycled up to 20 items; every tuple is listed here.
+pub fn recycled_types(minor: u32) -> &'static [&'static str] {
+    const UNTIL_3_13: &[&str] = &["float", "tuple", "list", "dict", "slice", "Context", "async_generator"];
+    const SINCE_3_14: &[&str] = &[
+        "float",
+        "tuple",
+        "list",
+        "dict",
+        "slice",
+        "Context",
+        "async_generator",
+        "int",
+        "method",
+        "builtin_function_or_method",
+        "range",
+        "range_iterator",
+        "list_iterator",
+        "tuple_iterator",
+    ];
+    if minor >= 14 {
+        SINCE_3_14
+    } else {
+        UNTIL_3_13
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use leakprobe_common::{PythonConfig, NO_OFFSET};
