@@ -105,7 +105,7 @@ pub struct Liveness {
     /// glibc's tcache key in the target, once learnt (see `block_liveness::glibc`).
     pub tcache_key: Option<u64>,
     /// The built-in types the interpreter recycles through its own free lists (see `first_look`).
-    recycled_types: &'static [&'static str],
+    recycled_types: Vec<&'static str>,
     /// Samples found dead, and samples that could not be followed.
     pub dead: u64,
     pub unverifiable: u64,
@@ -118,12 +118,7 @@ pub struct Liveness {
 }
 
 impl Liveness {
-    pub fn new(
-        type_type: u64,
-        objects: ObjectLayout,
-        pool: PoolLayout,
-        recycled_types: &'static [&'static str],
-    ) -> Liveness {
+    pub fn new(type_type: u64, objects: ObjectLayout, pool: PoolLayout, recycled_types: Vec<&'static str>) -> Liveness {
         Liveness {
             type_type,
             recycled_types,
@@ -282,9 +277,10 @@ impl Liveness {
             let info = self.type_info(mem, ob_type)?;
             // The object there must be the one this allocation was for: an object the block was
             // freed to and reused by has its own size.
-            let object =
-                Object { offset, ob_type, fingerprint: fingerprint(&found[16..]) ^ pre_header(&block, offset) };
-            (info.sizes_match(found, size - offset, &objects)).then_some((object, info.recycled))
+            (info.sizes_match(found, size - offset, &objects)).then(|| {
+                let fingerprint = fingerprint(&found[16..]) ^ pre_header(&block, offset);
+                (Object { offset, ob_type, fingerprint }, info.recycled)
+            })
         })
     }
 
@@ -302,7 +298,7 @@ impl Liveness {
             Some(meta) if meta != 0 => type_of(meta) == Some(self.type_type),
             _ => false,
         };
-        let info = is_type.then(|| TypeInfo::read(mem, address, self.recycled_types)).flatten();
+        let info = is_type.then(|| TypeInfo::read(mem, address, &self.recycled_types)).flatten();
         if self.types.len() >= MAX_TYPE_CACHE {
             self.types.clear();
         }

@@ -80,29 +80,25 @@ pub fn pool(minor: u32) -> Option<PoolLayout> {
 /// `tupleobject.c`, `listobject.c`, `dictobject.c`, `sliceobject.c`, `context.c`, `genobject.c`;
 /// 3.14 gathers them in `Include/internal/pycore_freelist_state.h` and adds `int`, bound methods,
 /// C functions and ranges). Tuples are recycled up to 20 items; every tuple is listed here.
-pub fn recycled_types(minor: u32) -> &'static [&'static str] {
-    const UNTIL_3_13: &[&str] = &["float", "tuple", "list", "dict", "slice", "Context", "async_generator"];
-    const SINCE_3_14: &[&str] = &[
-        "float",
-        "tuple",
-        "list",
-        "dict",
-        "slice",
-        "Context",
-        "async_generator",
-        "int",
-        "method",
-        "builtin_function_or_method",
-        "range",
-        "range_iterator",
-        "list_iterator",
-        "tuple_iterator",
+pub fn recycled_types(minor: u32) -> Vec<&'static str> {
+    /// Each type with the first minor version that recycles it.
+    const RECYCLED: &[(&str, u32)] = &[
+        ("float", 10),
+        ("tuple", 10),
+        ("list", 10),
+        ("dict", 10),
+        ("slice", 10),
+        ("Context", 10),
+        ("async_generator", 10),
+        ("int", 14),
+        ("method", 14),
+        ("builtin_function_or_method", 14),
+        ("range", 14),
+        ("range_iterator", 14),
+        ("list_iterator", 14),
+        ("tuple_iterator", 14),
     ];
-    if minor >= 14 {
-        SINCE_3_14
-    } else {
-        UNTIL_3_13
-    }
+    RECYCLED.iter().filter(|(_, since)| minor >= *since).map(|(name, _)| *name).collect()
 }
 
 #[cfg(test)]
