@@ -140,6 +140,8 @@ fn run_record(pid: u32, duration: &str, args: &[&str]) -> (Output, Report) {
         "leakprobe failed: {:?}\nstderr:\n{stderr}",
         out.status
     );
+    // Kept for a failing test's post-mortem (CI prints only the assertion).
+    let _ = std::fs::write(scratch().join(format!("record-{pid}.json")), &out.stdout);
     let report = load_report(&out.stdout).unwrap_or_else(|e| panic!("{e:#}; stderr:\n{stderr}"));
     (out, report)
 }
@@ -192,6 +194,27 @@ pub fn eventually(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
 /// The flagged stacks of a report.
 pub fn flagged(report: &Report) -> Vec<&StackReport> {
     report.stacks.iter().filter(|s| s.flagged).collect()
+}
+
+/// What a failing test prints of a report: the budget, the sample liveness counters, the first
+/// stacks (flagged or not, with their innermost Python frame and the reason) and the first holders.
+pub fn digest(report: &Report) -> String {
+    let mut out = format!(
+        "ended: {}; warnings: {:?}\nbudget: {:?}\nsample liveness: {:?}\n",
+        report.ended_because, report.warnings, report.budget, report.sample_liveness
+    );
+    for s in report.stacks.iter().take(8) {
+        let frame = s.frames.iter().find(|f| f.kind == FrameKind::Python);
+        let at = frame.map_or("-".to_string(), |f| format!("{}:{}", f.function, f.line.unwrap_or(0)));
+        out += &format!(
+            "  stack {} flagged={} live={} {:.0} B/s at {at}: {}\n",
+            s.id, s.flagged, s.live_allocations, s.growth_bytes_per_sec, s.reason
+        );
+    }
+    for h in report.holders.iter().take(5) {
+        out += &format!("  holder {} flagged={} {:.0} B/s: {}\n", h.path, h.flagged, h.growth_bytes_per_sec, h.reason);
+    }
+    out
 }
 
 /// Whether any frame of the stack is the function `name`.

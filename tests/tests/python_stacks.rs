@@ -46,11 +46,17 @@ fn check_fastapi_app(command: Command, port: u16, mode: Mode) {
     let sync_line = line_of("fastapi_app.py", "# LEAK-SYNC");
     assert!(
         app_frames.contains(&("leak_async".to_string(), async_line)),
-        "Python {version}: no flagged stack at leak_async line {async_line}; flagged app frames: {app_frames:?}"
+        "Python {version}: no flagged stack at leak_async line {async_line}; flagged app frames: {app_frames:?}; \
+         report kept in target/e2e/record-{}.json\n{}",
+        app.pid(),
+        digest(&report)
     );
     assert!(
         app_frames.contains(&("leak_sync".to_string(), sync_line)),
-        "Python {version}: no flagged stack at leak_sync line {sync_line}; flagged app frames: {app_frames:?}"
+        "Python {version}: no flagged stack at leak_sync line {sync_line}; flagged app frames: {app_frames:?}; \
+         report kept in target/e2e/record-{}.json\n{}",
+        app.pid(),
+        digest(&report)
     );
     // Each leak's source was read through the target's root and classified: a module-level
     // dict filled per request is an unbounded cache, at the marked line.
