@@ -223,10 +223,19 @@ fn judge(scenario: &Scenario, report: &Report, kept: String) -> Outcome {
     }
 }
 
+/// The scenarios to run: all, or those whose app names contain one of the comma-separated words
+/// of `LEAKPROBE_SCENARIO_ONLY` (to look again at one after a failure).
+fn chosen_scenarios() -> Vec<&'static Scenario> {
+    let only = std::env::var("LEAKPROBE_SCENARIO_ONLY").unwrap_or_default();
+    let words: Vec<&str> = only.split(',').map(str::trim).filter(|w| !w.is_empty()).collect();
+    SCENARIOS.iter().filter(|s| words.is_empty() || words.iter().any(|w| s.app.contains(w))).collect()
+}
+
 fn check_scenarios(target: CPython, label: &str, base_port: u16) {
+    let scenarios = chosen_scenarios();
     // Every command first: in another root this copies the scenarios in, before any app runs.
     let mut commands = Vec::new();
-    for scenario in SCENARIOS {
+    for scenario in &scenarios {
         match target.script_command(scenario.app) {
             Ok(command) => commands.push(command),
             Err(why) => {
@@ -240,7 +249,7 @@ fn check_scenarios(target: CPython, label: &str, base_port: u16) {
     let mut version = String::new();
     let mut outcomes: Vec<Outcome> = Vec::new();
     let mut commands = commands.into_iter();
-    for (batch_index, batch) in SCENARIOS.chunks(jobs).enumerate() {
+    for (batch_index, batch) in scenarios.chunks(jobs).enumerate() {
         let first_index = batch_index * jobs;
         let ports: Vec<u16> = (0..batch.len()).map(|i| base_port + (first_index + i) as u16).collect();
         let apps: Vec<ChildGuard> = ports.iter().map(|&port| serve_fastapi(commands.next().unwrap(), port)).collect();
@@ -265,7 +274,7 @@ fn check_scenarios(target: CPython, label: &str, base_port: u16) {
     }
 
     let mut table = format!("Python {version} ({label}): what each scenario's report names\n");
-    for (scenario, outcome) in SCENARIOS.iter().zip(&outcomes) {
+    for (scenario, outcome) in scenarios.iter().zip(&outcomes) {
         let verdict = if outcome.named { "named" } else { "NOT NAMED" };
         let look_alike = if outcome.look_alike_flagged.is_empty() { "look-alike ok" } else { "LOOK-ALIKE FLAGGED" };
         let stack = if outcome.stack_at_leak_line { "a flagged stack at it" } else { "no flagged stack at it" };
@@ -291,12 +300,12 @@ fn check_scenarios(target: CPython, label: &str, base_port: u16) {
 
     let named = outcomes.iter().filter(|o| o.named).count();
     let look_alikes: Vec<&str> =
-        SCENARIOS.iter().zip(&outcomes).filter(|(_, o)| !o.look_alike_flagged.is_empty()).map(|(s, _)| s.app).collect();
+        scenarios.iter().zip(&outcomes).filter(|(_, o)| !o.look_alike_flagged.is_empty()).map(|(s, _)| s.app).collect();
     assert!(
-        named * 10 >= SCENARIOS.len() * 9,
+        named * 10 >= scenarios.len() * 9,
         "Python {version} ({label}): the container and line of the leak named in {named} of {} scenarios \
          (at least 90% wanted)\n{table}",
-        SCENARIOS.len()
+        scenarios.len()
     );
     assert!(look_alikes.is_empty(), "Python {version} ({label}): look-alikes flagged in {look_alikes:?}\n{table}");
 }
