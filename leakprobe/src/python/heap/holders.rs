@@ -14,6 +14,7 @@ use std::time::Instant;
 use serde::{Deserialize, Serialize};
 
 use super::{
+    address_set::AddressSet,
     dicts, instances,
     types::{Kind, TypeTable},
 };
@@ -67,7 +68,7 @@ pub struct HolderSearch<'t, 'l, M: ReadMemory> {
     pub(super) types: &'t mut TypeTable<'l>,
     bounds: HolderBounds,
     /// Objects already counted for a holder.
-    pub(super) visited: HashSet<u64>,
+    pub(super) visited: AddressSet,
     /// Classes, instances and functions whose names were already followed.
     namespaces: HashSet<u64>,
     /// The `__file__` of the module being walked.
@@ -90,7 +91,7 @@ impl<'t, 'l, M: ReadMemory> HolderSearch<'t, 'l, M> {
             layout,
             types,
             bounds,
-            visited: HashSet::new(),
+            visited: AddressSet::default(),
             namespaces: HashSet::new(),
             module_file: None,
             slots_by_type: HashMap::new(),
@@ -301,7 +302,7 @@ impl<'t, 'l, M: ReadMemory> HolderSearch<'t, 'l, M> {
     /// closure of `app.router.routes[3].endpoint` is named there rather than only as more retained
     /// by the outer container.
     fn container(&mut self, path: String, object: u64, t: usize, kind: Kind, depth: u32, holders: &mut Vec<Holder>) {
-        if !matches!(kind, Kind::List | Kind::Dict | Kind::Set | Kind::Deque) || self.visited.contains(&object) {
+        if !matches!(kind, Kind::List | Kind::Dict | Kind::Set | Kind::Deque) || self.visited.contains(object) {
             return;
         }
         if depth < MAX_DEPTH {
@@ -329,7 +330,7 @@ impl<'t, 'l, M: ReadMemory> HolderSearch<'t, 'l, M> {
                 _ => {}
             }
         }
-        if self.visited.contains(&object) {
+        if self.visited.contains(object) {
             return;
         }
         let length = self.length(object, kind);

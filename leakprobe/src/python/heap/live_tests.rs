@@ -30,6 +30,7 @@ class Leaky:
         self.i = i
         self.tag = "x"
 LEAKS = [Leaky(i) for i in range(5000)]
+HUGE = [LEAKS[0]] * 1_100_000
 SMALL = [{"k": i, "v": [i]} for i in range(3000)]
 class Registry:
     cache = {("key", i): i * 1000 for i in range(1000)}
@@ -200,6 +201,10 @@ fn census_matches_gc_get_objects_live() {
         let leaks = holder("__main__.LEAKS");
         assert_eq!((leaks.type_name.as_str(), leaks.length), ("list", 5000), "{who}");
         assert!(leaks.retained_objects > 5000, "{who}: {leaks:?}");
+        // Longer than a census once walked (1M): its 8.8 MB item array is what it retains.
+        let huge = holder("__main__.HUGE");
+        assert_eq!(huge.length, 1_100_000, "{who}");
+        assert!(huge.retained_bytes > 8_800_000, "{who}: {huge:?}");
         let small = holder("__main__.SMALL");
         assert_eq!(small.length, 3000);
         assert!(small.retained_objects > 6000, "{who}: the dicts and their lists: {small:?}");

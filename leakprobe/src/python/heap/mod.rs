@@ -7,6 +7,7 @@
 //! validated, what does not validate is skipped and counted, and a census is bounded by objects,
 //! bytes read and time (`Bounds`); the bound that stopped it is reported.
 
+mod address_set;
 pub mod census;
 pub mod dicts;
 pub mod gc_state;

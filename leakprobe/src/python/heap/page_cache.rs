@@ -5,7 +5,9 @@
 //! earlier in the census may be older than one read later, which the census's link and type
 //! checks already treat like any other racy read.
 
-use std::{cell::RefCell, collections::HashMap, io};
+use std::{cell::RefCell, collections::HashMap, hash::BuildHasherDefault, io};
+
+use super::address_set::AddressHasher;
 
 use crate::python::memory::ReadMemory;
 
@@ -15,7 +17,7 @@ const PAGE: u64 = 4096;
 pub struct PageCache<'a, M: ReadMemory> {
     inner: &'a M,
     /// Page address → its bytes, or None when it could not be read whole.
-    pages: RefCell<HashMap<u64, Option<Box<[u8]>>>>,
+    pages: RefCell<HashMap<u64, Option<Box<[u8]>>, BuildHasherDefault<AddressHasher>>>,
     max_pages: usize,
 }
 
@@ -23,7 +25,7 @@ impl<'a, M: ReadMemory> PageCache<'a, M> {
     /// A cache of at most `max_bytes` (emptied when full: a census moves through the heap, so
     /// the pages it needs next are rarely the old ones).
     pub fn new(inner: &'a M, max_bytes: u64) -> Self {
-        PageCache { inner, pages: RefCell::new(HashMap::new()), max_pages: (max_bytes / PAGE).max(1) as usize }
+        PageCache { inner, pages: RefCell::new(HashMap::default()), max_pages: (max_bytes / PAGE).max(1) as usize }
     }
 
     /// Forgets every copy (a walk retried after a list changed must see the new pages).
