@@ -31,8 +31,9 @@ pub struct CensusHistory {
     pub truncated: usize,
     /// Seconds the censuses took, all together.
     pub elapsed_secs: f64,
-    /// Per census: the GC's own counters (when read), and the objects it tracks.
-    pub gc: Vec<(Option<GcState>, u64)>,
+    /// Per census: the GC's own counters (when read), and the objects it tracks (when its lists
+    /// were walked: not in a census of lengths only).
+    pub gc: Vec<(Option<GcState>, Option<u64>)>,
 }
 
 #[derive(Debug, Default, Clone)]
@@ -44,14 +45,19 @@ struct Series {
     /// Items (holders) or objects (types), NaN where this census did not see it.
     counts: Vec<f64>,
     bytes: Vec<f64>,
+    /// The most bytes per item a walk cut short by a bound saw (what it reached over the whole
+    /// length): a floor for judging the length when no walk of it finished (the biggest holder
+    /// of a 1.9 GB heap, walked last, never did within 10 s).
+    partial_bytes_per_item: Option<f64>,
 }
 
 impl Series {
-    fn set(&mut self, index: usize, count: u64, bytes: u64) {
+    /// This census's count and bytes (NaN: not known).
+    fn set(&mut self, index: usize, count: u64, bytes: f64) {
         self.counts.resize(index, f64::NAN);
         self.bytes.resize(index, f64::NAN);
         self.counts.push(count as f64);
-        self.bytes.push(bytes as f64);
+        self.bytes.push(bytes);
     }
 
     fn padded(&self, len: usize) -> (Vec<f64>, Vec<f64>) {
@@ -68,12 +74,18 @@ impl CensusHistory {
         let index = self.times.len();
         self.times.push(t_secs);
         self.elapsed_secs += census.elapsed_secs;
-        self.gc.push((census.gc.clone(), census.objects));
+        self.gc.push((census.gc.clone(), (!census.lengths_only).then_some(census.objects)));
         if census.bounds_hit.is_some() || census.holders_truncated {
             self.truncated += 1;
         }
         for h in &census.holders {
-            let series = self.holders.entry(h.path.clone()).or_default();
+            // A census of lengths only adds to the holders a full one listed (it lists every
+            // container it finds, the full one the most retaining).
+            let series = match self.holders.get_mut(&h.path) {
+                Some(series) => series,
+                None if census.lengths_only => continue,
+                None => self.holders.entry(h.path.clone()).or_default(),
+            };
             series.type_name.clone_from(&h.type_name);
             if h.module_file.is_some() {
                 series.module_file.clone_from(&h.module_file);
@@ -81,12 +93,16 @@ impl CensusHistory {
             if h.defined_at.is_some() {
                 series.defined_at.clone_from(&h.defined_at);
             }
-            series.set(index, h.length, h.retained_bytes);
+            series.set(index, h.length, if h.retained_unknown { f64::NAN } else { h.retained_bytes as f64 });
+            if h.retained_unknown && h.retained_bytes > 0 && h.length > 0 {
+                let floor = h.retained_bytes as f64 / h.length as f64;
+                series.partial_bytes_per_item = Some(series.partial_bytes_per_item.map_or(floor, |f| f.max(floor)));
+            }
         }
         for t in &census.types {
             let series = self.types.entry(t.name.clone()).or_default();
             series.type_name.clone_from(&t.name);
-            series.set(index, t.count, t.bytes);
+            series.set(index, t.count, t.bytes as f64);
         }
     }
 
@@ -112,9 +128,9 @@ impl CensusHistory {
         }
     }
 
-    /// The latest GC counters read, with the objects tracked then.
+    /// The latest GC counters read with the objects tracked then (by a census that counted them).
     pub fn latest_gc(&self) -> Option<(&GcState, u64)> {
-        self.gc.iter().rev().find_map(|(gc, tracked)| Some((gc.as_ref()?, *tracked)))
+        self.gc.iter().rev().find_map(|(gc, tracked)| Some((gc.as_ref()?, (*tracked)?)))
     }
 
     /// The GC over the censuses: collections per generation per second (first to last census
@@ -130,8 +146,12 @@ impl CensusHistory {
             .zip(&last.generations)
             .map(|(a, b)| if span > 0.0 { (b.collections - a.collections).max(0) as f64 / span } else { f64::NAN })
             .collect();
-        let tracked_objects =
-            self.times.iter().zip(&self.gc).map(|(&t, &(_, n))| CountPoint { t_secs: t, value: n as f64 }).collect();
+        let tracked_objects = self
+            .times
+            .iter()
+            .zip(&self.gc)
+            .filter_map(|(&t, &(_, n))| Some(CountPoint { t_secs: t, value: n? as f64 }))
+            .collect();
         Some(GcSummary {
             enabled: last.enabled,
             collections: last.generations.iter().map(|g| g.collections).collect(),
@@ -390,6 +410,45 @@ mod tests {
         let holders = h.holders(&VerdictConfig::default());
         assert_eq!(holders[0].length_series.len(), 16);
         assert!(holders[0].flagged, "{}", holders[0].reason);
+    }
+
+    #[test]
+    fn a_big_heap_is_judged_on_lengths_read_between_two_full_censuses() {
+        // A 1 GB heap: a full census at 0 s and 30 s (types, retained bytes), lengths alone in
+        // between; a list of 2M orders gains 5000 a second (200 B each: 3.6 GB an hour; slower
+        // growth of a heap this size is within the verdict's 2% floor over a minute), a cache
+        // stays put.
+        let mut h = CensusHistory::default();
+        for i in 0..40u64 {
+            let orders = 2_000_000 + 5_000 * i;
+            let mut c = census(&[
+                ("app.orders", orders, orders * 200),
+                ("app.cache", 5_000, 900_000),
+                ("app.events", orders, orders * 30),
+            ]);
+            // The walk of the last holder is always cut short by a bound: its bytes are a part.
+            c.holders[2].retained_unknown = true;
+            if i % 30 != 0 {
+                c.lengths_only = true;
+                c.types.clear();
+                c.holders.push(Holder { path: "app.found_later".into(), length: 9, ..Default::default() });
+                for holder in &mut c.holders {
+                    (holder.retained_bytes, holder.retained_objects, holder.retained_unknown) = (0, 0, true);
+                }
+            }
+            h.push(i as f64, &c);
+        }
+        let holders = h.holders(&VerdictConfig::default());
+        assert_eq!(holders[0].path, "app.orders");
+        assert!(holders[0].flagged, "{}", holders[0].reason);
+        assert!((holders[0].growth_bytes_per_sec - 1e6).abs() < 10_000.0, "{}", holders[0].growth_bytes_per_sec);
+        assert_eq!((holders[0].length_series.len(), holders[0].retained_bytes_series.len()), (40, 2));
+        assert!(!holders.iter().find(|x| x.path == "app.cache").unwrap().flagged);
+        assert!(holders.iter().all(|x| x.path != "app.found_later"), "only what a full census listed");
+        let events = holders.iter().find(|x| x.path == "app.events").unwrap();
+        assert!(events.flagged && events.reason.contains("at least"), "{}", events.reason);
+        assert!(events.retained_bytes_series.is_empty());
+        assert_eq!(h.gc.iter().filter(|(_, tracked)| tracked.is_some()).count(), 2, "objects counted by full ones");
     }
 
     #[test]

@@ -137,7 +137,7 @@ mod tests {
         assert_eq!(view.holders[0].length, 650);
         assert!(view.holders.iter().all(|h| h.path != "app.config"), "{view:?}");
         let gc = view.gc.as_ref().unwrap();
-        assert_eq!((gc.collections[0], gc.tracked_objects), (18, history.gc[11].1));
+        assert_eq!((gc.collections[0], gc.tracked_objects), (18, history.gc[11].1.unwrap()));
         let text = view.render("  ");
         assert!(text.contains("LEAK app.views (list): +10.0 items/s"), "{text}");
         assert!(text.contains("GC: "), "{text}");

@@ -42,6 +42,16 @@ pub struct HolderReport {
     pub advice: Option<Advice>,
 }
 
+impl HolderReport {
+    /// What it retains at the last census whose walk of it finished, for a person to read.
+    pub fn retained_now(&self) -> String {
+        match self.retained_bytes_series.last() {
+            Some(p) => super::human_bytes(p.value),
+            None => "an amount no census finished walking".into(),
+        }
+    }
+}
+
 /// Objects of one type, across the recording's censuses.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TypeReport {

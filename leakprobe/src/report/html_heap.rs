@@ -48,12 +48,7 @@ fn holder_card(rank: usize, h: &HolderReport) -> String {
         h.growth_items_per_sec,
         human_bytes(h.growth_bytes_per_sec * 60.0)
     );
-    let _ = write!(
-        out,
-        r#"<p>Now {:.0} items retaining {}.</p>"#,
-        now(&h.length_series),
-        human_bytes(now(&h.retained_bytes_series))
-    );
+    let _ = write!(out, r#"<p>Now {:.0} items retaining {}.</p>"#, now(&h.length_series), escape(&h.retained_now()));
     match (&h.file, h.line) {
         (Some(file), Some(line)) => {
             let _ =

@@ -233,7 +233,7 @@ fn write_holders(out: &mut String, report: &Report) {
             h.growth_items_per_sec,
             human_bytes(h.growth_bytes_per_sec * 60.0),
             now(&h.length_series),
-            human_bytes(now(&h.retained_bytes_series))
+            h.retained_now()
         );
         let _ = writeln!(out, "    why: {}", h.reason);
         match (&h.file, h.line) {

@@ -24,7 +24,7 @@ pub struct AddressSet {
 impl AddressSet {
     /// Adds `address`; false when it was there already.
     pub fn insert(&mut self, address: u64) -> bool {
-        let added = if address % 8 != 0 {
+        let added = if !address.is_multiple_of(8) {
             self.odd.insert(address)
         } else {
             let bits = self.regions.entry(address / REGION).or_insert_with(|| Box::new([0; WORDS]));
@@ -38,7 +38,7 @@ impl AddressSet {
     }
 
     pub fn contains(&self, address: u64) -> bool {
-        if address % 8 != 0 {
+        if !address.is_multiple_of(8) {
             return self.odd.contains(&address);
         }
         let (word, bit) = Self::position(address);

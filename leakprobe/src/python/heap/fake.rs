@@ -215,5 +215,6 @@ pub fn census_of(types: &[(&str, u64)]) -> Census {
         bytes_read: 0,
         reads: 0,
         elapsed_secs: 0.0,
+        lengths_only: false,
     }
 }

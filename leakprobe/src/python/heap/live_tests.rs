@@ -233,6 +233,18 @@ fn census_matches_gc_get_objects_live() {
         assert_eq!(holder("__main__.APP.routes[1].endpoint.<closure>.seen").length, 30, "{who}");
         let touched = holder("__main__.TOUCHED.subs['updates']");
         assert_eq!(touched.retained_objects, 121, "{who}: through a materialised __dict__");
+        // Lengths only: every container found, where it is and how long, nothing walked below.
+        let quick = take_census(
+            &python_rt.mem,
+            &interp,
+            &Bounds { max_holders: 10_000, lengths_only: true, ..Bounds::default() },
+        )
+        .unwrap();
+        assert!(quick.lengths_only && quick.types.is_empty() && quick.objects == 0, "{who}");
+        let quick_leaks = quick.holders.iter().find(|h| h.path == "__main__.LEAKS").expect("LEAKS, lengths only");
+        assert_eq!((quick_leaks.length, quick_leaks.retained_unknown), (5000, true), "{who}");
+        assert!(quick.holders.iter().any(|h| h.path == "__main__.BROKER.subs['updates']" && h.length == 250));
+        eprintln!("{who}: lengths only: {} holders in {:.1} ms", quick.holders.len(), quick.elapsed_secs * 1e3);
         let gc = census.gc.as_ref().expect("the GC state");
         assert!(!gc.enabled && !gc.collecting, "{who}: the script disabled the GC: {gc:?}");
         // Everything frozen: the permanent generation holds it, and the census still counts it.

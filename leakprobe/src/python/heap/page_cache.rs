@@ -14,10 +14,13 @@ use crate::python::memory::ReadMemory;
 /// Bytes per cached piece: one page, which is mapped or not as a whole.
 const PAGE: u64 = 4096;
 
+/// Page address → its bytes, or None when it could not be read whole.
+type Pages = HashMap<u64, Option<Box<[u8]>>, BuildHasherDefault<AddressHasher>>;
+
 pub struct PageCache<'a, M: ReadMemory> {
     inner: &'a M,
     /// Page address → its bytes, or None when it could not be read whole.
-    pages: RefCell<HashMap<u64, Option<Box<[u8]>>, BuildHasherDefault<AddressHasher>>>,
+    pages: RefCell<Pages>,
     max_pages: usize,
 }
 
