@@ -183,20 +183,13 @@ fn render_holders(census: &Census, top: usize, out: &mut String) {
         writeln!(out, "\n{:<width$}  {:<12}  {:>10}  {:>10}  {:>10}", "holder", "type", "length", "objects", "retains");
     for h in shown {
         // A walk a bound cut short retains at least what it saw.
-        let (at_least, objects, bytes) = match (h.retained_unknown, h.retained_objects) {
-            (true, 0) => ("", "?".to_string(), "?".to_string()),
-            (true, n) => ("≥", format!("≥{n}"), human_bytes(h.retained_bytes as f64)),
-            (false, n) => ("", n.to_string(), human_bytes(h.retained_bytes as f64)),
+        let (objects, bytes) = match (h.retained_unknown, h.retained_objects) {
+            (true, 0) => ("?".to_string(), "?".to_string()),
+            (true, n) => (format!("≥{n}"), format!("≥{}", human_bytes(h.retained_bytes as f64))),
+            (false, n) => (n.to_string(), human_bytes(h.retained_bytes as f64)),
         };
-        let _ = writeln!(
-            out,
-            "{:<width$}  {:<12}  {:>10}  {:>10}  {:>10}",
-            h.path,
-            h.type_name,
-            h.length,
-            objects,
-            format!("{at_least}{bytes}")
-        );
+        let _ =
+            writeln!(out, "{:<width$}  {:<12}  {:>10}  {:>10}  {:>10}", h.path, h.type_name, h.length, objects, bytes);
     }
     if census.holders_truncated {
         let _ = writeln!(

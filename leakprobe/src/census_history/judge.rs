@@ -44,23 +44,23 @@ pub(super) fn judge(times: &[f64], s: &Series, cfg: &VerdictConfig) -> Judged {
         by_bytes
     } else {
         let lengths = if trim.is_some() { running_max(&counts) } else { counts.clone() };
-        // Bytes per item from walks that finished, or at least what walks cut short saw.
+        // Bytes per item from walks that finished, or (a floor) what walks cut short saw.
         let per_item = bytes_per_item(&counts, &bytes)
-            .map(|b| (b, ""))
-            .or(s.partial_bytes_per_item.filter(|b| *b > 0.0).map(|b| (b, "at least ")));
-        let by_length = per_item.map(|(per_item, at_least)| {
+            .map(|b| (b, false))
+            .or(s.partial_bytes_per_item.filter(|b| *b > 0.0).map(|b| (b, true)));
+        let by_length = per_item.map(|(per_item, floor)| {
             let scaled: Vec<f64> = lengths.iter().map(|c| c * per_item).collect();
-            (verdict::classify(times, &scaled, cfg), at_least)
+            (verdict::classify(times, &scaled, cfg), floor)
         });
         match by_length {
-            Some((mut l, at_least)) if l.kind == VerdictKind::Leak => {
-                l.reason = if at_least.is_empty() {
-                    format!("length {}", l.reason)
-                } else {
+            Some((mut l, floor)) if l.kind == VerdictKind::Leak => {
+                l.reason = if floor {
                     format!(
                         "length {} (in bytes, at least: no walk of what it retains finished within the census's bounds)",
                         l.reason
                     )
+                } else {
+                    format!("length {}", l.reason)
                 };
                 l
             }

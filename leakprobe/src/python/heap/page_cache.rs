@@ -19,7 +19,6 @@ type Pages = HashMap<u64, Option<Box<[u8]>>, BuildHasherDefault<AddressHasher>>;
 
 pub struct PageCache<'a, M: ReadMemory> {
     inner: &'a M,
-    /// Page address → its bytes, or None when it could not be read whole.
     pages: RefCell<Pages>,
     max_pages: usize,
 }

@@ -79,12 +79,12 @@ impl<M: ReadMemory> HolderSearch<'_, '_, M> {
         match info.kind {
             Kind::List => {
                 let allocated = self.read(object + c.list_allocated);
-                if ob_size <= allocated && allocated <= MAX_ITEMS {
+                if ob_size <= allocated && allocated < 1 << 32 {
+                    // Its item array's bytes, also when it is too long to walk.
                     size += allocated * 8;
-                    self.queue_pointers(self.read(object + c.list_items), ob_size, queue);
-                } else if ob_size <= allocated && allocated < 1 << 32 {
-                    // Too long to walk: its item array's bytes, still.
-                    size += allocated * 8;
+                    if allocated <= MAX_ITEMS {
+                        self.queue_pointers(self.read(object + c.list_items), ob_size, queue);
+                    }
                 }
             }
             Kind::Tuple => self.queue_pointers(object + c.tuple_items, ob_size, queue),
@@ -193,9 +193,22 @@ impl<M: ReadMemory> HolderSearch<'_, '_, M> {
         bytes
     }
 
-    /// Queues the `n` non-null object pointers of the array at `items`, read a megabyte at a
-    /// time (a long list's array is not copied whole first); stops at the first unreadable part.
     fn queue_pointers(&self, items: u64, n: u64, queue: &mut VecDeque<u64>) {
+        self.each_pointer(items, n, |p| queue.push_back(p));
+    }
+
+    /// The `n` non-null object pointers of the array at `items` (none when it is implausibly
+    /// long, or unreadable: its callers ask for at most 64K, one read).
+    pub(super) fn pointers(&self, items: u64, n: u64) -> Vec<u64> {
+        let mut out = Vec::new();
+        self.each_pointer(items, n, |p| out.push(p));
+        out
+    }
+
+    /// Each non-null object pointer of the `n`-item array at `items`, read a megabyte at a time
+    /// (a long list's array is never copied whole), up to the first unreadable megabyte; none when
+    /// `n` is implausible.
+    fn each_pointer(&self, items: u64, n: u64, mut each: impl FnMut(u64)) {
         if n == 0 || n > MAX_ITEMS || items == 0 {
             return;
         }
@@ -203,17 +216,7 @@ impl<M: ReadMemory> HolderSearch<'_, '_, M> {
         for first in (0..n).step_by(per_read as usize) {
             let len = per_read.min(n - first);
             let Ok(bytes) = self.mem.read_vec(items + first * 8, (len * 8) as usize) else { return };
-            queue.extend(bytes.chunks_exact(8).map(|p| word(p, 0)).filter(|p| *p != 0));
+            bytes.chunks_exact(8).map(|p| word(p, 0)).filter(|p| *p != 0).for_each(&mut each);
         }
-    }
-
-    /// The `n` non-null object pointers of the array at `items` (none when it is unreadable or
-    /// implausibly long).
-    pub(super) fn pointers(&self, items: u64, n: u64) -> Vec<u64> {
-        if n == 0 || n > MAX_ITEMS || items == 0 {
-            return Vec::new();
-        }
-        let Ok(bytes) = read_large(self.mem, items, (n * 8) as usize) else { return Vec::new() };
-        bytes.chunks_exact(8).map(|p| word(p, 0)).filter(|p| *p != 0).collect()
     }
 }
