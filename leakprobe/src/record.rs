@@ -270,14 +270,50 @@ pub async fn record(opts: RecordOptions) -> Result<Report> {
     let mut ctx = ctx;
     if let Some((history, error)) = census {
         let (files, main_script) = python_files(named.values().map(|n| &n.stack.frames[..]));
-        let (summary, holders, types) =
-            census_history::report_parts(&history, error, &ctx.verdict, &files, main_script.as_deref(), &mut advisor);
+        let growth = line_growth(&judged, &named);
+        // The holder's file is its module's `__file__`; a frame's is its code's `co_filename`:
+        // the same file whether one is a path the other ends with.
+        let same = |a: &str, b: &str| a == b || a.ends_with(&format!("/{b}")) || b.ends_with(&format!("/{a}"));
+        let growth_at = |file: &str, line: u32| {
+            growth.iter().filter(|((f, l), _)| *l == line && same(f, file)).map(|(_, g)| g).sum::<f64>()
+        };
+        let (summary, holders, types) = census_history::report_parts(
+            &history,
+            error,
+            &ctx.verdict,
+            &files,
+            main_script.as_deref(),
+            &growth_at,
+            &mut advisor,
+        );
         ctx.census = Some(summary);
         ctx.holders = holders;
         ctx.types = types;
     }
     let report = build::build(&recording, ctx, judged, &named);
     Ok(report)
+}
+
+/// Bytes a second, summed over the growing stacks (flagged or not: growth the lower bound of its
+/// confidence interval, so a stack that churns adds nothing) with a Python frame at each
+/// `(file, line)`; a stack counts once per line however many of its frames are there.
+fn line_growth(judged: &crate::report::judge::Judged, named: &HashMap<u64, NamedStack>) -> HashMap<(String, u32), f64> {
+    let mut growth: HashMap<(String, u32), f64> = HashMap::new();
+    for (id, verdict) in judged.flagged.iter().chain(&judged.others) {
+        let rate = verdict.growth_low_bytes_per_sec;
+        let Some(stack) = named.get(id).filter(|_| rate.is_finite() && rate > 0.0) else { continue };
+        let lines: HashSet<(&str, u32)> = stack
+            .stack
+            .frames
+            .iter()
+            .filter(|f| f.kind == FrameKind::Python)
+            .filter_map(|f| Some((f.file.as_deref()?, f.line?)))
+            .collect();
+        for (file, line) in lines {
+            *growth.entry((file.to_string(), line)).or_default() += rate;
+        }
+    }
+    growth
 }
 
 /// The Python files of `stacks`' frames, and the one `__main__` runs (the file of an outermost

@@ -23,11 +23,13 @@ fn the_growing_container_of_a_big_heap_is_named_by_the_default_record() {
         census.censuses,
         census.truncated
     );
-    // The line that adds to it, in the app (either of its two appends).
+    // The line that adds to it, in the app.
     let line = first.line.unwrap_or_else(|| panic!("no line: {kept}"));
     let source = std::fs::read_to_string(fixture("big_heap.py")).unwrap();
     let code = source.lines().nth(line as usize - 1).unwrap_or_default();
     assert!(code.contains("ORDERS.append"), "line {line}: {code:?}");
+    // Of the two, the one that runs while recording (the build's append ran before it).
+    assert!(code.contains("# GROWS"), "line {line}: {code:?}; {:?}", first.advice.as_ref().map(|a| &a.evidence));
     eprintln!(
         "{} censuses ({} cut short), {:.1} s of reading; ORDERS: {} lengths, {} retained-bytes points, {:.0} items/s",
         census.censuses,

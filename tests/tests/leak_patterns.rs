@@ -56,7 +56,17 @@ fn each_pattern_is_named_at_the_line_that_keeps_the_memory() {
         .map(|a| (a.advice.pattern.as_str().to_string(), u64::from(a.advice.line)))
         .collect();
     let prices = want.iter().filter(|(p, _)| p == "dropped_task").map(|(_, l)| *l).max().unwrap();
-    assert!(started.contains(&("dropped_task".to_string(), prices)), "started_by advice: {started:?}");
+    assert!(
+        started.contains(&("dropped_task".to_string(), prices)),
+        "started_by advice: {started:?}\nstacks through stream_prices: {:?}\n{}",
+        report
+            .stacks
+            .iter()
+            .filter(|s| has_frame(s, "stream_prices"))
+            .map(|s| (&s.id, s.flagged, s.growth_bytes_per_sec.round(), s.advice.as_ref().map(|a| (a.relation, a.advice.line))))
+            .collect::<Vec<_>>(),
+        digest(&report)
+    );
     // Advice for the app names only marked constructs (a registry filled inside the bus's own
     // `subscribe` is the same listener leak seen from the other side: allowed at its line).
     let subscribe_line = std::fs::read_to_string(fixture(APP))

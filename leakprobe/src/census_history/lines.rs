@@ -47,20 +47,21 @@ pub fn holder_names(holder: &str) -> Vec<&str> {
     names
 }
 
-/// The first line (1-based) of `source` that adds to `name`, and its code (trimmed).
-pub fn inserting_line(source: &str, name: &str) -> Option<(u32, String)> {
+/// Every line (1-based) of `source` that adds to `name`, with its code (trimmed), in order.
+pub fn inserting_lines(source: &str, name: &str) -> Vec<(u32, String)> {
     let name = regex::escape(name);
     const INSERTS: &str = "append|appendleft|extend|extendleft|add|update|setdefault|insert|put|put_nowait";
-    let insert = Regex::new(&format!(
+    let Ok(insert) = Regex::new(&format!(
         r"(^|[^\w.])(self\.|cls\.|\w+\.)?{name}\s*(\.\s*({INSERTS})\s*\(|\[[^\]\n]*\]\s*(=[^=]|\.\s*({INSERTS})\s*\()|\+=|\|=)"
-    ))
-    .ok()?;
+    )) else {
+        return Vec::new();
+    };
     // Lines inside a triple-quoted string (a docstring that shows the call) are not code.
     let mut in_string = false;
     source
         .lines()
         .enumerate()
-        .find(|(_, line)| {
+        .filter(|(_, line)| {
             let quotes = line.matches("\"\"\"").count() + line.matches("'''").count();
             let was_in_string = in_string;
             in_string ^= quotes % 2 == 1;
@@ -71,6 +72,63 @@ pub fn inserting_line(source: &str, name: &str) -> Option<(u32, String)> {
             insert.is_match(code)
         })
         .map(|(i, line)| (i as u32 + 1, line.trim().to_string()))
+        .collect()
+}
+
+/// Of the lines that add to a holder, the one the recording's growing allocation stacks pass
+/// through fastest (`growth_at(line)`: bytes a second of the stacks with a Python frame at that
+/// line of the holder's file), with how sure that choice is; the first line when no growing
+/// stack passes through any of them (a census sees what grows, not which line runs).
+pub fn growing_line(candidates: Vec<(u32, String)>, growth_at: impl Fn(u32) -> f64) -> Option<Chosen> {
+    let others = candidates.len().saturating_sub(1);
+    let by_growth = candidates
+        .iter()
+        .map(|(line, _)| (*line, growth_at(*line)))
+        .filter(|(_, g)| g.is_finite() && *g > 0.0)
+        .max_by(|a, b| a.1.total_cmp(&b.1));
+    let (line, code, growth) = match by_growth {
+        Some((line, growth)) => {
+            let code = candidates.into_iter().find(|(l, _)| *l == line)?.1;
+            (line, code, Some(growth))
+        }
+        None => {
+            let (line, code) = candidates.into_iter().next()?;
+            (line, code, None)
+        }
+    };
+    Some(Chosen { line, code, others, stacks_bytes_per_sec: growth })
+}
+
+/// The line chosen for a holder.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Chosen {
+    pub line: u32,
+    pub code: String,
+    /// How many other lines of the module add to the holder.
+    pub others: usize,
+    /// The growth of the sampled stacks through `line`, when they chose it.
+    pub stacks_bytes_per_sec: Option<f64>,
+}
+
+impl Chosen {
+    /// Why this line, for the advice's evidence; `None` when it is the only one.
+    pub fn why(&self) -> Option<String> {
+        if self.others == 0 {
+            return None;
+        }
+        Some(match self.stacks_bytes_per_sec {
+            Some(g) => format!(
+                "of the {} lines that add to it, line {} is where the growing allocation stacks pass ({}/s)",
+                self.others + 1,
+                self.line,
+                crate::report::human_bytes(g)
+            ),
+            None => format!(
+                "{} other lines add to it too: no growing allocation stack passed through any, so the first is named",
+                self.others
+            ),
+        })
+    }
 }
 
 #[cfg(test)]
@@ -90,17 +148,37 @@ mod tests {
         assert_eq!(module_file("elsewhere.cache", &files, None), None);
     }
 
+    fn first(source: &str, name: &str) -> Option<(u32, String)> {
+        inserting_lines(source, name).into_iter().next()
+    }
+
+    #[test]
+    fn the_growing_insert_is_chosen_over_the_first() {
+        let source = "ORDERS = []\n\ndef build():\n    ORDERS.append(1)\n\nwhile True:\n    ORDERS.append(2)\n";
+        let lines = inserting_lines(source, "ORDERS");
+        assert_eq!(lines.iter().map(|l| l.0).collect::<Vec<_>>(), [4, 7]);
+        let chosen = growing_line(lines.clone(), |l| if l == 7 { 5000.0 } else { 0.0 }).unwrap();
+        assert_eq!((chosen.line, chosen.others, chosen.stacks_bytes_per_sec), (7, 1, Some(5000.0)));
+        assert!(chosen.why().unwrap().contains("line 7"), "{:?}", chosen.why());
+        let unknown = growing_line(lines.clone(), |_| f64::NAN).unwrap();
+        assert_eq!((unknown.line, unknown.stacks_bytes_per_sec), (4, None));
+        assert!(unknown.why().unwrap().contains("first"));
+        let only = growing_line(lines[..1].to_vec(), |_| 1.0).unwrap();
+        assert_eq!(only.why(), None);
+        assert_eq!(growing_line(Vec::new(), |_| 1.0), None);
+    }
+
     #[test]
     fn inserts_are_found_and_reads_are_not() {
         let source = "VIEWS = []\n\ndef count():\n    return len(VIEWS)  # VIEWS.append( in a comment\n\ndef view(x):\n    VIEWS.append({'x': x})\n";
-        assert_eq!(inserting_line(source, "VIEWS"), Some((7, "VIEWS.append({'x': x})".to_string())));
+        assert_eq!(first(source, "VIEWS"), Some((7, "VIEWS.append({'x': x})".to_string())));
         let source = "class Hub:\n    subs = {}\n    def on(self, k, f):\n        if self.subs[k] == f:\n            pass\n        self.subs[k] = f\n";
-        assert_eq!(inserting_line(source, "subs").map(|l| l.0), Some(6));
-        assert_eq!(inserting_line("OTHER_VIEWS.append(1)\n", "VIEWS"), None);
-        assert_eq!(inserting_line("seen |= {1}\n", "seen").map(|l| l.0), Some(1));
+        assert_eq!(first(source, "subs").map(|l| l.0), Some(6));
+        assert_eq!(first("OTHER_VIEWS.append(1)\n", "VIEWS"), None);
+        assert_eq!(first("seen |= {1}\n", "seen").map(|l| l.0), Some(1));
         let documented = "\"\"\"Keeps views.\n\n- `VIEWS.append(x)` forever.\n\"\"\"\nVIEWS = []\nVIEWS.append(1)\n";
-        assert_eq!(inserting_line(documented, "VIEWS").map(|l| l.0), Some(6));
-        assert_eq!(inserting_line("x = EVENTS[u]\nEVENTS[u].append(1)\n", "EVENTS").map(|l| l.0), Some(2));
+        assert_eq!(first(documented, "VIEWS").map(|l| l.0), Some(6));
+        assert_eq!(first("x = EVENTS[u]\nEVENTS[u].append(1)\n", "EVENTS").map(|l| l.0), Some(2));
         assert_eq!(holder_names("app.Hub.subs['updates']"), ["subs", "updates"]);
         assert_eq!(holder_names("app.x\"; rm"), Vec::<&str>::new());
         assert_eq!(holder_names("app.lookup(_cache=)"), ["_cache"]);

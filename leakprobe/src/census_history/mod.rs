@@ -215,13 +215,16 @@ impl CensusHistory {
 
 /// The report's census part: the summary, the holders (each flagged one with the line of its
 /// module that adds to it, and that line's leak pattern), and the types. `files` are the Python
-/// files of the recording's stacks, `main_script` the file `__main__` runs.
+/// files of the recording's stacks, `main_script` the file `__main__` runs, `growth_at(file, line)`
+/// the bytes a second of the growing stacks with a Python frame at that line (of the lines that add
+/// to a holder, the one they pass through is named).
 pub fn report_parts(
     history: &CensusHistory,
     error: Option<String>,
     cfg: &VerdictConfig,
     files: &[String],
     main_script: Option<&str>,
+    growth_at: &dyn Fn(&str, u32) -> f64,
     advisor: &mut crate::advice::StackAdvisor,
 ) -> (CensusSummary, Vec<HolderReport>, Vec<TypeReport>) {
     let summary = CensusSummary {
@@ -238,7 +241,7 @@ pub fn report_parts(
             // An lru_cache: the decorated function's first line (its decorator) is what fills it.
             Some((file, line)) => advisor.source(&file).and_then(|source| {
                 let code = source.lines().nth(line.checked_sub(1)? as usize)?.trim().to_string();
-                Some((file, line, code))
+                Some((file, lines::Chosen { line, code, others: 0, stacks_bytes_per_sec: None }))
             }),
             None => {
                 // The module's own `__file__` (the script's for `__main__`), when it can be read;
@@ -249,17 +252,22 @@ pub fn report_parts(
                     .or_else(|| lines::module_file(&h.path, files, main_script).map(str::to_string));
                 let Some(file) = file else { continue };
                 let Some(source) = advisor.source(&file) else { continue };
-                lines::holder_names(&h.path)
+                let candidates = lines::holder_names(&h.path)
                     .into_iter()
-                    .find_map(|name| lines::inserting_line(&source, name))
-                    .map(|(line, code)| (file, line, code))
+                    .map(|name| lines::inserting_lines(&source, name))
+                    .find(|lines| !lines.is_empty())
+                    .unwrap_or_default();
+                lines::growing_line(candidates, |line| growth_at(&file, line)).map(|chosen| (file, chosen))
             }
         };
-        if let Some((file, line, code)) = found {
-            h.advice = advisor.advise_line(&file, line);
+        if let Some((file, chosen)) = found {
+            h.advice = advisor.advise_line(&file, chosen.line).map(|mut advice| {
+                advice.evidence.extend(chosen.why());
+                advice
+            });
             h.file = Some(file);
-            h.line = Some(line);
-            h.code = Some(code);
+            h.line = Some(chosen.line);
+            h.code = Some(chosen.code);
         }
     }
     (summary, holders, history.types(cfg))
