@@ -271,11 +271,12 @@ pub async fn record(opts: RecordOptions) -> Result<Report> {
     if let Some((history, error)) = census {
         let (files, main_script) = python_files(named.values().map(|n| &n.stack.frames[..]));
         let growth = line_growth(&judged, &named);
-        // The holder's file is its module's `__file__`; a frame's is its code's `co_filename`:
-        // the same file whether one is a path the other ends with.
-        let same = |a: &str, b: &str| a == b || a.ends_with(&format!("/{b}")) || b.ends_with(&format!("/{a}"));
         let growth_at = |file: &str, line: u32| {
-            growth.iter().filter(|((f, l), _)| *l == line && same(f, file)).map(|(_, g)| g).sum::<f64>()
+            growth
+                .iter()
+                .filter(|((f, l), _)| *l == line && census_history::lines::same_file(f, file))
+                .map(|(_, g)| g)
+                .sum::<f64>()
         };
         let (summary, holders, types) = census_history::report_parts(
             &history,

@@ -30,6 +30,12 @@ pub fn module_file<'a>(holder: &str, files: &'a [String], main_script: Option<&'
     None
 }
 
+/// Whether a module's `__file__` and a frame's `co_filename` name the same file: equal, or one a
+/// path the other ends with (a script run by a relative path).
+pub fn same_file(a: &str, b: &str) -> bool {
+    a == b || a.ends_with(&format!("/{b}")) || b.ends_with(&format!("/{a}"))
+}
+
 /// The names code may use for the holder, most likely first: its last attribute (without
 /// subscripts) or a default argument's parameter (`module.lookup(_cache=)`), then its last
 /// subscript's key when that is a name (`app.state._state['cache']` is `app.state.cache` in the
@@ -146,6 +152,8 @@ mod tests {
         assert_eq!(module_file("uvicorn.main.params", &files, None), Some(files[1].as_str()));
         assert_eq!(module_file("broker.Hub.subs['x']", &files, None), Some(files[2].as_str()));
         assert_eq!(module_file("elsewhere.cache", &files, None), None);
+        assert!(same_file("/srv/app/main.py", "main.py") && same_file("app/main.py", "/srv/app/main.py"));
+        assert!(!same_file("/srv/app/domain.py", "main.py") && !same_file("/srv/a/main.py", "/srv/b/main.py"));
     }
 
     fn first(source: &str, name: &str) -> Option<(u32, String)> {
