@@ -73,6 +73,7 @@ impl SampledHeap {
             unverifiable: self.liveness.unverifiable,
             recycled: self.liveness.recycled,
             ambiguous: self.liveness.ambiguous,
+            young: self.liveness.young,
         }
     }
 
@@ -103,14 +104,16 @@ impl SampledHeap {
     /// frees and reuses blocks (CPython's free lists reuse them without calling the allocator).
     pub fn look(&mut self, probes: &mut Probes, mem: &impl ReadMemory) -> Result<()> {
         let counters = probes.kernel().stack_counters()?;
-        self.check(probes, mem, &counters, true).map(|_| ())
+        // Taken before the table is read: a sample allocated while it is read is young too.
+        let now = kernel_clock_ns();
+        self.check(probes, mem, &counters, Some(now)).map(|_| ())
     }
 
     /// Per-stack counters: live sampled objects for object stacks, the kernel's counters for
     /// syscall stacks. Dead and unjudgeable samples are removed from the kernel's table.
     pub fn snapshot(&mut self, probes: &mut Probes, mem: &impl ReadMemory) -> Result<Vec<(u64, StackCounters)>> {
         let counters = probes.kernel().stack_counters()?;
-        let pass = self.check(probes, mem, &counters, false)?;
+        let pass = self.check(probes, mem, &counters, None)?;
         self.live_by = pass.live_by;
         let mut out: Vec<(u64, StackCounters)> = counters
             .into_iter()
@@ -134,7 +137,7 @@ impl SampledHeap {
         probes: &mut Probes,
         mem: &impl ReadMemory,
         counters: &[(u64, StackCounters)],
-        first_looks: bool,
+        first_looks_at: Option<u64>,
     ) -> Result<Pass> {
         for (id, _) in counters {
             if !self.functions.contains_key(id) {
@@ -157,9 +160,17 @@ impl SampledHeap {
                 })
             })
             .collect();
-        let pass = self.liveness.check(mem, &sampled, first_looks);
+        let pass = self.liveness.check(mem, &sampled, first_looks_at);
         let forget: Vec<LiveKey> = pass.forget.iter().map(|&address| LiveKey { address, tgid, reserved: 0 }).collect();
         probes.kernel_mut().remove_live_allocations(&forget)?;
         Ok(pass)
     }
+}
+
+/// Now on the clock the kernel stamps samples with (`bpf_ktime_get_ns`: `CLOCK_MONOTONIC`).
+fn kernel_clock_ns() -> u64 {
+    let mut now = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // Cannot fail with a valid clock and pointer; 0 would make every sample old.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut now) };
+    now.tv_sec as u64 * 1_000_000_000 + now.tv_nsec as u64
 }

@@ -63,7 +63,12 @@ fn each_pattern_is_named_at_the_line_that_keeps_the_memory() {
             .stacks
             .iter()
             .filter(|s| has_frame(s, "stream_prices"))
-            .map(|s| (&s.id, s.flagged, s.growth_bytes_per_sec.round(), s.advice.as_ref().map(|a| (a.relation, a.advice.line))))
+            .map(|s| (
+                &s.id,
+                s.flagged,
+                s.growth_bytes_per_sec.round(),
+                s.advice.as_ref().map(|a| (a.relation, a.advice.line))
+            ))
             .collect::<Vec<_>>(),
         digest(&report)
     );

@@ -115,6 +115,11 @@ pub struct SampleLiveness {
     /// stack (contents that cannot tell a reuse by the other from the block itself).
     #[serde(default)]
     pub ambiguous: u64,
+    /// Of those not followed: allocated less than 30 ms before their first look (at the window's
+    /// end), so possibly mid-way through a short life whose block an unseen allocation of the
+    /// same size and contents may take after the window.
+    #[serde(default)]
+    pub young: u64,
 }
 
 /// Looks in a row that the allocator's state may leave undecided before a sample is dropped.

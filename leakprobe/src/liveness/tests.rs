@@ -64,6 +64,8 @@ fn str3(m: &Words, address: u64, refcount: u64, hash: u64, chars: u64) {
 }
 
 const STR3_SIZE: u64 = 48 + 4;
+/// A look in an open window, long after the test samples' timestamps.
+const LOOK: Option<u64> = Some(u64::MAX);
 
 fn entry(address: u64, stack_id: u64, size: u64, timestamp_ns: u64) -> Candidate {
     (address, LiveAllocation { size, stack_id, timestamp_ns }, None)
@@ -86,7 +88,7 @@ fn live_objects_count_and_dead_ones_are_forgotten() {
     block(&m, 0x30_000, &[0xdead_beef_0000_0000, 7, 9, 11, 13, 15]); // a buffer: no object
     let table = [entry(0x10_000, 1, STR3_SIZE, 5), entry(0x20_000, 2, 16 + 24 + 16, 6), entry(0x30_000, 1, 64, 7)];
     let mut liveness = fresh(11);
-    let pass = liveness.check(&m, &table, true);
+    let pass = liveness.check(&m, &table, LOOK);
     assert_eq!(pass.live[&1], StackLive { allocations: 1, bytes: STR3_SIZE });
     assert_eq!(pass.live[&2], StackLive { allocations: 1, bytes: 56 });
     assert_eq!(pass.forget, vec![0x30_000]);
@@ -96,7 +98,7 @@ fn live_objects_count_and_dead_ones_are_forgotten() {
     // its header but its count went to 0.
     m.set(0x10_000, 0x5555_0000_1000);
     m.set(0x20_010, 0);
-    let pass = liveness.check(&m, &table[..2], true);
+    let pass = liveness.check(&m, &table[..2], LOOK);
     assert!(pass.live.is_empty());
     assert_eq!(pass.forget, vec![0x10_000, 0x20_000]);
     assert_eq!(liveness.dead, 2);
@@ -107,13 +109,13 @@ fn a_new_occupant_of_another_type_means_the_sample_died() {
     let m = memory();
     block(&m, 0x10_000, &[1, INT_TYPE, 1, 42]);
     let mut liveness = fresh(11);
-    assert_eq!(liveness.check(&m, &[entry(0x10_000, 1, 28, 5)], true).live.len(), 1);
+    assert_eq!(liveness.check(&m, &[entry(0x10_000, 1, 28, 5)], LOOK).live.len(), 1);
     block(&m, 0x10_000, &[1, TUPLE_TYPE, 0, 0]);
-    let pass = liveness.check(&m, &[entry(0x10_000, 1, 28, 5)], true);
+    let pass = liveness.check(&m, &[entry(0x10_000, 1, 28, 5)], LOOK);
     assert!(pass.live.is_empty());
     // A new sample at the same address (new timestamp) is judged afresh.
     block(&m, 0x10_000, &[1, INT_TYPE, 1, 7]);
-    let pass = liveness.check(&m, &[entry(0x10_000, 9, 28, 8)], true);
+    let pass = liveness.check(&m, &[entry(0x10_000, 9, 28, 8)], LOOK);
     assert_eq!(pass.live[&9].allocations, 1);
 }
 
@@ -123,13 +125,13 @@ fn a_same_type_occupant_with_other_contents_means_the_sample_died() {
     str3(&m, 0x10_000, 1, u64::MAX, 0x0031_3233);
     let mut liveness = fresh(11);
     let table = [entry(0x10_000, 1, STR3_SIZE, 5)];
-    assert_eq!(liveness.check(&m, &table, true).live.len(), 1);
+    assert_eq!(liveness.check(&m, &table, LOOK).live.len(), 1);
     // Its hash gets computed and its count moves: still the same object.
     str3(&m, 0x10_000, 4, 0x1234_5678, 0x0031_3233);
-    assert_eq!(liveness.check(&m, &table, true).live.len(), 1);
+    assert_eq!(liveness.check(&m, &table, LOOK).live.len(), 1);
     // Freed and the block reused by another 3-character str.
     str3(&m, 0x10_000, 1, u64::MAX, 0x0039_3939);
-    assert!(liveness.check(&m, &table, true).live.is_empty());
+    assert!(liveness.check(&m, &table, LOOK).live.is_empty());
 }
 
 #[test]
@@ -138,13 +140,13 @@ fn a_block_already_reused_by_an_object_of_another_size_is_not_sampled() {
     // Sampled as a 3-character str, found holding a 12-character one (same size class).
     block(&m, 0x10_000, &[1, STR_TYPE, 12, u64::MAX, ASCII, 0, 0x2d55_4b53, 0x3837_3732]);
     let mut liveness = fresh(11);
-    let pass = liveness.check(&m, &[entry(0x10_000, 1, STR3_SIZE, 5)], true);
+    let pass = liveness.check(&m, &[entry(0x10_000, 1, STR3_SIZE, 5)], LOOK);
     assert!(pass.live.is_empty());
     assert_eq!(liveness.unverifiable, 1);
     // 3.12+ str headers are 40 bytes.
     block(&m, 0x20_000, &[1, STR_TYPE, 3, u64::MAX, ASCII, 0x0031_3233]);
     let mut liveness = fresh(12);
-    assert_eq!(liveness.check(&m, &[entry(0x20_000, 1, 44, 5)], true).live.len(), 1);
+    assert_eq!(liveness.check(&m, &[entry(0x20_000, 1, 44, 5)], LOOK).live.len(), 1);
 }
 
 #[test]
@@ -156,19 +158,19 @@ fn a_native_block_is_followed_by_its_chunk_and_counted_by_signal() {
     let mut liveness = fresh(11);
     let mut table = [entry(0x70_010, 3, 4096, 5)];
     table[0].2 = Some(Allocator::Glibc);
-    let pass = liveness.check(&m, &table, true);
+    let pass = liveness.check(&m, &table, LOOK);
     assert_eq!(pass.live[&3], StackLive { allocations: 1, bytes: 4096 });
     assert_eq!(pass.live_by, SignalCounts { glibc_chunk: 1, ..Default::default() });
     // Freed into a bin: the next chunk's PREV_INUSE bit is cleared.
     m.set(0x70_000 + 4112 + 8, 48);
-    let pass = liveness.check(&m, &table, true);
+    let pass = liveness.check(&m, &table, LOOK);
     assert!(pass.live.is_empty());
     assert_eq!(liveness.dead_by, SignalCounts { glibc_chunk: 1, ..Default::default() });
     // The same bytes with an unknown allocator: not followed, as before.
     let mut liveness = fresh(11);
     table[0].2 = None;
     m.set(0x70_000 + 4112 + 8, 48 | 1);
-    assert!(liveness.check(&m, &table, true).live.is_empty());
+    assert!(liveness.check(&m, &table, LOOK).live.is_empty());
     assert_eq!(liveness.unverifiable, 1);
 }
 
@@ -190,16 +192,16 @@ fn blocks_alike_across_stacks_are_not_followed() {
     };
     // Two of one stack: alike to each other, still told apart from nothing else.
     let mut liveness = fresh(11);
-    let pass = liveness.check(&m, &[glibc(0x70_010, 1, 1), glibc(0x71_010, 1, 2)], true);
+    let pass = liveness.check(&m, &[glibc(0x70_010, 1, 1), glibc(0x71_010, 1, 2)], LOOK);
     assert_eq!(pass.live[&1].allocations, 2);
     // A third, of another stack: none of the three can be told from a reuse by the other.
-    let pass = liveness.check(&m, &[glibc(0x70_010, 1, 1), glibc(0x71_010, 1, 2), glibc(0x72_010, 2, 3)], true);
+    let pass = liveness.check(&m, &[glibc(0x70_010, 1, 1), glibc(0x71_010, 1, 2), glibc(0x72_010, 2, 3)], LOOK);
     assert!(pass.live.is_empty(), "{:?}", pass.live);
     assert_eq!((liveness.ambiguous, liveness.unverifiable), (3, 3));
     // Other contents in the other stack's block: it identifies itself.
     let mut liveness = fresh(11);
     m.set(0x72_010 + 8, 7);
-    let pass = liveness.check(&m, &[glibc(0x70_010, 1, 1), glibc(0x72_010, 2, 3)], true);
+    let pass = liveness.check(&m, &[glibc(0x70_010, 1, 1), glibc(0x72_010, 2, 3)], LOOK);
     assert_eq!((pass.live.len(), liveness.ambiguous), (2, 0));
 }
 
@@ -208,9 +210,30 @@ fn a_sample_first_seen_after_the_window_is_not_trusted() {
     let m = memory();
     str3(&m, 0x10_000, 1, u64::MAX, 0x0031_3233);
     let mut liveness = fresh(11);
-    let pass = liveness.check(&m, &[entry(0x10_000, 1, STR3_SIZE, 5)], false);
+    let pass = liveness.check(&m, &[entry(0x10_000, 1, STR3_SIZE, 5)], None);
     assert!(pass.live.is_empty());
     assert_eq!(pass.forget, vec![0x10_000]);
+}
+
+#[test]
+fn a_sample_too_young_at_its_first_look_is_not_followed() {
+    let m = memory();
+    str3(&m, 0x10_000, 1, u64::MAX, 0x0031_3233);
+    str3(&m, 0x20_000, 1, u64::MAX, 0x0031_3234);
+    let mut liveness = fresh(11);
+    let now = 1_000_000_000;
+    let table = [
+        entry(0x10_000, 1, STR3_SIZE, now - MIN_FIRST_LOOK_AGE_NS),
+        entry(0x20_000, 2, STR3_SIZE, now - MIN_FIRST_LOOK_AGE_NS + 1),
+    ];
+    let pass = liveness.check(&m, &table, Some(now));
+    assert_eq!((pass.live.len(), pass.live.contains_key(&1)), (1, true));
+    assert_eq!(pass.forget, vec![0x20_000]);
+    assert_eq!((liveness.young, liveness.unverifiable), (1, 1));
+    // Allocated after the look began (a later timestamp): young too.
+    let pass = liveness.check(&m, &[entry(0x20_000, 2, STR3_SIZE, now + 5)], Some(now));
+    assert!(pass.live.is_empty());
+    assert_eq!(liveness.young, 2);
 }
 
 #[test]
@@ -221,7 +244,7 @@ fn unreadable_or_garbage_memory_is_never_alive() {
     block(&m, 0x40_000, &[1, 0x9999_0000]);
     m.set(0x9999_0008, 0x1234);
     let table = [entry(0x50_000, 1, 64, 1), entry(0x40_000, 1, 8, 2), entry(0x40_000, 1, 16, 3)];
-    let pass = liveness.check(&m, &table, true);
+    let pass = liveness.check(&m, &table, LOOK);
     assert!(pass.live.is_empty());
     assert_eq!(pass.forget.len(), 3);
 }
@@ -236,7 +259,7 @@ fn metaclass_instances_are_objects_too() {
     m.set(class + TP_BASICSIZE, 32);
     block(&m, 0x10_000, &[1, class, 0, 0]);
     let mut liveness = fresh(11);
-    assert_eq!(liveness.check(&m, &[entry(0x10_000, 1, 32, 1)], true).live[&1].bytes, 32);
+    assert_eq!(liveness.check(&m, &[entry(0x10_000, 1, 32, 1)], LOOK).live[&1].bytes, 32);
 }
 
 #[test]
@@ -255,18 +278,18 @@ fn objects_of_types_the_interpreter_recycles_are_not_followed() {
     let table = [entry(0x10_000, 1, 24, 1), entry(0x20_000, 2, 28, 2)];
 
     let mut liveness = fresh(11);
-    let pass = liveness.check(&m, &table, true);
+    let pass = liveness.check(&m, &table, LOOK);
     assert_eq!(pass.forget, vec![0x10_000], "the float is dropped, the 3.11 int followed");
     assert_eq!((liveness.unverifiable, liveness.recycled), (1, 1));
     assert_eq!(pass.live[&2].allocations, 1);
 
     let mut liveness = fresh(14);
-    let pass = liveness.check(&m, &table, true);
+    let pass = liveness.check(&m, &table, LOOK);
     assert!(pass.live.is_empty(), "3.14 recycles ints too");
     assert_eq!(liveness.recycled, 2);
 
     // A class of the same name defined in Python is a heap type: followed.
     m.set(float + type_info::TP_FLAGS, 1 << 9);
     let mut liveness = fresh(11);
-    assert_eq!(liveness.check(&m, &table[..1], true).live[&1].allocations, 1);
+    assert_eq!(liveness.check(&m, &table[..1], LOOK).live[&1].allocations, 1);
 }

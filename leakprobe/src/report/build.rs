@@ -14,7 +14,7 @@ use crate::{
     budget::BudgetSummary,
     cgroup::MemoryLimit,
     report::{
-        judge::{judge_stacks, Judged, StackJudge, MAX_FLAGGED},
+        judge::{judge_stacks, set_apart_shadows, Judged, StackJudge, MAX_FLAGGED},
         CounterValue, HookInfo, LimitProjection, ProbeSiteInfo, Report, RssPoint, SeriesPoint, StackReport, TargetInfo,
         SCHEMA_VERSION,
     },
@@ -90,6 +90,10 @@ pub fn build(rec: &Recording, mut ctx: Context, judged: Judged, named: &HashMap<
     });
 
     let sampled = ctx.accounting == Accounting::Sampled;
+    let mut judged = judged;
+    if sampled {
+        set_apart_shadows(&mut judged, |id| named.get(&id).map(|n| n.stack.frames.clone()));
+    }
     let judge = StackJudge { accounting: ctx.accounting, object_stacks: &ctx.object_stacks, verdict: &ctx.verdict };
     // Sampled slopes are in sampled bytes: each flagged stack gets its share of the process's
     // growth instead (the sampled slope stays in the report).

@@ -149,11 +149,15 @@ fn sample_signals(l: &crate::block_liveness::SampleLiveness) -> String {
         let named: Vec<String> = parts.iter().filter(|(_, n)| *n > 0).map(|(what, n)| format!("{what} {n}")).collect();
         format!("{}{}", c.total(), if named.is_empty() { String::new() } else { format!(" ({})", named.join(", ")) })
     };
-    let why: Vec<String> = [(l.recycled, "of types CPython recycles"), (l.ambiguous, "alike to another stack's")]
-        .iter()
-        .filter(|(n, _)| *n > 0)
-        .map(|(n, what)| format!("{n} {what}"))
-        .collect();
+    let why: Vec<String> = [
+        (l.recycled, "of types CPython recycles"),
+        (l.ambiguous, "alike to another stack's"),
+        (l.young, "in flight at their window's end"),
+    ]
+    .iter()
+    .filter(|(n, _)| *n > 0)
+    .map(|(n, what)| format!("{n} {what}"))
+    .collect();
     let why = if why.is_empty() { String::new() } else { format!(" ({})", why.join(", ")) };
     format!("live {}, dead {}, {} not followed{why}", by(&l.live), by(&l.dead), l.unverifiable)
 }
