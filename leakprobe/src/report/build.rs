@@ -92,7 +92,7 @@ pub fn build(rec: &Recording, mut ctx: Context, judged: Judged, named: &HashMap<
     let sampled = ctx.accounting == Accounting::Sampled;
     let mut judged = judged;
     if sampled {
-        set_apart_shadows(&mut judged, |id| named.get(&id).map(|n| n.stack.frames.clone()));
+        set_apart_shadows(&mut judged, |id| named.get(&id).map(|n| n.stack.frames.as_slice()));
     }
     let judge = StackJudge { accounting: ctx.accounting, object_stacks: &ctx.object_stacks, verdict: &ctx.verdict };
     // Sampled slopes are in sampled bytes: each flagged stack gets its share of the process's

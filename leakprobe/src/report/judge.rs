@@ -96,18 +96,24 @@ impl Judged {
 /// leaking endpoint's identical locks, and flagged at the look-alike's line (824-1895 B/s beside
 /// the leak's 5 KB/s). Such a stack moves to the others, inconclusive, with the reason. A second
 /// leak through the very same path is judged with it; its container is the heap census's to name.
-pub fn set_apart_shadows(judged: &mut Judged, frames_of: impl Fn(u64) -> Option<Vec<Frame>>) {
+pub fn set_apart_shadows<'a>(judged: &mut Judged, frames_of: impl Fn(u64) -> Option<&'a [Frame]>) {
+    // The frames from the allocator to the innermost Python one.
     let site = |id: u64| {
         let frames = frames_of(id)?;
-        let python = frames.iter().position(|f| f.kind == FrameKind::Python)?;
-        Some(frames[..=python].iter().map(|f| (f.kind, f.function.clone(), f.file.clone(), f.line)).collect::<Vec<_>>())
+        frames.iter().position(|f| f.kind == FrameKind::Python).map(|python| &frames[..=python])
     };
-    let sites: Vec<Option<Vec<_>>> = judged.flagged.iter().map(|(id, _)| site(*id)).collect();
+    let same_site = |a: &[Frame], b: &[Frame]| {
+        a.len() == b.len()
+            && a.iter()
+                .zip(b)
+                .all(|(x, y)| (x.kind, &x.function, &x.file, x.line) == (y.kind, &y.function, &y.file, y.line))
+    };
+    let sites: Vec<Option<&[Frame]>> = judged.flagged.iter().map(|(id, _)| site(*id)).collect();
     // `flagged` is fastest first: a stack is a shadow of an earlier one with its site.
     let shadow_of: Vec<Option<u64>> = (0..sites.len())
         .map(|i| {
-            let mine = sites[i].as_ref()?;
-            (0..i).find(|&j| sites[j].as_ref() == Some(mine)).map(|j| judged.flagged[j].0)
+            let mine = sites[i]?;
+            (0..i).find(|&j| sites[j].is_some_and(|theirs| same_site(mine, theirs))).map(|j| judged.flagged[j].0)
         })
         .collect();
     let flagged = std::mem::take(&mut judged.flagged);
@@ -241,7 +247,7 @@ mod tests {
         };
         let mut frames = HashMap::from([(1, path(33)), (2, path(40)), (3, path(40))]);
         frames.get_mut(&3).unwrap()[2].line = Some(102);
-        set_apart_shadows(&mut judged, |id| frames.get(&id).cloned());
+        set_apart_shadows(&mut judged, |id| frames.get(&id).map(Vec::as_slice));
         assert_eq!(judged.flagged.iter().map(|(id, _)| *id).collect::<Vec<_>>(), vec![1, 3]);
         let (id, set_apart) = &judged.others[0];
         assert_eq!((*id, set_apart.kind), (2, VerdictKind::Inconclusive));
