@@ -3,10 +3,15 @@
 //! state its allocator keeps), beside the syscall-level stacks (mmap, brk), which the
 //! always-attached tracepoints follow completely.
 
-use std::collections::{HashMap, HashSet};
+use std::{
+    collections::{HashMap, HashSet},
+    hash::{Hash, Hasher},
+};
 
 use anyhow::Result;
-use leakprobe_common::{AllocFunction, CallShape, LiveAllocation, LiveKey, StackCounters};
+use leakprobe_common::{
+    AllocFunction, CallShape, LiveAllocation, LiveKey, StackCounters, StackTrace, STACK_PYTHON_UNAVAILABLE,
+};
 
 use crate::{
     block_liveness::{glibc, Allocator, SampleLiveness, SignalCounts},
@@ -141,7 +146,11 @@ impl SampledHeap {
     ) -> Result<Pass> {
         for (id, _) in counters {
             if !self.functions.contains_key(id) {
-                self.functions.insert(*id, probes.kernel().stack_function(*id));
+                let trace = probes.kernel().stack_trace(*id);
+                self.functions.insert(*id, trace.as_ref().and_then(|t| AllocFunction::from_u32(t.function)));
+                if let Some(site) = trace.as_ref().and_then(allocation_site) {
+                    self.liveness.set_site(*id, site);
+                }
             }
         }
         self.learn_tcache_key(mem);
@@ -165,6 +174,23 @@ impl SampledHeap {
         probes.kernel_mut().remove_live_allocations(&forget)?;
         Ok(pass)
     }
+}
+
+/// The allocation site of a stack: its allocator and its Python frames (code and instruction
+/// of each), leaving out the native frames, which can differ between threads running the same
+/// lines (the walk below a thread's start reads what each thread's stack holds). `None` without
+/// Python frames: such a stack is a site of its own.
+fn allocation_site(trace: &StackTrace) -> Option<u64> {
+    let len = (trace.python_len as usize).min(trace.python.len());
+    if len == 0 || trace.flags & STACK_PYTHON_UNAVAILABLE != 0 {
+        return None;
+    }
+    let mut hasher = std::hash::DefaultHasher::new();
+    trace.function.hash(&mut hasher);
+    for frame in &trace.python[..len] {
+        (frame.code_object, frame.instruction).hash(&mut hasher);
+    }
+    Some(hasher.finish())
 }
 
 /// Now on the clock the kernel stamps samples with (`bpf_ktime_get_ns`: `CLOCK_MONOTONIC`).

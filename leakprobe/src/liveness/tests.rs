@@ -198,6 +198,13 @@ fn blocks_alike_across_stacks_are_not_followed() {
     let pass = liveness.check(&m, &[glibc(0x70_010, 1, 1), glibc(0x71_010, 1, 2), glibc(0x72_010, 2, 3)], LOOK);
     assert!(pass.live.is_empty(), "{:?}", pass.live);
     assert_eq!((liveness.ambiguous, liveness.unverifiable), (3, 3));
+    // The same three, the other stack id said to be the same allocation site (one leak run
+    // from two threads): one site's blocks are not each other's look-alikes.
+    let mut liveness = fresh(11);
+    liveness.set_site(1, 77);
+    liveness.set_site(2, 77);
+    let pass = liveness.check(&m, &[glibc(0x70_010, 1, 1), glibc(0x71_010, 1, 2), glibc(0x72_010, 2, 3)], LOOK);
+    assert_eq!((pass.live[&1].allocations, pass.live[&2].allocations, liveness.ambiguous), (2, 1, 0));
     // Other contents in the other stack's block: it identifies itself.
     let mut liveness = fresh(11);
     m.set(0x72_010 + 8, 7);
