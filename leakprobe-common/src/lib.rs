@@ -238,6 +238,13 @@ pub struct StackTrace {
     pub python: [PythonFrame; MAX_PYTHON_FRAMES],
 }
 
+impl StackTrace {
+    /// The Python frames the kernel read, innermost first.
+    pub fn python_frames(&self) -> &[PythonFrame] {
+        &self.python[..(self.python_len as usize).min(MAX_PYTHON_FRAMES)]
+    }
+}
+
 /// Indexes into the per-CPU `COUNTERS` array. Every way an event can be lost has its own counter.
 #[repr(u32)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -181,13 +181,13 @@ impl SampledHeap {
 /// lines (the walk below a thread's start reads what each thread's stack holds). `None` without
 /// Python frames: such a stack is a site of its own.
 fn allocation_site(trace: &StackTrace) -> Option<u64> {
-    let len = (trace.python_len as usize).min(trace.python.len());
-    if len == 0 || trace.flags & STACK_PYTHON_UNAVAILABLE != 0 {
+    let frames = trace.python_frames();
+    if frames.is_empty() || trace.flags & STACK_PYTHON_UNAVAILABLE != 0 {
         return None;
     }
     let mut hasher = std::hash::DefaultHasher::new();
     trace.function.hash(&mut hasher);
-    for frame in &trace.python[..len] {
+    for frame in frames {
         (frame.code_object, frame.instruction).hash(&mut hasher);
     }
     Some(hasher.finish())

@@ -61,7 +61,7 @@ impl StackNamer {
     /// The Python frames of stack `id` (its `trace`), resolved on first sight and kept.
     fn python_frames_of(&mut self, id: u64, trace: &StackTrace) -> Vec<Frame> {
         let Some(python) = self.python.as_mut() else { return Vec::new() };
-        self.python_frames.entry(id).or_insert_with(|| python.frames(python_part(trace))).clone()
+        self.python_frames.entry(id).or_insert_with(|| python.frames(trace.python_frames())).clone()
     }
 
     pub fn resolve(
@@ -108,10 +108,6 @@ impl StackNamer {
         frames.extend(merge(native, python, self.view));
         ResolvedStack { allocator, frames, native_truncated: trace.flags & STACK_NATIVE_TRUNCATED != 0 }
     }
-}
-
-fn python_part(trace: &StackTrace) -> &[leakprobe_common::PythonFrame] {
-    &trace.python[..(trace.python_len as usize).min(trace.python.len())]
 }
 
 /// Merges native frames (innermost first) with Python frames (innermost first).

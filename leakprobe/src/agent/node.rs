@@ -459,7 +459,7 @@ impl<'a> Agent<'a> {
 /// The site of a new stack: its innermost Python frame (`function file:line`), read through the
 /// interpreter of the process it was captured in.
 fn python_site(watched: &mut HashMap<u32, Watched>, trace: &StackTrace) -> Option<String> {
-    let frames = &trace.python[..(trace.python_len as usize).min(trace.python.len())];
+    let frames = trace.python_frames();
     // The agent names no native frames: a stack without Python frames is named by its allocator
     // (`ProcessHistory::assess`).
     let resolver = watched.get_mut(&trace.tgid)?.python.as_mut()?;

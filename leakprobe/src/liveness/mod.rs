@@ -128,7 +128,7 @@ pub struct Liveness {
     pub young: u64,
     /// The dead samples, by the signal that decided it.
     pub dead_by: SignalCounts,
-    /// Per stack id, its allocation site when another stack id shares it (see `set_site`).
+    /// Per stack id, its allocation site, for the stacks that have one (see `set_site`).
     sites: HashMap<u64, u64>,
 }
 
@@ -343,16 +343,18 @@ impl Liveness {
 }
 
 /// The live blocks (no object in them) whose size and contents match a live block of another
-/// stack (another allocation site: `site_of` a stack id). Their contents cannot tell one from the other, so a block freed after its first look
-/// and taken by the other stack's next allocation still reads as the first one: the allocator's
-/// state says only that some block of that size is in use there. Measured on the leak scenarios:
+/// allocation site (`site_of` a stack id). Their contents cannot tell one from the other, so a
+/// block freed after its first look and taken by the other site's next allocation still reads
+/// as the first one: the allocator's state says only that some block of that size is in use
+/// there. Measured on the leak scenarios:
 /// the 32-byte `sem_t` of a look-alike's short-lived futures, freed after the window and reused by
 /// the leaking futures' identical locks, made the look-alike's line a growing stack.
 fn alike_across_stacks(
     judged: &[(u64, Option<(Sampled, Judgement)>)],
     site_of: impl Fn(u64) -> u64,
 ) -> std::collections::HashSet<u64> {
-    let mut stacks: HashMap<(u64, u64), (u64, bool)> = HashMap::new();
+    // Per (size, contents): the first site seen, and whether another site has it too.
+    let mut sites: HashMap<(u64, u64), (u64, bool)> = HashMap::new();
     let blocks = || {
         judged.iter().filter_map(|(address, j)| match j {
             Some((sample, Judgement::Alive(_))) => match sample.followed {
@@ -362,11 +364,11 @@ fn alike_across_stacks(
             _ => None,
         })
     };
-    for (_, key, stack) in blocks() {
-        let entry = stacks.entry(key).or_insert((stack, false));
-        entry.1 |= entry.0 != stack;
+    for (_, key, site) in blocks() {
+        let entry = sites.entry(key).or_insert((site, false));
+        entry.1 |= entry.0 != site;
     }
-    blocks().filter(|(_, key, _)| stacks[key].1).map(|(address, _, _)| address).collect()
+    blocks().filter(|(_, key, _)| sites[key].1).map(|(address, _, _)| address).collect()
 }
 
 fn split(header: &[u8]) -> (u64, u64) {
