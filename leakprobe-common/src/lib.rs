@@ -495,26 +495,15 @@ pub mod names {
     pub const TARGET_TGID: &str = "TARGET_TGID";
     pub const FORK_CHILD_PID_OFFSET: &str = "FORK_CHILD_PID_OFFSET";
 
-    // Uprobe programs, one per `CallShape` of entry, and the one return probe.
-    pub const ALLOC_SIZE: &str = "alloc_size";
-    pub const ALLOC_COUNT_SIZE: &str = "alloc_count_size";
-    pub const ALLOC_PTR_SIZE: &str = "alloc_ptr_size";
-    pub const ALLOC_PTR_COUNT_SIZE: &str = "alloc_ptr_count_size";
-    pub const ALLOC_ALIGN_SIZE: &str = "alloc_align_size";
-    pub const ALLOC_POSIX_MEMALIGN: &str = "alloc_posix_memalign";
-    pub const FREE_PTR: &str = "free_ptr";
+    // Uprobe programs: one entry program for every hooked function (the cookie names the
+    // function, hence its call shape) and one return program, each in two link kinds.
+    pub const ALLOC_ENTRY: &str = "alloc_entry";
     pub const ALLOC_RETURN: &str = "alloc_return";
+    /// The same programs for uprobe_multi links (every site of a binary in one link).
+    pub const ALLOC_ENTRY_MULTI: &str = "alloc_entry_multi";
+    pub const ALLOC_RETURN_MULTI: &str = "alloc_return_multi";
     /// Every uprobe program: the ones the budget charges for.
-    pub const UPROBE_PROGRAMS: &[&str] = &[
-        ALLOC_SIZE,
-        ALLOC_COUNT_SIZE,
-        ALLOC_PTR_SIZE,
-        ALLOC_PTR_COUNT_SIZE,
-        ALLOC_ALIGN_SIZE,
-        ALLOC_POSIX_MEMALIGN,
-        FREE_PTR,
-        ALLOC_RETURN,
-    ];
+    pub const UPROBE_PROGRAMS: &[&str] = &[ALLOC_ENTRY, ALLOC_RETURN, ALLOC_ENTRY_MULTI, ALLOC_RETURN_MULTI];
 
     /// The memory-syscall tracepoint programs and their tracepoints (category `syscalls`).
     pub const SYSCALL_TRACEPOINTS: &[(&str, &str)] = &[

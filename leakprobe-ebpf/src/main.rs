@@ -65,72 +65,60 @@ fn entry(ctx: &ProbeContext) -> Option<(u64, [u64; 16])> {
     record::hooked(cookie::stepped(cookie)).then(|| (cookie, registers(ctx)))
 }
 
-// ---- allocator entry points (uprobes) ----
+// ---- allocator entry points and returns (uprobes) ----
+// One entry program for every hooked function: the cookie names the function, so its call shape
+// (where the size and pointer arguments are) is decided here, and one link per binary can carry
+// every function of that binary. Each program comes twice, identical but for the link kind: a
+// `multi` one for uprobe_multi links (all of a binary's sites in one link, detached in one grace
+// period) and a plain one for kernels without them (one link per site).
 
-/// `malloc(size)`, `valloc`, `pvalloc`, `PyObject_Malloc`, `PyMem_Malloc`, `PyMem_RawMalloc`.
+/// Entry of every hooked function: `malloc(size)`, `calloc(n, size)`, `realloc(ptr, size)`,
+/// `reallocarray(ptr, n, size)`, `aligned_alloc(align, size)`, `posix_memalign(out, align, size)`,
+/// `free(ptr)` and CPython's counterparts, told apart by the cookie's function.
+#[inline(always)]
+fn on_entry(ctx: &ProbeContext) {
+    let Some((c, r)) = entry(ctx) else { return };
+    let function = cookie::function(c);
+    let Some(shape) = AllocFunction::from_u32(function).map(AllocFunction::shape) else { return };
+    let (size, ptr) = match shape {
+        CallShape::Size => (arg(&r, c, 0), 0),
+        CallShape::CountSize => (arg(&r, c, 0).wrapping_mul(arg(&r, c, 1)), 0),
+        CallShape::PtrSize => (arg(&r, c, 1), arg(&r, c, 0)),
+        CallShape::PtrCountSize => (arg(&r, c, 1).wrapping_mul(arg(&r, c, 2)), arg(&r, c, 0)),
+        CallShape::AlignSize => (arg(&r, c, 1), 0),
+        CallShape::OutPtrAlignSize => (arg(&r, c, 2), arg(&r, c, 0)),
+        CallShape::Free => {
+            // No return hook: the block is gone at entry.
+            record::free(arg(&r, c, 0));
+            return;
+        }
+        CallShape::Syscall => return,
+    };
+    record::enter(function, size, ptr);
+}
+
 #[uprobe]
-pub fn alloc_size(ctx: ProbeContext) -> u32 {
-    if let Some((c, r)) = entry(&ctx) {
-        record::enter(cookie::function(c), arg(&r, c, 0), 0);
-    }
+pub fn alloc_entry(ctx: ProbeContext) -> u32 {
+    on_entry(&ctx);
     0
 }
 
-/// `calloc(n, size)` and CPython's `*_Calloc`.
-#[uprobe]
-pub fn alloc_count_size(ctx: ProbeContext) -> u32 {
-    if let Some((c, r)) = entry(&ctx) {
-        record::enter(cookie::function(c), arg(&r, c, 0).wrapping_mul(arg(&r, c, 1)), 0);
-    }
-    0
-}
-
-/// `realloc(ptr, size)` and CPython's `*_Realloc`.
-#[uprobe]
-pub fn alloc_ptr_size(ctx: ProbeContext) -> u32 {
-    if let Some((c, r)) = entry(&ctx) {
-        record::enter(cookie::function(c), arg(&r, c, 1), arg(&r, c, 0));
-    }
-    0
-}
-
-/// `reallocarray(ptr, n, size)`.
-#[uprobe]
-pub fn alloc_ptr_count_size(ctx: ProbeContext) -> u32 {
-    if let Some((c, r)) = entry(&ctx) {
-        record::enter(cookie::function(c), arg(&r, c, 1).wrapping_mul(arg(&r, c, 2)), arg(&r, c, 0));
-    }
-    0
-}
-
-/// `aligned_alloc(align, size)`, `memalign(align, size)`.
-#[uprobe]
-pub fn alloc_align_size(ctx: ProbeContext) -> u32 {
-    if let Some((c, r)) = entry(&ctx) {
-        record::enter(cookie::function(c), arg(&r, c, 1), 0);
-    }
-    0
-}
-
-/// `posix_memalign(void **out, align, size)`: the address comes back through `out`.
-#[uprobe]
-pub fn alloc_posix_memalign(ctx: ProbeContext) -> u32 {
-    if let Some((c, r)) = entry(&ctx) {
-        record::enter(cookie::function(c), arg(&r, c, 2), arg(&r, c, 0));
-    }
+#[uprobe(multi)]
+pub fn alloc_entry_multi(ctx: ProbeContext) -> u32 {
+    on_entry(&ctx);
     0
 }
 
 /// Return of every allocating function: pairs with the entry recorded on this thread.
-#[uretprobe]
-pub fn alloc_return(ctx: RetProbeContext) -> u32 {
+#[inline(always)]
+fn on_return(ctx: &RetProbeContext) {
     // A return is never single-stepped: the kernel's return trampoline takes one trap.
     if !record::hooked(false) {
-        return 0;
+        return;
     }
-    let Some(call) = record::exit() else { return 0 };
+    let Some(call) = record::exit() else { return };
     let Some(function) = AllocFunction::from_u32(call.function) else {
-        return 0;
+        return;
     };
     let ret: u64 = ctx.ret();
     match function.shape() {
@@ -140,25 +128,27 @@ pub fn alloc_return(ctx: RetProbeContext) -> u32 {
             if ret != 0 || call.size == 0 {
                 record::free(call.arg_ptr);
             }
-            record::allocation(&ctx, ret, call.size, call.function);
+            record::allocation(ctx, ret, call.size, call.function);
         }
         CallShape::OutPtrAlignSize => {
             if ret as u32 == 0 {
                 let address = unsafe { bpf_probe_read_user(call.arg_ptr as *const u64) }.unwrap_or(0);
-                record::allocation(&ctx, address, call.size, call.function);
+                record::allocation(ctx, address, call.size, call.function);
             }
         }
-        _ => record::allocation(&ctx, ret, call.size, call.function),
+        _ => record::allocation(ctx, ret, call.size, call.function),
     }
+}
+
+#[uretprobe]
+pub fn alloc_return(ctx: RetProbeContext) -> u32 {
+    on_return(&ctx);
     0
 }
 
-/// `free(ptr)` and CPython's `*_Free`. No return hook: the block is gone at entry.
-#[uprobe]
-pub fn free_ptr(ctx: ProbeContext) -> u32 {
-    if let Some((c, r)) = entry(&ctx) {
-        record::free(arg(&r, c, 0));
-    }
+#[uretprobe(multi)]
+pub fn alloc_return_multi(ctx: RetProbeContext) -> u32 {
+    on_return(&ctx);
     0
 }
 

@@ -86,6 +86,16 @@ pub struct BudgetSummary {
     pub windows: u32,
     #[serde(deserialize_with = "crate::report::serde_helpers::f64_or_nan")]
     pub attached_seconds: f64,
+    /// How the windows' sites were linked: `uprobe_multi` (one link per program and binary) or
+    /// `per_site`; absent in older reports and without windows.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub links: Option<String>,
+    /// The windows' detach tails (their links being unregistered, the hooks still trapping), in
+    /// seconds: mean and longest; 0 in older reports.
+    #[serde(default, deserialize_with = "crate::report::serde_helpers::f64_or_nan", skip_serializing_if = "is_zero")]
+    pub detach_tail_mean_seconds: f64,
+    #[serde(default, deserialize_with = "crate::report::serde_helpers::f64_or_nan", skip_serializing_if = "is_zero")]
+    pub detach_tail_max_seconds: f64,
 }
 
 impl Budget {
@@ -188,6 +198,9 @@ impl Budget {
             inferred_hits: self.inferred_hits,
             windows: self.windows,
             attached_seconds: self.attached_secs,
+            links: None,
+            detach_tail_mean_seconds: 0.0,
+            detach_tail_max_seconds: 0.0,
         }
     }
 }

@@ -2,13 +2,16 @@
 //! in which order, and the sampling windows' attach/detach of the allocator uprobes. Dropping
 //! `Probes` detaches everything (see `kernel`).
 
-use std::num::NonZeroU32;
+use std::{
+    num::NonZeroU32,
+    time::{Duration, Instant},
+};
 
 use anyhow::{anyhow, Context, Result};
 use leakprobe_common::{names, AllocFunction, CallShape};
 
 use crate::{
-    kernel::{Kernel, TableSizes, UprobeLink},
+    kernel::{DetachedLink, Kernel, LinkKind, TableSizes, UprobeLink},
     probe_site::{self, ProbeSite},
     python::runtime::PythonRuntime,
     target::Target,
@@ -30,10 +33,30 @@ pub struct Probes {
     pub mounted_tracefs: bool,
     pid: NonZeroU32,
     plan: Vec<Attachment>,
-    /// Attached links, with their cookie (the function).
-    links: Vec<(u64, UprobeLink)>,
-    /// Threads closing detached links (see `detach_uprobes`).
-    detaching: Vec<std::thread::JoinHandle<()>>,
+    /// How sites are linked (see `Kernel::load_uprobes`).
+    pub link_kind: LinkKind,
+    /// Attached links, with their place in the detach order.
+    links: Vec<((usize, bool), UprobeLink)>,
+    /// Threads closing detached links (see `detach_uprobes`), each returning how long it took.
+    detaching: Vec<std::thread::JoinHandle<Duration>>,
+    /// How long the finished detaches took: the tail after each window, while hooks still trap.
+    pub detach_tails: DetachTails,
+}
+
+/// The time windows' links took to be unregistered after each window closed.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct DetachTails {
+    pub count: u32,
+    pub total: Duration,
+    pub max: Duration,
+}
+
+impl DetachTails {
+    fn add(&mut self, tail: Duration) {
+        self.count += 1;
+        self.total += tail;
+        self.max = self.max.max(tail);
+    }
 }
 
 /// One uprobe to attach: which program, where, with which cookie.
@@ -46,18 +69,10 @@ struct Attachment {
     what: String,
 }
 
-/// The entry program for an allocator function of `shape`; `None` for the syscalls (tracepoints).
+/// The entry program for an allocator function of `shape` (one for all: the cookie names the
+/// function); `None` for the syscalls (tracepoints).
 pub fn entry_program(shape: CallShape) -> Option<&'static str> {
-    Some(match shape {
-        CallShape::Size => names::ALLOC_SIZE,
-        CallShape::CountSize => names::ALLOC_COUNT_SIZE,
-        CallShape::PtrSize => names::ALLOC_PTR_SIZE,
-        CallShape::PtrCountSize => names::ALLOC_PTR_COUNT_SIZE,
-        CallShape::AlignSize => names::ALLOC_ALIGN_SIZE,
-        CallShape::OutPtrAlignSize => names::ALLOC_POSIX_MEMALIGN,
-        CallShape::Free => names::FREE_PTR,
-        CallShape::Syscall => return None,
-    })
+    (shape != CallShape::Syscall).then_some(names::ALLOC_ENTRY)
 }
 
 /// The functions sampling windows hook, hottest first: CPython's object allocator, and libc's
@@ -91,6 +106,29 @@ fn detach_order(program: &str, cookie: u64) -> (usize, bool) {
     (heat_rank(cookie), program == names::ALLOC_RETURN)
 }
 
+/// Releases `links` each on a thread of its own, returning when all are gone.
+fn drop_together(links: Vec<(bool, DetachedLink)>) {
+    std::thread::scope(|scope| {
+        for (_, link) in links {
+            // A thread that cannot be started drops its closure, and the link with it, here.
+            let _ = std::thread::Builder::new().name("lp-detach".into()).spawn_scoped(scope, move || drop(link));
+        }
+    });
+}
+
+/// The plan's attachments in links: with uprobe_multi, one link per run of the same program and
+/// binary (the plan is in attach order: returns first, hottest first); else one per site.
+fn link_groups(plan: &[Attachment], kind: LinkKind) -> Vec<Vec<&Attachment>> {
+    let mut groups: Vec<Vec<&Attachment>> = Vec::new();
+    for a in plan {
+        match groups.iter_mut().find(|g| kind == LinkKind::Multi && g[0].program == a.program && g[0].path == a.path) {
+            Some(group) => group.push(a),
+            None => groups.push(vec![a]),
+        }
+    }
+    groups
+}
+
 /// Loads the programs for `target` and attaches every hook. With `python`, the kernel also walks
 /// the target's Python frames at each event.
 pub fn attach(target: &Target, sizes: TableSizes, python: Option<&PythonRuntime>) -> Result<Probes> {
@@ -103,7 +141,14 @@ pub fn attach(target: &Target, sizes: TableSizes, python: Option<&PythonRuntime>
         kernel.set_thread_states(&python.thread_states())?;
     }
 
-    kernel.load_uprobes()?;
+    let link_kind = kernel.load_uprobes()?;
+    let asked = std::env::var(crate::kernel::LINKS_VARIABLE).is_ok_and(|v| v == LinkKind::PerSite.key());
+    if link_kind == LinkKind::PerSite && !asked {
+        eprintln!(
+            "leakprobe: warning: this kernel has no uprobe_multi links (Linux 6.6+): one link per hooked site, so \
+             closing a sampling window takes ~130 ms per site, during which the hooks still trap"
+        );
+    }
     let emulation = probe_site::running_kernel();
     let mut hooks = Vec::new();
     let mut plan = Vec::new();
@@ -139,7 +184,17 @@ pub fn attach(target: &Target, sizes: TableSizes, python: Option<&PythonRuntime>
     // the target a kernel trap).
     let mounted_tracefs = tracefs::ensure_mounted()?;
     kernel.attach_tracepoints("syscalls", names::SYSCALL_TRACEPOINTS)?;
-    Ok(Probes { kernel, hooks, mounted_tracefs, pid, plan, links: Vec::new(), detaching: Vec::new() })
+    Ok(Probes {
+        kernel,
+        hooks,
+        mounted_tracefs,
+        pid,
+        plan,
+        link_kind,
+        links: Vec::new(),
+        detaching: Vec::new(),
+        detach_tails: DetachTails::default(),
+    })
 }
 
 impl Probes {
@@ -152,7 +207,8 @@ impl Probes {
     }
 
     /// Attaches every allocator uprobe (no-op when attached). Each hit costs the target a kernel
-    /// trap, so the recording attaches them only inside its sampling windows.
+    /// trap, so the recording attaches them only inside its sampling windows. With uprobe_multi
+    /// links, one link per program and binary carries all its sites; else one link per site.
     pub fn attach_uprobes(&mut self) -> Result<()> {
         if !self.links.is_empty() || self.plan.is_empty() {
             return Ok(());
@@ -161,11 +217,15 @@ impl Probes {
         // this window's calls on those threads look nested (and go unrecorded).
         self.kernel.clear_pending_calls()?;
         let mut failure = None;
-        for a in &self.plan {
-            match self.kernel.attach_uprobe(a.program, a.offset, &a.path, a.cookie, self.pid) {
-                Ok(link) => self.links.push((a.cookie, link)),
+        for group in link_groups(&self.plan, self.link_kind) {
+            let sites: Vec<(u64, u64)> = group.iter().map(|a| (a.offset, a.cookie)).collect();
+            let first = group[0];
+            let order = detach_order(first.program, first.cookie);
+            match self.kernel.attach_uprobe(first.program, &sites, &first.path, self.pid) {
+                Ok(link) => self.links.push((order, link)),
                 Err(e) => {
-                    failure = Some(e.context(format!("cannot attach to {}", a.what)));
+                    let what: Vec<&str> = group.iter().map(|a| a.what.as_str()).collect();
+                    failure = Some(e.context(format!("cannot attach to {}", what.join(", "))));
                     break;
                 }
             }
@@ -180,24 +240,31 @@ impl Probes {
         }
     }
 
-    /// Detaches every allocator uprobe; the syscall tracepoints stay. The kernel unregisters
-    /// uprobes one at a time, each waiting for a grace period (~130 ms here, 5.6 s for 40 links),
-    /// and a function's breakpoint keeps trapping until its last link is gone. So the links are
-    /// released on a background thread, function by function, hottest first, each function's
-    /// entry before its return (a call whose entry was seen still has its return seen).
+    /// Detaches every allocator uprobe; the syscall tracepoints stay. Releasing a link removes
+    /// its breakpoints at once unless another link of the same site still holds them (an entry
+    /// and its return share a site), then waits for a grace period (~50-130 ms here). The links
+    /// are released on a background thread: with uprobe_multi, all of them at once, so every
+    /// breakpoint goes at the start and the grace periods overlap (a call in flight may lose its
+    /// return: the next window clears it); one link per site, which the kernel unregisters one at
+    /// a time (5.6 s for 40), hottest first, each function's entry before its return.
     pub fn detach_uprobes(&mut self) -> Result<()> {
         let mut attached = std::mem::take(&mut self.links);
-        attached.sort_by_key(|(cookie, link)| detach_order(link.program(), *cookie));
+        attached.sort_by_key(|(order, _)| *order);
         let mut links = Vec::new();
-        for (_, link) in attached {
-            links.push(self.kernel.take_link(link)?);
+        for ((_, is_return), link) in attached {
+            links.push((is_return, self.kernel.take_link(link)?));
         }
+        let together = self.link_kind == LinkKind::Multi;
         let closing = std::thread::Builder::new()
             .name("lp-detach".into())
             .spawn(move || {
-                for link in links {
-                    drop(link);
+                let started = Instant::now();
+                if together {
+                    drop_together(links);
+                } else {
+                    drop(links);
                 }
+                started.elapsed()
             })
             .context("cannot start a thread to detach the probes")?;
         self.detaching.push(closing);
@@ -227,7 +294,14 @@ impl Probes {
 
     /// Whether every detached uprobe is fully unregistered.
     pub fn detach_settled(&mut self) -> bool {
-        self.detaching.retain(|closing| !closing.is_finished());
+        let (done, open): (Vec<_>, Vec<_>) =
+            std::mem::take(&mut self.detaching).into_iter().partition(|closing| closing.is_finished());
+        self.detaching = open;
+        for closing in done {
+            if let Ok(tail) = closing.join() {
+                self.detach_tails.add(tail);
+            }
+        }
         self.detaching.is_empty()
     }
 
@@ -266,10 +340,10 @@ mod tests {
                 (ret, PyObjectMalloc),
                 (ret, Malloc),
                 (ret, Calloc),
-                (names::ALLOC_SIZE, PyObjectMalloc),
-                (names::ALLOC_SIZE, Malloc),
-                (names::ALLOC_COUNT_SIZE, Calloc),
-                (names::FREE_PTR, Free),
+                (names::ALLOC_ENTRY, PyObjectMalloc),
+                (names::ALLOC_ENTRY, Malloc),
+                (names::ALLOC_ENTRY, Calloc),
+                (names::ALLOC_ENTRY, Free),
             ]
         );
     }
@@ -283,14 +357,39 @@ mod tests {
         assert_eq!(
             probes,
             vec![
-                (names::ALLOC_SIZE, PyObjectMalloc),
+                (names::ALLOC_ENTRY, PyObjectMalloc),
                 (ret, PyObjectMalloc),
-                (names::ALLOC_SIZE, Malloc),
+                (names::ALLOC_ENTRY, Malloc),
                 (ret, Malloc),
-                (names::ALLOC_COUNT_SIZE, Calloc),
+                (names::ALLOC_ENTRY, Calloc),
                 (ret, Calloc),
-                (names::FREE_PTR, Free),
+                (names::ALLOC_ENTRY, Free),
             ]
         );
+    }
+
+    #[test]
+    fn multi_links_group_sites_by_program_and_binary() {
+        let at = |program, path: &str, offset| Attachment {
+            program,
+            offset,
+            path: path.into(),
+            cookie: offset,
+            what: format!("{offset}"),
+        };
+        let (ret, entry) = (names::ALLOC_RETURN, names::ALLOC_ENTRY);
+        let plan = vec![
+            at(ret, "/libpython", 1),
+            at(ret, "/libc", 2),
+            at(ret, "/libpython", 3),
+            at(entry, "/libpython", 4),
+            at(entry, "/libc", 5),
+            at(entry, "/libpython", 6),
+        ];
+        let offsets = |kind| -> Vec<Vec<u64>> {
+            link_groups(&plan, kind).iter().map(|g| g.iter().map(|a| a.offset).collect()).collect()
+        };
+        assert_eq!(offsets(LinkKind::Multi), vec![vec![1, 3], vec![2], vec![4, 6], vec![5]]);
+        assert_eq!(offsets(LinkKind::PerSite), vec![vec![1], vec![2], vec![3], vec![4], vec![5], vec![6]]);
     }
 }

@@ -62,14 +62,14 @@ impl TrapCosts {
 }
 
 /// What one entry + return pair costs on each calibration function, measured with leakprobe's own
-/// `alloc_size`/`alloc_return` programs (which return at once: leakprobe is not the target). Best of
+/// `alloc_entry`/`alloc_return` programs (which return at once: leakprobe is not the target). Best of
 /// three, against the same loop without probes.
 pub fn trap_ns(kernel: &mut Kernel) -> Result<TrapCosts> {
     let exe = std::fs::read_link("/proc/self/exe").context("cannot find leakprobe's own executable")?;
     let mut pair_ns = |symbol: &str, target: extern "C" fn(u64) -> u64| -> Result<f64> {
         let best_of_three = || (0..3).map(|_| time_calls(target)).fold(f64::INFINITY, f64::min);
         let bare = best_of_three();
-        let probed = kernel.with_own_probes(&[names::ALLOC_SIZE, names::ALLOC_RETURN], &exe, symbol, best_of_three)?;
+        let probed = kernel.with_own_probes(&[names::ALLOC_ENTRY, names::ALLOC_RETURN], &exe, symbol, best_of_three)?;
         Ok(((probed - bare) / CALLS as f64).max(0.0))
     };
     let emulated = pair_ns(EMULATED_SYMBOL, leakprobe_calibration_emulated)?;

@@ -218,7 +218,7 @@ pub async fn record(opts: RecordOptions) -> Result<Report> {
     )
     .await?;
     let census = census.map(|sampler| sampler.finish(pid));
-    let budget = windows.finish(&probes);
+    let budget = windows.finish(&mut probes);
     if opts.progress {
         eprintln!(
             "leakprobe: recording ended ({}), {} samples; building the report",

@@ -77,8 +77,12 @@ impl Windows {
         if self.budget.is_unlimited() {
             return Ok(());
         }
-        if let Some(opened) = self.opened_at.take() {
+        if let Some(opened) = self.opened_at {
+            // The window's own hits since the last tick, before the detach: charged after it,
+            // they would also be taken for uncounted entry traps of the detach tail.
+            self.charge(probes)?;
             probes.detach_uprobes()?;
+            self.opened_at = None;
             self.budget.window_closed(opened.elapsed().as_secs_f64());
         }
         self.charge(probes)
@@ -149,12 +153,20 @@ impl Windows {
     }
 
     /// Ends the recording's windows and sums them up.
-    pub fn finish(&mut self, probes: &Probes) -> BudgetSummary {
+    pub fn finish(&mut self, probes: &mut Probes) -> BudgetSummary {
         let _ = self.charge(probes);
         if let Some(opened) = self.opened_at.take() {
             self.budget.window_closed(opened.elapsed().as_secs_f64());
         }
-        self.budget.summary(cpu_time_ns(self.pid).unwrap_or(0))
+        let mut summary = self.budget.summary(cpu_time_ns(self.pid).unwrap_or(0));
+        probes.detach_settled();
+        let tails = probes.detach_tails;
+        if tails.count > 0 {
+            summary.links = Some(probes.link_kind.key().into());
+            summary.detach_tail_mean_seconds = tails.total.as_secs_f64() / f64::from(tails.count);
+            summary.detach_tail_max_seconds = tails.max.as_secs_f64();
+        }
+        summary
     }
 }
 

@@ -27,6 +27,9 @@ enum Mode {
     Baseline,
     /// `leakprobe record` with its default overhead budget.
     LeakprobeRecord,
+    /// The same with one link per site (`LEAKPROBE_UPROBE_LINKS=per_site`), as on kernels
+    /// without uprobe_multi links: what those links save.
+    LeakprobeRecordPerSite,
     /// `leakprobe record --max-overhead 100`: every allocation, all the time.
     LeakprobeFull,
     /// `leakprobe watch`: memory syscalls only, continuous.
@@ -39,9 +42,10 @@ enum Mode {
 }
 
 impl Mode {
-    const ALL: [Mode; 8] = [
+    const ALL: [Mode; 9] = [
         Mode::Baseline,
         Mode::LeakprobeRecord,
+        Mode::LeakprobeRecordPerSite,
         Mode::LeakprobeWatch,
         Mode::LeakprobeCensus,
         Mode::LeakprobeFull,
@@ -55,6 +59,7 @@ impl Mode {
         match self {
             Mode::Baseline => "baseline",
             Mode::LeakprobeRecord => "record",
+            Mode::LeakprobeRecordPerSite => "record-per-site",
             Mode::LeakprobeFull => "record-full",
             Mode::LeakprobeWatch => "watch",
             Mode::LeakprobeCensus => "census",
@@ -65,13 +70,21 @@ impl Mode {
     }
 
     fn is_leakprobe(self) -> bool {
-        matches!(self, Mode::LeakprobeRecord | Mode::LeakprobeFull | Mode::LeakprobeWatch | Mode::LeakprobeCensus)
+        matches!(
+            self,
+            Mode::LeakprobeRecord
+                | Mode::LeakprobeRecordPerSite
+                | Mode::LeakprobeFull
+                | Mode::LeakprobeWatch
+                | Mode::LeakprobeCensus
+        )
     }
 
     fn name(self) -> &'static str {
         match self {
             Mode::Baseline => "baseline (nothing attached)",
             Mode::LeakprobeRecord => "leakprobe record (default budget, --max-overhead 5)",
+            Mode::LeakprobeRecordPerSite => "leakprobe record, one uprobe link per site (no uprobe_multi)",
             Mode::LeakprobeFull => "leakprobe record --max-overhead 100 (every allocation)",
             Mode::LeakprobeWatch => "leakprobe watch (memory syscalls only; detects the leak, no line)",
             Mode::LeakprobeCensus => "leakprobe census every 1 s (heap reads only, 200 holders; no probe)",
@@ -94,6 +107,8 @@ struct Sample {
     named_leak_line: Option<bool>,
     /// When leakprobe would first have flagged the leaking line (seconds into its recording).
     flagged_after_secs: Option<f64>,
+    /// `record` with windows: how long a closed window's links took to go, on average (ms).
+    detach_tail_ms: Option<f64>,
 }
 
 struct Options {
@@ -204,11 +219,12 @@ fn measure(mode: Mode, python: &Path, leakprobe: &Path, out_dir: &Path, seconds:
     wrk(2)?; // warm-up: imports, caches, first requests
     let report = out_dir.join("leakprobe.json");
     let tool = match mode {
-        Mode::LeakprobeRecord | Mode::LeakprobeFull => Some(
+        Mode::LeakprobeRecord | Mode::LeakprobeRecordPerSite | Mode::LeakprobeFull => Some(
             Command::new(leakprobe)
                 .args(["record", "--pid", &pid, "--interval", "1s", "--format", "json", "--quiet", "--output"])
                 .arg(&report)
                 .args(if mode == Mode::LeakprobeFull { &["--max-overhead", "100"][..] } else { &[] })
+                .env("LEAKPROBE_UPROBE_LINKS", if mode == Mode::LeakprobeRecordPerSite { "per_site" } else { "" })
                 .args(["--duration", &format!("{}s", seconds + 4)])
                 .spawn()
                 .context("cannot start leakprobe")?,
@@ -256,7 +272,8 @@ fn measure(mode: Mode, python: &Path, leakprobe: &Path, out_dir: &Path, seconds:
                     sample.flagged_after_secs = watch_detected_after(&report).unwrap_or(None);
                     sample.named_leak_line = Some(sample.flagged_after_secs.is_some());
                 }
-                Mode::LeakprobeRecord | Mode::LeakprobeFull => {
+                Mode::LeakprobeRecord | Mode::LeakprobeRecordPerSite | Mode::LeakprobeFull => {
+                    sample.detach_tail_ms = detach_tail_ms(&report).unwrap_or(None);
                     sample.flagged_after_secs = flagged_leak_after(&report).unwrap_or(None);
                     let by_holder = holder_names_leak_line(&report).unwrap_or(false);
                     sample.named_leak_line = Some(sample.flagged_after_secs.is_some() || by_holder);
@@ -267,6 +284,12 @@ fn measure(mode: Mode, python: &Path, leakprobe: &Path, out_dir: &Path, seconds:
     }
     drop(app);
     Ok(sample)
+}
+
+/// A recording's mean window detach tail, in ms (`budget.detach_tail_mean_seconds`).
+fn detach_tail_ms(report: &Path) -> Result<Option<f64>> {
+    let report: serde_json::Value = serde_json::from_str(&fs::read_to_string(report)?)?;
+    Ok(report["budget"]["detach_tail_mean_seconds"].as_f64().map(|s| s * 1000.0))
 }
 
 /// `leakprobe watch --json` output: when its verdict first said leak (and kept saying it).
@@ -363,7 +386,7 @@ fn summarize(samples: &[(Mode, Sample)], options: &Options) -> (String, serde_js
     let base_rps = mean(of(Mode::Baseline).map(|s| s.requests_per_sec));
     let base_p99 = mean(of(Mode::Baseline).map(|s| s.p99_ms));
     let mut md = format!(
-        "| mode | req/s (per round) | throughput vs baseline | p50 ms | p99 ms | p99 vs baseline | tool CPU (share of a core) | tool peak RSS | named the leaking line | flagged after |\n|---|---|---|---|---|---|---|---|---|---|\n"
+        "| mode | req/s (per round) | throughput vs baseline | p50 ms | p99 ms | p99 vs baseline | tool CPU (share of a core) | tool peak RSS | named the leaking line | flagged after | window detach tail |\n|---|---|---|---|---|---|---|---|---|---|---|\n"
     );
     let mut rows = Vec::new();
     for &mode in &options.modes {
@@ -376,8 +399,9 @@ fn summarize(samples: &[(Mode, Sample)], options: &Options) -> (String, serde_js
         let rss = runs.iter().filter_map(|s| s.tool_peak_rss_mb).reduce(f64::max);
         let named: Vec<bool> = runs.iter().filter_map(|s| s.named_leak_line).collect();
         let flagged_after: Vec<f64> = runs.iter().filter_map(|s| s.flagged_after_secs).collect();
+        let tails: Vec<f64> = runs.iter().filter_map(|s| s.detach_tail_ms).collect();
         md.push_str(&format!(
-            "| {} | {} | {:.1}% | {:.2} | {:.2} | {:.2}x | {} | {} | {} | {} |\n",
+            "| {} | {} | {:.1}% | {:.2} | {:.2} | {:.2}x | {} | {} | {} | {} | {} |\n",
             mode.name(),
             per_round.join(", "),
             100.0 * rps / base_rps,
@@ -396,6 +420,7 @@ fn summarize(samples: &[(Mode, Sample)], options: &Options) -> (String, serde_js
             } else {
                 flagged_after.iter().map(|t| format!("{t:.0} s")).collect::<Vec<_>>().join(", ")
             },
+            if tails.is_empty() { "-".into() } else { format!("{:.0} ms", mean(tails.iter().copied())) },
         ));
         rows.push(json!({
             "mode": mode.name(),
@@ -408,6 +433,7 @@ fn summarize(samples: &[(Mode, Sample)], options: &Options) -> (String, serde_js
             "tool_peak_rss_mb": rss,
             "named_leak_line": named,
             "flagged_after_secs": flagged_after,
+            "detach_tail_ms": tails,
         }));
     }
     md.push_str(&format!(

@@ -104,20 +104,20 @@ impl Kernel {
             let _ = map.remove(&tid);
         }
         for &(tid, tstate) in threads {
-            map.insert(tid, tstate, 0)?;
+            map.insert(&tid, &tstate, 0)?;
         }
         Ok(())
     }
 
     /// How to walk process `pid`'s Python frames (`PYTHON_CONFIG`).
     pub fn set_python_config(&mut self, pid: u32, config: PythonConfig) -> Result<()> {
-        Ok(self.hash_map_mut::<u32, PythonConfig>(names::PYTHON_CONFIG)?.insert(pid, config, 0)?)
+        Ok(self.hash_map_mut::<u32, PythonConfig>(names::PYTHON_CONFIG)?.insert(&pid, &config, 0)?)
     }
 
     /// Starts following process `pid` (`TARGETS`, read when the programs serve the node).
     pub fn add_target(&mut self, pid: u32) -> Result<()> {
         self.hash_map_mut::<u32, u8>(names::TARGETS)?
-            .insert(pid, 1, 0)
+            .insert(&pid, &1, 0)
             .with_context(|| format!("cannot watch PID {pid} (too many targets?)"))
     }
 

@@ -17,6 +17,7 @@ use aya::{
         uprobe::{UProbeAttachLocation, UProbeAttachPoint, UProbeLink, UProbeLinkId, UProbeScope},
         TracePoint, UProbe,
     },
+    sys::UProbeMultiFeature,
     Ebpf, EbpfLoader,
 };
 use leakprobe_common::names;
@@ -43,6 +44,39 @@ pub struct Kernel {
     ebpf: Ebpf,
     /// Programs loaded into the kernel so far, in load order.
     loaded: Vec<&'static str>,
+    /// The link kind of the loaded uprobe programs (`load_uprobes`).
+    link_kind: Option<LinkKind>,
+}
+
+/// Set to `per_site` to link each uprobe site on its own even where uprobe_multi links exist.
+pub const LINKS_VARIABLE: &str = "LEAKPROBE_UPROBE_LINKS";
+
+/// How a binary's uprobe sites are linked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LinkKind {
+    /// One uprobe_multi link per program and binary: detached in one grace period (Linux 6.6+).
+    Multi,
+    /// One link per site: the kernel unregisters them one at a time, a grace period each.
+    PerSite,
+}
+
+impl LinkKind {
+    /// As reports name it.
+    pub fn key(self) -> &'static str {
+        match self {
+            LinkKind::Multi => "uprobe_multi",
+            LinkKind::PerSite => "per_site",
+        }
+    }
+
+    /// The kernel object's name for uprobe `program` of this link kind.
+    fn program(self, program: &'static str) -> &'static str {
+        match (self, program) {
+            (LinkKind::Multi, names::ALLOC_ENTRY) => names::ALLOC_ENTRY_MULTI,
+            (LinkKind::Multi, names::ALLOC_RETURN) => names::ALLOC_RETURN_MULTI,
+            _ => program,
+        }
+    }
 }
 
 /// An attached uprobe, to be taken out with `Kernel::take_link`.
@@ -98,7 +132,7 @@ impl Kernel {
         }
         let ebpf =
             loader.load(KERNEL_PROGRAMS).map_err(|e| anyhow!("cannot load the eBPF programs into the kernel: {e}"))?;
-        Ok(Kernel { ebpf, loaded: Vec::new() })
+        Ok(Kernel { ebpf, loaded: Vec::new(), link_kind: None })
     }
 
     /// The programs loaded into the kernel, in load order (each is attached, or a uprobe that
@@ -123,13 +157,22 @@ impl Kernel {
         Ok(())
     }
 
-    /// Loads every uprobe program (`names::UPROBE_PROGRAMS`); none is attached yet.
-    pub fn load_uprobes(&mut self) -> Result<()> {
-        for &name in names::UPROBE_PROGRAMS {
+    /// Loads the uprobe programs of the link kind this kernel supports (uprobe_multi where it
+    /// can filter by process, else one link per site; `LEAKPROBE_UPROBE_LINKS=per_site` asks for
+    /// the latter, to measure what multi links save); none is attached yet.
+    pub fn load_uprobes(&mut self) -> Result<LinkKind> {
+        let per_site_asked = std::env::var(LINKS_VARIABLE).is_ok_and(|v| v == LinkKind::PerSite.key());
+        let kind = match aya::sys::is_uprobe_multi_supported(UProbeMultiFeature::ProcessScopedPidFilter) {
+            Ok(true) if !per_site_asked => LinkKind::Multi,
+            _ => LinkKind::PerSite,
+        };
+        for program in [names::ALLOC_ENTRY, names::ALLOC_RETURN] {
+            let name = kind.program(program);
             self.uprobe(name)?.load().with_context(|| format!("the kernel rejected {name}"))?;
             self.loaded.push(name);
         }
-        Ok(())
+        self.link_kind = Some(kind);
+        Ok(kind)
     }
 
     fn uprobe(&mut self, name: &str) -> Result<&mut UProbe> {
@@ -138,18 +181,30 @@ impl Kernel {
         Ok(program.try_into()?)
     }
 
-    /// Attaches the loaded uprobe `program` at file offset `offset` of `path`, firing only in
-    /// process `pid`; `cookie` is what the program reads as the hooked function.
+    /// The loaded variant of uprobe `program` (`names::ALLOC_ENTRY` or `ALLOC_RETURN`).
+    fn loaded_uprobe(&mut self, program: &'static str) -> Result<(&'static str, &mut UProbe)> {
+        let kind = self.link_kind.ok_or_else(|| anyhow!("the uprobe programs are not loaded"))?;
+        let name = kind.program(program);
+        Ok((name, self.uprobe(name)?))
+    }
+
+    /// Attaches the loaded uprobe `program` (`names::ALLOC_ENTRY` or `ALLOC_RETURN`) at every
+    /// `(file offset, cookie)` of `sites` in `path`, firing only in process `pid`; the cookie is
+    /// what the program reads as the hooked function. One link for them all (with uprobe_multi;
+    /// else one per site, managed as one).
     pub fn attach_uprobe(
         &mut self,
         program: &'static str,
-        offset: u64,
+        sites: &[(u64, u64)],
         path: &Path,
-        cookie: u64,
         pid: NonZeroU32,
     ) -> Result<UprobeLink> {
-        let point = UProbeAttachPoint { location: UProbeAttachLocation::AbsoluteOffset(offset), cookie: Some(cookie) };
-        let id = self.uprobe(program)?.attach(point, path, UProbeScope::OneProcess(pid))?;
+        let points = sites.iter().map(|&(offset, cookie)| UProbeAttachPoint {
+            location: UProbeAttachLocation::AbsoluteOffset(offset),
+            cookie: Some(cookie),
+        });
+        let (program, uprobe) = self.loaded_uprobe(program)?;
+        let id = uprobe.attach(points, path, UProbeScope::OneProcess(pid))?;
         Ok(UprobeLink { program, id })
     }
 
@@ -159,11 +214,11 @@ impl Kernel {
         Ok(DetachedLink { _link: self.uprobe(link.program)?.take_link(link.id)? })
     }
 
-    /// Runs `f` with the loaded uprobes `programs` attached to `symbol` in `exe`, firing in this
+    /// Runs `f` with the loaded uprobes `programs` (`names::ALLOC_ENTRY`, `ALLOC_RETURN`) attached to `symbol` in `exe`, firing in this
     /// process only (leakprobe probing itself, to time a hit), and detaches them after.
     pub fn with_own_probes<R>(
         &mut self,
-        programs: &[&str],
+        programs: &[&'static str],
         exe: &Path,
         symbol: &str,
         f: impl FnOnce() -> R,
@@ -171,9 +226,9 @@ impl Kernel {
         let mut links = Vec::new();
         for &program in programs {
             let point = UProbeAttachPoint { location: UProbeAttachLocation::Symbol(symbol), cookie: None };
-            let link = self
-                .uprobe(program)?
-                .attach(point, exe, UProbeScope::CallingProcess)
+            let (program, uprobe) = self.loaded_uprobe(program)?;
+            let link = uprobe
+                .attach([point], exe, UProbeScope::CallingProcess)
                 .with_context(|| format!("cannot attach the calibration probe to {}", exe.display()))?;
             links.push((program, link));
         }

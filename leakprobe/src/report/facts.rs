@@ -93,8 +93,16 @@ pub fn overhead(b: &BudgetSummary) -> String {
     let mode = if b.max_overhead_percent >= 100.0 {
         "every allocation hooked throughout (--max-overhead 100)".to_string()
     } else {
+        let tail = match &b.links {
+            Some(links) if b.detach_tail_max_seconds > 0.0 => format!(
+                ", their {links} links unregistered {:.0} ms after each (longest {:.0} ms)",
+                b.detach_tail_mean_seconds * 1000.0,
+                b.detach_tail_max_seconds * 1000.0
+            ),
+            _ => String::new(),
+        };
         format!(
-            "budget {:.1}%: {} sampling windows, {} with the allocator probes attached",
+            "budget {:.1}%: {} sampling windows, {} with the allocator probes attached{tail}",
             b.max_overhead_percent,
             b.windows,
             human_duration(b.attached_seconds)

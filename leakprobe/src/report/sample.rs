@@ -179,6 +179,9 @@ pub fn leaking() -> Report {
             inferred_hits: 0,
             windows: 0,
             attached_seconds: 60.0,
+            links: None,
+            detach_tail_mean_seconds: 0.0,
+            detach_tail_max_seconds: 0.0,
         }),
         probe_sites: vec![
             ProbeSiteInfo {
@@ -270,6 +273,9 @@ pub fn sampling_no_leak() -> Report {
         inferred_hits: 12,
         windows: 150,
         attached_seconds: 30.0,
+        links: Some("uprobe_multi".into()),
+        detach_tail_mean_seconds: 0.048,
+        detach_tail_max_seconds: 0.11,
     });
     report
 }

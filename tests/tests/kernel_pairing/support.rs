@@ -68,7 +68,7 @@ impl Probed {
         let offsets = function_offsets(&self.exe, &[hook.symbol]).unwrap();
         let offset = *offsets.get(hook.symbol).unwrap_or_else(|| panic!("{} not in the test binary", hook.symbol));
         self.kernel
-            .attach_uprobe(program, offset, &self.exe, hook.function as u64, self.pid)
+            .attach_uprobe(program, &[(offset, hook.function as u64)], &self.exe, self.pid)
             .unwrap_or_else(|e| panic!("attach {program} to {}: {e:#}", hook.symbol));
     }
 
