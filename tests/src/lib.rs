@@ -116,22 +116,34 @@ pub fn spawn_python(script: &str) -> ChildGuard {
 /// the loaded report. Every allocation is hooked (`--max-overhead 100`) unless `extra` sets a
 /// budget: these tests check exact accounting; the sampling tests say so.
 pub fn record_json(pid: u32, duration: &str, interval: &str, extra: &[&str]) -> (Output, Report) {
+    record_json_env(pid, duration, interval, extra, &[])
+}
+
+/// As `record_json`, with `env` set for leakprobe (e.g. `LEAKPROBE_UPROBE_LINKS`).
+pub fn record_json_env(
+    pid: u32,
+    duration: &str,
+    interval: &str,
+    extra: &[&str],
+    env: &[(&str, &str)],
+) -> (Output, Report) {
     let full: &[&str] = if extra.contains(&"--max-overhead") { &[] } else { &["--max-overhead", "100"] };
     let mut args = vec!["--interval", interval];
     args.extend(full.iter().chain(extra));
-    run_record(pid, duration, &args)
+    run_record(pid, duration, &args, env)
 }
 
 /// `leakprobe record --pid PID --duration DURATION --format json` with every other setting left at
 /// its default, as a person runs it in production (a 5% budget, sampling windows).
 pub fn record_default_json(pid: u32, duration: &str) -> (Output, Report) {
-    run_record(pid, duration, &[])
+    run_record(pid, duration, &[], &[])
 }
 
-fn run_record(pid: u32, duration: &str, args: &[&str]) -> (Output, Report) {
+fn run_record(pid: u32, duration: &str, args: &[&str], env: &[(&str, &str)]) -> (Output, Report) {
     let out = Command::new(leakprobe_bin())
         .args(["record", "--pid", &pid.to_string(), "--duration", duration, "--format", "json"])
         .args(args)
+        .envs(env.iter().copied())
         .output()
         .expect("leakprobe runs");
     let stderr = String::from_utf8_lossy(&out.stderr);

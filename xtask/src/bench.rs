@@ -109,6 +109,8 @@ struct Sample {
     flagged_after_secs: Option<f64>,
     /// `record` with windows: how long a closed window's links took to go, on average (ms).
     detach_tail_ms: Option<f64>,
+    /// `record`: allocations recorded (sampled, in windows) per minute of recording.
+    samples_per_min: Option<f64>,
 }
 
 struct Options {
@@ -274,6 +276,7 @@ fn measure(mode: Mode, python: &Path, leakprobe: &Path, out_dir: &Path, seconds:
                 }
                 Mode::LeakprobeRecord | Mode::LeakprobeRecordPerSite | Mode::LeakprobeFull => {
                     sample.detach_tail_ms = detach_tail_ms(&report).unwrap_or(None);
+                    sample.samples_per_min = samples_per_min(&report).unwrap_or(None);
                     sample.flagged_after_secs = flagged_leak_after(&report).unwrap_or(None);
                     let by_holder = holder_names_leak_line(&report).unwrap_or(false);
                     sample.named_leak_line = Some(sample.flagged_after_secs.is_some() || by_holder);
@@ -290,6 +293,15 @@ fn measure(mode: Mode, python: &Path, leakprobe: &Path, out_dir: &Path, seconds:
 fn detach_tail_ms(report: &Path) -> Result<Option<f64>> {
     let report: serde_json::Value = serde_json::from_str(&fs::read_to_string(report)?)?;
     Ok(report["budget"]["detach_tail_mean_seconds"].as_f64().map(|s| s * 1000.0))
+}
+
+/// A recording's allocations recorded (its `allocations` counter) per minute.
+fn samples_per_min(report: &Path) -> Result<Option<f64>> {
+    let report: serde_json::Value = serde_json::from_str(&fs::read_to_string(report)?)?;
+    let counters = report["counters"].as_array().cloned().unwrap_or_default();
+    let allocations = counters.iter().find(|c| c["name"] == "allocations").and_then(|c| c["value"].as_f64());
+    let minutes = report["duration_seconds"].as_f64().map(|s| s / 60.0).filter(|m| *m > 0.0);
+    Ok(allocations.zip(minutes).map(|(n, m)| n / m))
 }
 
 /// `leakprobe watch --json` output: when its verdict first said leak (and kept saying it).
@@ -386,7 +398,7 @@ fn summarize(samples: &[(Mode, Sample)], options: &Options) -> (String, serde_js
     let base_rps = mean(of(Mode::Baseline).map(|s| s.requests_per_sec));
     let base_p99 = mean(of(Mode::Baseline).map(|s| s.p99_ms));
     let mut md = format!(
-        "| mode | req/s (per round) | throughput vs baseline | p50 ms | p99 ms | p99 vs baseline | tool CPU (share of a core) | tool peak RSS | named the leaking line | flagged after | window detach tail |\n|---|---|---|---|---|---|---|---|---|---|---|\n"
+        "| mode | req/s (per round) | throughput vs baseline | p50 ms | p99 ms | p99 vs baseline | tool CPU (share of a core) | tool peak RSS | named the leaking line | flagged after | window detach tail | allocations sampled /min |\n|---|---|---|---|---|---|---|---|---|---|---|---|\n"
     );
     let mut rows = Vec::new();
     for &mode in &options.modes {
@@ -400,8 +412,9 @@ fn summarize(samples: &[(Mode, Sample)], options: &Options) -> (String, serde_js
         let named: Vec<bool> = runs.iter().filter_map(|s| s.named_leak_line).collect();
         let flagged_after: Vec<f64> = runs.iter().filter_map(|s| s.flagged_after_secs).collect();
         let tails: Vec<f64> = runs.iter().filter_map(|s| s.detach_tail_ms).collect();
+        let samples: Vec<f64> = runs.iter().filter_map(|s| s.samples_per_min).collect();
         md.push_str(&format!(
-            "| {} | {} | {:.1}% | {:.2} | {:.2} | {:.2}x | {} | {} | {} | {} | {} |\n",
+            "| {} | {} | {:.1}% | {:.2} | {:.2} | {:.2}x | {} | {} | {} | {} | {} | {} |\n",
             mode.name(),
             per_round.join(", "),
             100.0 * rps / base_rps,
@@ -421,6 +434,7 @@ fn summarize(samples: &[(Mode, Sample)], options: &Options) -> (String, serde_js
                 flagged_after.iter().map(|t| format!("{t:.0} s")).collect::<Vec<_>>().join(", ")
             },
             if tails.is_empty() { "-".into() } else { format!("{:.0} ms", mean(tails.iter().copied())) },
+            if samples.is_empty() { "-".into() } else { format!("{:.0}", mean(samples.iter().copied())) },
         ));
         rows.push(json!({
             "mode": mode.name(),
@@ -434,6 +448,7 @@ fn summarize(samples: &[(Mode, Sample)], options: &Options) -> (String, serde_js
             "named_leak_line": named,
             "flagged_after_secs": flagged_after,
             "detach_tail_ms": tails,
+            "samples_per_min": samples,
         }));
     }
     md.push_str(&format!(
