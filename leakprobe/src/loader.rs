@@ -11,7 +11,7 @@ use anyhow::{anyhow, Context, Result};
 use leakprobe_common::{names, AllocFunction, CallShape};
 
 use crate::{
-    kernel::{DetachedLink, Kernel, LinkKind, TableSizes, UprobeLink},
+    kernel::{self, DetachedLink, Kernel, LinkKind, TableSizes, UprobeLink},
     probe_site::{self, ProbeSite},
     python::runtime::PythonRuntime,
     target::Target,
@@ -107,9 +107,9 @@ fn detach_order(program: &str, cookie: u64) -> (usize, bool) {
 }
 
 /// Releases `links` each on a thread of its own, returning when all are gone.
-fn drop_together(links: Vec<(bool, DetachedLink)>) {
+fn drop_together(links: Vec<DetachedLink>) {
     std::thread::scope(|scope| {
-        for (_, link) in links {
+        for link in links {
             // A thread that cannot be started drops its closure, and the link with it, here.
             let _ = std::thread::Builder::new().name("lp-detach".into()).spawn_scoped(scope, move || drop(link));
         }
@@ -142,8 +142,7 @@ pub fn attach(target: &Target, sizes: TableSizes, python: Option<&PythonRuntime>
     }
 
     let link_kind = kernel.load_uprobes()?;
-    let asked = std::env::var(crate::kernel::LINKS_VARIABLE).is_ok_and(|v| v == LinkKind::PerSite.key());
-    if link_kind == LinkKind::PerSite && !asked {
+    if link_kind == LinkKind::PerSite && !kernel::per_site_asked() {
         eprintln!(
             "leakprobe: warning: this kernel has no uprobe_multi links (Linux 6.6+): one link per hooked site, so \
              closing a sampling window takes ~130 ms per site, during which the hooks still trap"
@@ -251,8 +250,8 @@ impl Probes {
         let mut attached = std::mem::take(&mut self.links);
         attached.sort_by_key(|(order, _)| *order);
         let mut links = Vec::new();
-        for ((_, is_return), link) in attached {
-            links.push((is_return, self.kernel.take_link(link)?));
+        for (_, link) in attached {
+            links.push(self.kernel.take_link(link)?);
         }
         let together = self.link_kind == LinkKind::Multi;
         let closing = std::thread::Builder::new()

@@ -51,6 +51,11 @@ pub struct Kernel {
 /// Set to `per_site` to link each uprobe site on its own even where uprobe_multi links exist.
 pub const LINKS_VARIABLE: &str = "LEAKPROBE_UPROBE_LINKS";
 
+/// Whether `LINKS_VARIABLE` asks for one link per site.
+pub fn per_site_asked() -> bool {
+    std::env::var(LINKS_VARIABLE).is_ok_and(|v| v == LinkKind::PerSite.key())
+}
+
 /// How a binary's uprobe sites are linked.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LinkKind {
@@ -83,12 +88,6 @@ impl LinkKind {
 pub struct UprobeLink {
     program: &'static str,
     id: UProbeLinkId,
-}
-
-impl UprobeLink {
-    pub fn program(&self) -> &'static str {
-        self.program
-    }
 }
 
 /// A uprobe link owned outside the kernel object: dropping it detaches the probe (which may take
@@ -161,9 +160,8 @@ impl Kernel {
     /// can filter by process, else one link per site; `LEAKPROBE_UPROBE_LINKS=per_site` asks for
     /// the latter, to measure what multi links save); none is attached yet.
     pub fn load_uprobes(&mut self) -> Result<LinkKind> {
-        let per_site_asked = std::env::var(LINKS_VARIABLE).is_ok_and(|v| v == LinkKind::PerSite.key());
         let kind = match aya::sys::is_uprobe_multi_supported(UProbeMultiFeature::ProcessScopedPidFilter) {
-            Ok(true) if !per_site_asked => LinkKind::Multi,
+            Ok(true) if !per_site_asked() => LinkKind::Multi,
             _ => LinkKind::PerSite,
         };
         for program in [names::ALLOC_ENTRY, names::ALLOC_RETURN] {
@@ -214,8 +212,9 @@ impl Kernel {
         Ok(DetachedLink { _link: self.uprobe(link.program)?.take_link(link.id)? })
     }
 
-    /// Runs `f` with the loaded uprobes `programs` (`names::ALLOC_ENTRY`, `ALLOC_RETURN`) attached to `symbol` in `exe`, firing in this
-    /// process only (leakprobe probing itself, to time a hit), and detaches them after.
+    /// Runs `f` with the loaded uprobes `programs` (`names::ALLOC_ENTRY`, `ALLOC_RETURN`) attached
+    /// to `symbol` in `exe`, firing in this process only (leakprobe probing itself, to time a
+    /// hit), and detaches them after.
     pub fn with_own_probes<R>(
         &mut self,
         programs: &[&'static str],
