@@ -74,6 +74,8 @@ const MIN_LAST_TO_SECOND_QUARTER_SLOPE: f64 = 0.5;
 /// The late window's level (block midranges) must rise at least this fraction of its Theil–Sen
 /// slope; otherwise the "trend" is the shape of a sawtooth cycle inside the window.
 const MIN_LEVEL_TO_SLOPE: f64 = 0.5;
+/// Fewest rises (a sample above the one before) in the late window for growth to be steady.
+const MIN_LATE_RISES: usize = 2;
 /// A non-significant late window with p below this and a leak-sized slope is too noisy to call.
 const BORDERLINE_P: f64 = 0.05;
 
@@ -174,6 +176,17 @@ pub fn classify(t_secs: &[f64], live_bytes: &[f64], cfg: &VerdictConfig) -> Grow
                 ));
             }
         }
+    }
+
+    // A step is not a rate: one allocation that stays (an arena, a buffer made once) makes
+    // Mann–Kendall and Theil–Sen see a significant slope across its edge (measured: a 1 MiB
+    // pymalloc arena mapped once, 0 for 24 s then 1 MiB, flagged "still growing at 76 KB/s").
+    let rises = late_y.windows(2).filter(|w| w[1] > w[0]).count();
+    if rises < MIN_LATE_RISES {
+        return undecided(format!(
+            "grew in one step ({} at once), not steadily: a one-off allocation, or growth too rare to rate",
+            crate::report::human_bytes(late_y[late_len - 1] - late_y[0])
+        ));
     }
 
     let reason = format!("still growing at {} until the end (Mann–Kendall p={p:.1e})", rate(slope));
@@ -364,6 +377,20 @@ mod tests {
             }
         }
         assert!(seen > 0);
+    }
+
+    #[test]
+    fn one_step_is_not_a_leak_but_two_steps_can_be() {
+        // A 1 MiB block allocated once, 24 s into a 31 s recording (an arena, a lazily built
+        // table): significant for Mann–Kendall across the edge, but not a rate.
+        let t: Vec<f64> = (0..31).map(f64::from).collect();
+        let step: Vec<f64> = t.iter().map(|&t| if t >= 24.0 { MB } else { 0.0 }).collect();
+        let v = classify(&t, &step, &VerdictConfig::default());
+        assert_eq!(v.kind, VerdictKind::Inconclusive, "{v:?}");
+        assert!(v.reason.contains("one step"), "{v:?}");
+        // Rare but repeated growth (an arena every 6 s) is judged as before.
+        let stairs: Vec<f64> = t.iter().map(|&t| MB * (t / 6.0).floor()).collect();
+        assert_eq!(classify(&t, &stairs, &VerdictConfig::default()).kind, VerdictKind::Leak);
     }
 
     #[test]
