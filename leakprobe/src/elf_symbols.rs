@@ -13,22 +13,44 @@ pub fn function_offsets(path: &Path, names: &[&str]) -> Result<HashMap<String, u
 }
 
 fn read_function_offsets(path: &Path, names: &[&str]) -> Result<(HashMap<String, u64>, u64)> {
+    let mut found = HashMap::new();
+    for (name, offset) in defined_functions(path)? {
+        if names.contains(&name.as_str()) {
+            found.entry(name).or_insert(offset);
+        }
+    }
+    Ok((found, 0))
+}
+
+/// Every defined function symbol of the ELF at `path` (`.dynsym`, then `.symtab`) as (base name,
+/// file offset of its entry).
+fn defined_functions(path: &Path) -> Result<Vec<(String, u64)>> {
     let data = fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
     let file = object::File::parse(&*data).with_context(|| format!("{} is not an ELF file", path.display()))?;
     let segments: Vec<(u64, u64, u64)> = file.segments().map(|s| (s.address(), s.size(), s.file_range().0)).collect();
+    Ok(file
+        .dynamic_symbols()
+        .chain(file.symbols())
+        .filter(|symbol| symbol.kind() == SymbolKind::Text && !symbol.is_undefined() && symbol.address() != 0)
+        .filter_map(|symbol| {
+            let name = symbol.name().ok()?;
+            let base = name.split('@').next().unwrap_or(name);
+            Some((base.to_string(), file_offset(&segments, symbol.address())?))
+        })
+        .collect())
+}
+
+/// Every defined function of the ELF at `path` (`.dynsym` and `.symtab`), by the file offset of
+/// its entry: where a breakpoint may go without splitting an instruction.
+pub fn function_entries(path: &Path) -> Result<HashMap<u64, String>> {
+    let (by_name, _) = memo(path, "entries", &[], || read_function_entries(path))?;
+    Ok(by_name.into_iter().map(|(name, offset)| (offset, name)).collect())
+}
+
+fn read_function_entries(path: &Path) -> Result<(HashMap<String, u64>, u64)> {
     let mut found = HashMap::new();
-    for symbol in file.dynamic_symbols().chain(file.symbols()) {
-        if symbol.kind() != SymbolKind::Text || symbol.is_undefined() || symbol.address() == 0 {
-            continue;
-        }
-        let Ok(name) = symbol.name() else { continue };
-        let base = name.split('@').next().unwrap_or(name);
-        if !names.contains(&base) || found.contains_key(base) {
-            continue;
-        }
-        if let Some(offset) = file_offset(&segments, symbol.address()) {
-            found.insert(base.to_string(), offset);
-        }
+    for (name, offset) in defined_functions(path)? {
+        found.entry(name).or_insert(offset);
     }
     Ok((found, 0))
 }

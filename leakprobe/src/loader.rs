@@ -12,7 +12,8 @@ use leakprobe_common::{names, AllocFunction, CallShape};
 
 use crate::{
     kernel::{self, DetachedLink, Kernel, LinkKind, TableSizes, UprobeLink},
-    probe_site::{self, ProbeSite},
+    probe_site::{self, LiveImage, MappedFile, ProbeSite},
+    proc_maps,
     python::runtime::PythonRuntime,
     target::Target,
     tracefs,
@@ -149,17 +150,27 @@ pub fn attach(target: &Target, sizes: TableSizes, python: Option<&PythonRuntime>
         );
     }
     let emulation = probe_site::running_kernel();
+    // Where each file's code is loaded, to follow tail calls through the function pointers the
+    // target holds (an unreadable map only leaves those sites at their entries).
+    let maps = proc_maps::read(target.pid).unwrap_or_default();
     let mut hooks = Vec::new();
-    let mut plan = Vec::new();
+    let mut plan: Vec<Attachment> = Vec::new();
     for object in &target.objects {
+        let live = MappedFile::new(target.pid, &maps, &object.path, &object.host_path);
+        let live = live.as_ref().map(|l| l as &dyn LiveImage);
         for &(function, offset) in &object.functions {
             let Some(entry) = entry_program(function.shape()) else {
                 continue;
             };
             // Entry and return probe both at the site: the stack pointer is unmoved there, so the
             // return probe still finds the return address.
-            let site =
-                probe_site::choose_in_file(&object.host_path, offset, function.shape().integer_args(), &emulation);
+            let site = probe_site::choose_in_file(
+                &object.host_path,
+                offset,
+                function.shape().integer_args(),
+                &emulation,
+                live,
+            );
             let place = format!("{} in {}", function.symbol(), object.path.display());
             let attachment = |program, what: &str| Attachment {
                 program,
@@ -168,7 +179,13 @@ pub fn attach(target: &Target, sizes: TableSizes, python: Option<&PythonRuntime>
                 cookie: probe_site::attach_cookie(function, &site),
                 what: format!("{what}{place}"),
             };
-            plan.push(attachment(entry, ""));
+            // Two frees reaching one function through their tables (pyenv's `PyObject_Free` and
+            // `PyMem_Free` both end in `_PyObject_Free`) share its site: one probe there sees both.
+            let shared = function.shape() == CallShape::Free
+                && plan.iter().any(|a| a.program == entry && a.path == object.host_path && a.offset == site.vaddr);
+            if !shared {
+                plan.push(attachment(entry, ""));
+            }
             if function.shape() != CallShape::Free {
                 plan.push(attachment(names::ALLOC_RETURN, "the return of "));
             }

@@ -101,6 +101,16 @@ fn check_fastapi_app(command: Command, port: u16, mode: Mode) {
         async_stack.frames.iter().filter(|f| f.kind == FrameKind::Python).map(|f| f.function.as_str()).collect();
     assert!(python_frames.len() >= 3, "async stack too shallow: {python_frames:?}");
 
+    if mode == Mode::EveryAllocation {
+        // Every free is hooked, so its breakpoint is the hottest: on every build here it sits on
+        // an emulated instruction (on pyenv's, in `_PyObject_Free`, reached through the allocator
+        // table read from the live process), not on a single-stepped entry.
+        let frees: Vec<_> = report.probe_sites.iter().filter(|s| s.function == "PyObject_Free").collect();
+        assert!(
+            !frees.is_empty() && frees.iter().all(|s| s.emulated),
+            "Python {version}: PyObject_Free is hooked at a single-stepped site: {frees:#?}"
+        );
+    }
     if mode != Mode::EveryAllocation {
         // The budget was kept (the estimate is what leakprobe enforces; the benchmark checks the
         // throughput it buys), the leak was named in several windows, and within the recording.

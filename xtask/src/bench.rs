@@ -111,6 +111,8 @@ struct Sample {
     detach_tail_ms: Option<f64>,
     /// `record`: allocations recorded (sampled, in windows) per minute of recording.
     samples_per_min: Option<f64>,
+    /// `record`: the overhead its budget estimated (`budget.estimated_overhead_percent`).
+    estimated_overhead_percent: Option<f64>,
 }
 
 struct Options {
@@ -277,6 +279,7 @@ fn measure(mode: Mode, python: &Path, leakprobe: &Path, out_dir: &Path, seconds:
                 Mode::LeakprobeRecord | Mode::LeakprobeRecordPerSite | Mode::LeakprobeFull => {
                     sample.detach_tail_ms = detach_tail_ms(&report).unwrap_or(None);
                     sample.samples_per_min = samples_per_min(&report).unwrap_or(None);
+                    sample.estimated_overhead_percent = estimated_overhead(&report).unwrap_or(None);
                     sample.flagged_after_secs = flagged_leak_after(&report).unwrap_or(None);
                     let by_holder = holder_names_leak_line(&report).unwrap_or(false);
                     sample.named_leak_line = Some(sample.flagged_after_secs.is_some() || by_holder);
@@ -293,6 +296,26 @@ fn measure(mode: Mode, python: &Path, leakprobe: &Path, out_dir: &Path, seconds:
 fn detach_tail_ms(report: &Path) -> Result<Option<f64>> {
     let report: serde_json::Value = serde_json::from_str(&fs::read_to_string(report)?)?;
     Ok(report["budget"]["detach_tail_mean_seconds"].as_f64().map(|s| s * 1000.0))
+}
+
+/// The overhead a recording's budget estimated it cost the target, in percent.
+fn estimated_overhead(report: &Path) -> Result<Option<f64>> {
+    let report: serde_json::Value = serde_json::from_str(&fs::read_to_string(report)?)?;
+    Ok(report["budget"]["estimated_overhead_percent"].as_f64())
+}
+
+/// The measured overhead of a run at `rps` against the baseline's `base_rps`, in percent of the
+/// time a request takes: what the budget's estimate claims to bound.
+fn measured_overhead_percent(rps: f64, base_rps: f64) -> f64 {
+    100.0 * (base_rps / rps - 1.0)
+}
+
+/// "5.6% / 9.8% (1.75x)": the estimate against the measured overhead; the estimate is honest
+/// when the ratio is within 1.5x either way (issue 12).
+fn estimate_against_measured(estimated: f64, measured: f64) -> String {
+    let ratio = measured.max(0.0) / estimated;
+    let verdict = if (1.0 / 1.5..=1.5).contains(&ratio) { "within 1.5x" } else { "off by more than 1.5x" };
+    format!("{estimated:.1}% / {measured:.1}% ({ratio:.2}x, {verdict})")
 }
 
 /// A recording's allocations recorded (its `allocations` counter) per minute.
@@ -398,7 +421,7 @@ fn summarize(samples: &[(Mode, Sample)], options: &Options) -> (String, serde_js
     let base_rps = mean(of(Mode::Baseline).map(|s| s.requests_per_sec));
     let base_p99 = mean(of(Mode::Baseline).map(|s| s.p99_ms));
     let mut md = format!(
-        "| mode | req/s (per round) | throughput vs baseline | p50 ms | p99 ms | p99 vs baseline | tool CPU (share of a core) | tool peak RSS | named the leaking line | flagged after | window detach tail | allocations sampled /min |\n|---|---|---|---|---|---|---|---|---|---|---|---|\n"
+        "| mode | req/s (per round) | throughput vs baseline | p50 ms | p99 ms | p99 vs baseline | tool CPU (share of a core) | tool peak RSS | named the leaking line | flagged after | window detach tail | allocations sampled /min | overhead estimated / measured |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|\n"
     );
     let mut rows = Vec::new();
     for &mode in &options.modes {
@@ -413,8 +436,11 @@ fn summarize(samples: &[(Mode, Sample)], options: &Options) -> (String, serde_js
         let flagged_after: Vec<f64> = runs.iter().filter_map(|s| s.flagged_after_secs).collect();
         let tails: Vec<f64> = runs.iter().filter_map(|s| s.detach_tail_ms).collect();
         let samples: Vec<f64> = runs.iter().filter_map(|s| s.samples_per_min).collect();
+        let estimates: Vec<f64> = runs.iter().filter_map(|s| s.estimated_overhead_percent).collect();
+        let estimated = (!estimates.is_empty()).then(|| mean(estimates.iter().copied()));
+        let measured = measured_overhead_percent(rps, base_rps);
         md.push_str(&format!(
-            "| {} | {} | {:.1}% | {:.2} | {:.2} | {:.2}x | {} | {} | {} | {} | {} | {} |\n",
+            "| {} | {} | {:.1}% | {:.2} | {:.2} | {:.2}x | {} | {} | {} | {} | {} | {} | {} |\n",
             mode.name(),
             per_round.join(", "),
             100.0 * rps / base_rps,
@@ -435,6 +461,7 @@ fn summarize(samples: &[(Mode, Sample)], options: &Options) -> (String, serde_js
             },
             if tails.is_empty() { "-".into() } else { format!("{:.0} ms", mean(tails.iter().copied())) },
             if samples.is_empty() { "-".into() } else { format!("{:.0}", mean(samples.iter().copied())) },
+            estimated.map_or("-".into(), |e| estimate_against_measured(e, measured)),
         ));
         rows.push(json!({
             "mode": mode.name(),
@@ -449,6 +476,8 @@ fn summarize(samples: &[(Mode, Sample)], options: &Options) -> (String, serde_js
             "flagged_after_secs": flagged_after,
             "detach_tail_ms": tails,
             "samples_per_min": samples,
+            "estimated_overhead_percent": estimated,
+            "measured_overhead_percent": measured,
         }));
     }
     md.push_str(&format!(
@@ -461,6 +490,15 @@ fn summarize(samples: &[(Mode, Sample)], options: &Options) -> (String, serde_js
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_estimate_is_judged_against_the_measured_overhead() {
+        // 5% estimated; the app kept 90.6% of its throughput: 10.4% more time a request.
+        let measured = measured_overhead_percent(906.0, 1000.0);
+        assert!((measured - 10.375).abs() < 0.01, "{measured}");
+        assert_eq!(estimate_against_measured(5.0, measured), "5.0% / 10.4% (2.08x, off by more than 1.5x)");
+        assert_eq!(estimate_against_measured(5.0, 6.0), "5.0% / 6.0% (1.20x, within 1.5x)");
+    }
 
     #[test]
     fn reads_wrk_output() {

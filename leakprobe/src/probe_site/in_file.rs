@@ -10,7 +10,7 @@ use std::{
 
 use leakprobe_common::{cookie, AllocFunction};
 
-use super::{choose, instruction_at, KernelEmulation, ProbeSite};
+use super::{choose, instruction_at, KernelEmulation, LiveImage, ProbeSite};
 
 /// Set (to anything) in leakprobe's environment, every breakpoint goes on its function's entry:
 /// to measure what placement saves (docs/overhead.md).
@@ -26,8 +26,15 @@ pub fn running_kernel() -> KernelEmulation {
 
 /// The site for the function at file offset `entry` of `path`. Addresses are file offsets: a
 /// relative branch followed lands at the right offset as long as it stays in the segment, which
-/// a function's own prefix does.
-pub fn choose_in_file(path: &Path, entry: u64, args: usize, kernel: &KernelEmulation) -> ProbeSite {
+/// a function's own prefix does. `live`, the process the file is mapped in, lets a tail call
+/// through a function pointer be followed.
+pub fn choose_in_file(
+    path: &Path,
+    entry: u64,
+    args: usize,
+    kernel: &KernelEmulation,
+    live: Option<&dyn LiveImage>,
+) -> ProbeSite {
     let file = File::open(path).ok();
     let code = |offset: u64, len: usize| -> Option<Vec<u8>> {
         let mut file = file.as_ref()?;
@@ -36,9 +43,12 @@ pub fn choose_in_file(path: &Path, entry: u64, args: usize, kernel: &KernelEmula
         file.take(len as u64).read_to_end(&mut bytes).ok()?;
         (!bytes.is_empty()).then_some(bytes)
     };
-    let site = choose(&code, entry, args, kernel);
+    let mut site = choose(&code, entry, args, kernel, live);
     if std::env::var_os(AT_ENTRY_VARIABLE).is_some() {
         return site.at_entry(entry, instruction_at(&code, entry));
+    }
+    if site.tail_called {
+        site.site_function = live.and_then(|live| live.function_name(site.function_entry));
     }
     site
 }
@@ -62,6 +72,7 @@ mod tests {
             emulated,
             args,
             tail_called: false,
+            site_function: None,
             fallback: None,
         }
     }
@@ -86,11 +97,11 @@ mod tests {
         let path = std::env::temp_dir().join(format!("leakprobe-site-{}", std::process::id()));
         std::fs::write(&path, [0xcc, 0xcc, 0xcc, 0x48, 0x89, 0xfe, 0x48, 0x85, 0xff, 0x78, 0x10, 0xc3]).unwrap();
         let kernel = KernelEmulation::for_release(6, 18);
-        let site = choose_in_file(&path, 3, 1, &kernel);
+        let site = choose_in_file(&path, 3, 1, &kernel, None);
         std::fs::remove_file(&path).unwrap();
         assert_eq!((site.vaddr, site.emulated, site.fallback.clone()), (9, true, None), "{site:?}");
         assert_eq!(site.args, vec![Gpr::Rdi]);
-        let missing = choose_in_file(Path::new("/nonexistent/leakprobe"), 0, 1, &kernel);
+        let missing = choose_in_file(Path::new("/nonexistent/leakprobe"), 0, 1, &kernel, None);
         assert!(missing.fallback.is_some() && !missing.emulated);
     }
 }

@@ -13,7 +13,9 @@
 //!
 //! A direct `jmp rel` ending the prefix (a tail call) is followed into its target once, when it is
 //! not itself emulated (kernels before 3.15): the site then belongs to the tail-called function,
-//! which other callers may also reach, so a site in the hooked function is always preferred. The
+//! which other callers may also reach, so a site in the hooked function is always preferred. So is
+//! an indirect `jmp *mem` whose pointer the live process holds ([`indirect`]: pyenv's
+//! `PyObject_Free` reaches `_PyObject_Free` through the allocator table). The
 //! scan is bounded ([`MAX_INSTRUCTIONS`], [`MAX_BYTES`] per function); anything else falls back to
 //! the entry with a [`Fallback`] saying why.
 //!
@@ -28,8 +30,8 @@
 //! | `PyObject_Malloc` (pyenv 3.11.7, 3.12.1)            | +6     | `js` (after `mov %rdi,%rsi; test`) | size=rdi |
 //! | `PyObject_Calloc` (pyenv 3.11.7, 3.12.1)            | +3     | `je`                 | n=rdi, size=rsi       |
 //! | `PyObject_Realloc` (pyenv 3.11.7, 3.12.1)           | +6     | `js`                 | ptr=rdi, size=rsi     |
-//! | `PyObject_Free` (pyenv 3.11.7)                      | entry  | `mov %rdi,%rsi` (prefix ends at +0xa `jmpq *0x2ad000(%rip)`) | ptr=rdi |
-//! | `PyObject_Free` (pyenv 3.12.1)                      | entry  | `mov 0x374819(%rip),%rax` (prefix ends at +0x11 `jmpq *0xd0(%rax)`) | ptr=rdi |
+//! | `PyObject_Free` (pyenv 3.11.7)                      | `_PyObject_Free`+3 | `je`, through +0xa `jmpq *0x2ad000(%rip)` (entry without the live process: `mov %rdi,%rsi`) | ptr=rsi |
+//! | `PyObject_Free` (pyenv 3.12.1)                      | `_PyObject_Free`+3 | `je`, through +0x11 `jmpq *0xd0(%rax)` (entry without it: `mov 0x374819(%rip),%rax`) | ptr=rsi |
 //! | `_PyObject_Malloc` (pyenv 3.11.7)                   | +4     | `push %rbx`          | ctx=rdi, size=rsi     |
 //! | `_PyObject_Malloc` (pyenv 3.12.1)                   | +0     | `push %rbp`          | ctx=rdi, size=rsi     |
 //! | `_PyObject_Free` (pyenv 3.11.7, 3.12.1)             | +3     | `je`                 | ctx=rdi, ptr=rsi      |
@@ -40,17 +42,23 @@
 //! | `PyObject_Realloc` (Debian)                         | +0     | `push %r13`          | ptr=rdi, size=rsi     |
 //! | `PyObject_Calloc` (Debian)                          | +3     | `je`                 | n=rdi, size=rsi       |
 //!
-//! pyenv's `PyObject_*` reach `_PyObject_*` through the allocator table (`jmp *...`), not a
-//! direct tail call, so no site there is in a tail-called function. Hooking `_PyObject_Free`
-//! directly is cheap but also sees the `PyMem_*` domain, which uses the same functions.
+//! pyenv's `PyObject_Free` reaches `_PyObject_Free` through the allocator table (`jmp *...`):
+//! with the live process to read the table from, its site is `_PyObject_Free`'s +3 `je`, with the
+//! pointer in `%rsi`. That function also serves `PyMem_Free` (pymalloc is the `PyMem_*` domain's
+//! allocator too), whose frees the kernel then sees as well: a free of a block no hooked call
+//! allocated finds nothing in the live table, so only the hits cost more.
 
 mod in_file;
+mod indirect;
 mod kernel_emulation;
+mod live;
 #[cfg(test)]
 mod tests;
 
 pub use in_file::{attach_cookie, choose_in_file, running_kernel};
+pub use indirect::LiveImage;
 pub use kernel_emulation::{KernelEmulation, NopEmulation};
+pub use live::MappedFile;
 
 use std::fmt;
 
@@ -63,7 +71,7 @@ use iced_x86::{
 pub const MAX_INSTRUCTIONS: usize = 16;
 /// Bytes read per function: the prefix searched lies within them.
 pub const MAX_BYTES: usize = 64;
-/// Direct tail calls followed.
+/// Tail calls followed (direct, or through a pointer the live process holds).
 pub const MAX_TAIL_CALLS: usize = 1;
 
 /// A general-purpose register of x86-64, in hardware encoding order.
@@ -155,6 +163,8 @@ pub struct ProbeSite {
     pub args: Vec<Gpr>,
     /// Whether the site lies in a function the hooked one tail-calls.
     pub tail_called: bool,
+    /// The name of that function, when known (set by `choose_in_file`).
+    pub site_function: Option<String>,
     /// Set when the site is the entry because no better one was found, saying why.
     pub fallback: Option<Fallback>,
 }
@@ -205,12 +215,14 @@ impl fmt::Display for Fallback {
 
 /// Chooses the breakpoint for the function at `entry_vaddr` whose first `args` integer arguments
 /// (at most 6) the probe reads. `code(vaddr, len)` returns up to `len` bytes of code at `vaddr`
-/// (fewer near the end of a segment), or `None` when nothing is mapped there.
+/// (fewer near the end of a segment), or `None` when nothing is mapped there. With `live`, the
+/// process the code runs in, a tail call through a function pointer is followed too.
 pub fn choose(
     code: &dyn Fn(u64, usize) -> Option<Vec<u8>>,
     entry_vaddr: u64,
     args: usize,
     kernel: &KernelEmulation,
+    live: Option<&dyn LiveImage>,
 ) -> ProbeSite {
     let args = args.min(ARGUMENT_REGISTERS.len());
     let mut scan = Scan::new(args);
@@ -246,6 +258,7 @@ pub fn choose(
                     emulated: true,
                     args: scan.argument_registers(),
                     tail_called: function_entry != entry_vaddr,
+                    site_function: None,
                     fallback: None,
                 };
             }
@@ -260,12 +273,22 @@ pub fn choose(
                     function_entry = instruction.near_branch_target();
                     continue 'functions;
                 }
+                FlowControl::IndirectBranch if tail_calls < MAX_TAIL_CALLS => {
+                    match scan.loaded.jump_target(&instruction, live) {
+                        Some(target) => {
+                            tail_calls += 1;
+                            function_entry = target;
+                            continue 'functions;
+                        }
+                        None => break 'functions ends_prefix(),
+                    }
+                }
                 _ => break 'functions ends_prefix(),
             }
             if scan.moves_stack(&instruction) {
                 break 'functions ends_prefix();
             }
-            if let Some(arg) = scan.execute(&instruction) {
+            if let Some(arg) = scan.execute(&instruction, live) {
                 break 'functions Fallback::ArgumentLost {
                     arg,
                     vaddr: instruction.ip(),
@@ -282,6 +305,7 @@ pub fn choose(
         emulated: false,
         args: ARGUMENT_REGISTERS[..args].to_vec(),
         tail_called: false,
+        site_function: None,
         fallback: Some(fallback),
     }
 }
@@ -301,6 +325,7 @@ impl ProbeSite {
             emulated: false,
             args: ARGUMENT_REGISTERS[..self.args.len()].to_vec(),
             tail_called: false,
+            site_function: None,
             fallback: Some(Fallback::EntryAsked),
         }
     }
@@ -321,6 +346,8 @@ struct Scan {
     args: usize,
     /// For each register (by [`Gpr`] index), the argument it holds.
     holds: [Option<usize>; 16],
+    /// What registers hold that was loaded from the process (a function table's address).
+    loaded: indirect::Loaded,
     info: InstructionInfoFactory,
     /// The entry's instruction, for a fallback's report line.
     entry_text: Option<String>,
@@ -332,7 +359,7 @@ impl Scan {
         for (arg, register) in ARGUMENT_REGISTERS[..args].iter().enumerate() {
             holds[*register as usize] = Some(arg);
         }
-        Scan { args, holds, info: InstructionInfoFactory::new(), entry_text: None }
+        Scan { args, holds, loaded: indirect::Loaded::default(), info: InstructionInfoFactory::new(), entry_text: None }
     }
 
     /// Each argument's register, preferring the one it arrived in.
@@ -362,17 +389,24 @@ impl Scan {
     }
 
     /// Applies the instruction's register writes; returns the argument left in no register.
-    fn execute(&mut self, instruction: &Instruction) -> Option<usize> {
-        if let Some((to, from)) = register_copy(instruction) {
-            self.holds[to as usize] = self.holds[from as usize];
-        } else {
-            let info = self.info.info(instruction);
-            for used in info.used_registers().iter().filter(|used| writes(used.access())) {
-                if let Some(register) = Gpr::of(used.register()) {
-                    self.holds[register as usize] = None;
-                }
+    fn execute(&mut self, instruction: &Instruction, live: Option<&dyn LiveImage>) -> Option<usize> {
+        let copy = register_copy(instruction);
+        let written: Vec<Gpr> = match copy {
+            Some(_) => Vec::new(),
+            None => {
+                let info = self.info.info(instruction);
+                info.used_registers()
+                    .iter()
+                    .filter(|used| writes(used.access()))
+                    .filter_map(|used| Gpr::of(used.register()))
+                    .collect()
             }
+        };
+        match copy {
+            Some((to, from)) => self.holds[to as usize] = self.holds[from as usize],
+            None => written.iter().for_each(|register| self.holds[*register as usize] = None),
         }
+        self.loaded.update(instruction, copy, written.into_iter(), live);
         (0..self.args).find(|arg| !self.holds.contains(&Some(*arg)))
     }
 }

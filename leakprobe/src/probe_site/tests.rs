@@ -21,7 +21,7 @@ fn image(functions: &[(u64, &str)]) -> impl Fn(u64, usize) -> Option<Vec<u8>> {
 }
 
 fn site_on(kernel: &KernelEmulation, function: (u64, &str), args: usize) -> ProbeSite {
-    choose(&image(&[function]), function.0, args, kernel)
+    choose(&image(&[function]), function.0, args, kernel, None)
 }
 
 /// Asserts an emulated site `offset` bytes into the function, on `instruction`, with `args`.
@@ -310,12 +310,12 @@ fn the_scan_is_bounded() {
 fn a_direct_tail_call_is_its_own_site_when_emulated_and_followed_when_not() {
     // 0x1000: mov %rdi,%rsi; jmp 0x1010 — 0x1010: mov 0x0(%rip),%rdi; push %rbx
     let code = image(&[(0x1000, "4889fe eb0b"), (0x1010, "488b3d00000000 53")]);
-    let site = choose(&code, 0x1000, 1, &KERNEL_6_18);
+    let site = choose(&code, 0x1000, 1, &KERNEL_6_18, None);
     assert_eq!((site.vaddr, site.tail_called, site.args.as_slice()), (0x1003, false, &[Rdi][..]));
     // As if relative jumps were single-stepped: the site moves into the target, after rdi is
     // overwritten there, with the argument still in rsi.
     let no_branches = KernelEmulation { relative_branches: false, ..KERNEL_6_18 };
-    let site = choose(&code, 0x1000, 1, &no_branches);
+    let site = choose(&code, 0x1000, 1, &no_branches, None);
     assert_eq!((site.vaddr, site.function_entry, site.tail_called), (0x1017, 0x1010, true), "{site:?}");
     assert_eq!((site.offset_in_function(), site.args.as_slice()), (7, &[Rsi][..]));
     assert_eq!(site.instruction, "push %rbx");
@@ -333,7 +333,7 @@ fn endbr64_and_nops_before_a_push() {
 
 #[test]
 fn unreadable_and_undecodable_code_keep_the_entry() {
-    let site = choose(&|_, _| None, 0x2000, 1, &KERNEL_6_18);
+    let site = choose(&|_, _| None, 0x2000, 1, &KERNEL_6_18, None);
     assert_eq!((site.vaddr, site.fallback), (0x2000, Some(Fallback::Unreadable { vaddr: 0x2000 })));
     assert_eq!(synthetic("06 909090", 1).fallback, Some(Fallback::Undecodable { vaddr: 0x1000 }));
 }
@@ -382,12 +382,85 @@ fn pt_regs_offsets() {
 #[test]
 fn moved_back_to_the_entry_for_measurements() {
     let code = image(&[LIBC_FREE]);
-    let site = choose(&code, LIBC_FREE.0, 1, &KERNEL_6_18);
+    let site = choose(&code, LIBC_FREE.0, 1, &KERNEL_6_18, None);
     assert_eq!(site.offset_in_function(), 3);
     let entry = site.at_entry(LIBC_FREE.0, instruction_at(&code, LIBC_FREE.0));
     assert_eq!((entry.vaddr, entry.emulated, entry.fallback), (LIBC_FREE.0, false, Some(Fallback::EntryAsked)));
     assert!(entry.instruction.starts_with("test %rdi,%rdi"), "{}", entry.instruction);
     // A site on the entry already stays as it was.
-    let malloc = choose(&image(&[LIBC_MALLOC]), LIBC_MALLOC.0, 1, &KERNEL_6_18);
+    let malloc = choose(&image(&[LIBC_MALLOC]), LIBC_MALLOC.0, 1, &KERNEL_6_18, None);
     assert_eq!(malloc.clone().at_entry(LIBC_MALLOC.0, String::new()), malloc);
+}
+
+/// A process image for the indirect tail calls: the file loaded at `BIAS`, 8-byte words of its
+/// memory, and the file's function entries.
+struct FakeProcess {
+    words: Vec<(u64, u64)>,
+    functions: Vec<(u64, &'static str)>,
+}
+
+const BIAS: u64 = 0x7f12_0000_0000;
+
+impl LiveImage for FakeProcess {
+    fn runtime_address(&self, file_address: u64) -> Option<u64> {
+        Some(file_address + BIAS)
+    }
+    fn read_u64(&self, address: u64) -> Option<u64> {
+        self.words.iter().find(|(at, _)| *at == address).map(|(_, value)| *value)
+    }
+    fn function_entry(&self, pointer: u64) -> Option<u64> {
+        let entry = pointer.checked_sub(BIAS)?;
+        self.functions.iter().any(|(at, _)| *at == entry).then_some(entry)
+    }
+    fn function_name(&self, entry: u64) -> Option<String> {
+        self.functions.iter().find(|(at, _)| *at == entry).map(|(_, name)| name.to_string())
+    }
+}
+
+#[test]
+fn a_tail_call_through_the_allocator_table_is_followed_in_the_live_process() {
+    // 3.11: `mov %rdi,%rsi; mov 0x2acfe6(%rip),%rdi; jmp *0x2ad000(%rip)` — the slot is
+    // `_PyObject.free`, at 0x1af280 + 0x2ad000, and holds `_PyObject_Free` as loaded.
+    let code = image(&[PYENV311_PYOBJECT_FREE, PYENV311__PYOBJECT_FREE]);
+    let process = FakeProcess {
+        words: vec![(0x45c280 + BIAS, PYENV311__PYOBJECT_FREE.0 + BIAS)],
+        functions: vec![(PYENV311__PYOBJECT_FREE.0, "_PyObject_Free")],
+    };
+    let site = choose(&code, PYENV311_PYOBJECT_FREE.0, 1, &KERNEL_6_18, Some(&process));
+    assert_eq!((site.function_entry, site.offset_in_function()), (PYENV311__PYOBJECT_FREE.0, 3), "{site:?}");
+    assert!(site.emulated && site.tail_called && site.fallback.is_none(), "{site:?}");
+    // The pointer was copied to %rsi before %rdi got the allocator's context.
+    assert_eq!(site.args, vec![Rsi]);
+
+    // 3.12: `mov 0x374819(%rip),%rax` loads `&_PyRuntime` from the GOT, then `jmp *0xd0(%rax)`.
+    let code = image(&[PYENV312_PYOBJECT_FREE, PYENV312__PYOBJECT_FREE]);
+    let runtime = 0x7f12_4000_0000;
+    let process = FakeProcess {
+        words: vec![(0x543d00 + BIAS, runtime), (runtime + 0xd0, PYENV312__PYOBJECT_FREE.0 + BIAS)],
+        functions: vec![(PYENV312__PYOBJECT_FREE.0, "_PyObject_Free")],
+    };
+    let site = choose(&code, PYENV312_PYOBJECT_FREE.0, 1, &KERNEL_6_18, Some(&process));
+    assert_eq!((site.function_entry, site.offset_in_function()), (PYENV312__PYOBJECT_FREE.0, 3), "{site:?}");
+    assert!(site.emulated && site.tail_called, "{site:?}");
+    assert_eq!(site.args, vec![Rsi]);
+}
+
+#[test]
+fn a_table_pointer_that_is_no_function_entry_keeps_the_entry() {
+    let code = image(&[PYENV311_PYOBJECT_FREE, PYENV311__PYOBJECT_FREE]);
+    // The slot points 1 byte into `_PyObject_Free` (a racy or foreign value): a breakpoint there
+    // could split an instruction, so the entry is kept.
+    let process = FakeProcess {
+        words: vec![(0x45c280 + BIAS, PYENV311__PYOBJECT_FREE.0 + 1 + BIAS)],
+        functions: vec![(PYENV311__PYOBJECT_FREE.0, "_PyObject_Free")],
+    };
+    let site = choose(&code, PYENV311_PYOBJECT_FREE.0, 1, &KERNEL_6_18, Some(&process));
+    assert_eq!((site.vaddr, site.emulated, site.tail_called), (PYENV311_PYOBJECT_FREE.0, false, false));
+    assert!(
+        matches!(&site.fallback, Some(Fallback::PrefixEnded { instruction, .. }) if instruction.starts_with("jmp"))
+    );
+    // An unreadable slot likewise.
+    let process = FakeProcess { words: vec![], functions: process.functions };
+    let site = choose(&code, PYENV311_PYOBJECT_FREE.0, 1, &KERNEL_6_18, Some(&process));
+    assert_eq!(site.vaddr, PYENV311_PYOBJECT_FREE.0);
 }

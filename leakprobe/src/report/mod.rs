@@ -98,6 +98,9 @@ pub struct ProbeSiteInfo {
     /// Whether the site is in a function the hooked one tail-calls.
     #[serde(default)]
     pub tail_called: bool,
+    /// The function the site is in when `tail_called` and its name is known (`_PyObject_Free`).
+    #[serde(default)]
+    pub site_function: Option<String>,
     /// The instruction under the breakpoint (AT&T syntax).
     pub instruction: String,
     /// Whether the kernel emulates it (one trap a hit) rather than single-stepping it.

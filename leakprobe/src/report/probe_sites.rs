@@ -16,6 +16,7 @@ pub fn rows<'a>(
             object: object.to_string(),
             offset: site.offset_in_function(),
             tail_called: site.tail_called,
+            site_function: site.site_function.clone(),
             instruction: site.instruction.clone(),
             emulated: site.emulated,
             cost_per_hit_us: if site.emulated { costs.emulated_ns } else { costs.stepped_ns } / 1000.0,
@@ -65,6 +66,7 @@ mod tests {
             emulated,
             args: vec![Gpr::Rdi],
             tail_called: false,
+            site_function: None,
             fallback,
         }
     }
