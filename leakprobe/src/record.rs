@@ -248,6 +248,7 @@ pub async fn record(opts: RecordOptions) -> Result<Report> {
         ),
         accounting,
         object_stacks: sampled_heap.as_ref().map(SampledHeap::object_stacks).unwrap_or_default(),
+        sample_kinds: sampled_heap.as_ref().map(SampledHeap::sample_kinds).unwrap_or_default(),
         sample_liveness: sampled_heap.as_ref().map(SampledHeap::sample_liveness),
         census: None,
         holders: Vec::new(),

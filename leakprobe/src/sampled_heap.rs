@@ -15,7 +15,7 @@ use leakprobe_common::{
 
 use crate::{
     block_liveness::{glibc, Allocator, SampleLiveness, SignalCounts},
-    liveness::{Candidate, Liveness, Pass},
+    liveness::{Candidate, Liveness, Pass, SampleKind},
     loader::Probes,
     python::{layouts::PoolLayout, memory::ReadMemory},
 };
@@ -35,6 +35,8 @@ pub struct SampledHeap {
     functions: HashMap<u64, Option<AllocFunction>>,
     /// Object stacks reported before: reported again (at zero) once their samples are all dead.
     reported: HashSet<u64>,
+    /// What each stack's live samples were at the last snapshot.
+    kinds: HashMap<u64, SampleKind>,
 }
 
 /// Blocks from these are followed (the sampling windows hook only them): by the object they hold,
@@ -67,6 +69,7 @@ impl SampledHeap {
             live_by: SignalCounts::default(),
             functions: HashMap::new(),
             reported: HashSet::new(),
+            kinds: HashMap::new(),
         }
     }
 
@@ -99,6 +102,11 @@ impl SampledHeap {
         self.reported.clone()
     }
 
+    /// What each stack's live samples were at the last snapshot (stacks with live samples only).
+    pub fn sample_kinds(&self) -> HashMap<u64, SampleKind> {
+        self.kinds.clone()
+    }
+
     /// Samples judged dead and samples that held no object, so far.
     pub fn dead_and_unverifiable(&self) -> (u64, u64) {
         (self.liveness.dead, self.liveness.unverifiable)
@@ -120,6 +128,7 @@ impl SampledHeap {
         let counters = probes.kernel().stack_counters()?;
         let pass = self.check(probes, mem, &counters, None)?;
         self.live_by = pass.live_by;
+        self.kinds = pass.live.iter().map(|(&id, live)| (id, live.kind)).collect();
         let mut out: Vec<(u64, StackCounters)> = counters
             .into_iter()
             .filter(|(id, _)| self.functions[id].is_some_and(|f| f.shape() == CallShape::Syscall))

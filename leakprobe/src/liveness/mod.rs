@@ -90,6 +90,31 @@ pub type Candidate = (u64, LiveAllocation, Option<Allocator>);
 pub struct StackLive {
     pub allocations: u64,
     pub bytes: u64,
+    /// What they are.
+    pub kind: SampleKind,
+}
+
+/// What a stack's live samples are: Python objects of one type and one block size, or else.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub enum SampleKind {
+    /// No live sample.
+    #[default]
+    Empty,
+    /// Every live sample holds an object of this type, in a block of this size.
+    Object { ob_type: u64, size: u64 },
+    /// Objects of several types or sizes, or blocks that hold no object.
+    Mixed,
+}
+
+impl SampleKind {
+    /// The kind of a stack whose samples are of kinds `self` and `other`.
+    fn with(self, other: SampleKind) -> SampleKind {
+        match (self, other) {
+            (SampleKind::Empty, other) | (other, SampleKind::Empty) => other,
+            (a, b) if a == b => a,
+            _ => SampleKind::Mixed,
+        }
+    }
 }
 
 /// The outcome of one pass over the sampled allocations.
@@ -206,6 +231,10 @@ impl Liveness {
                     let stack = pass.live.entry(sample.stack_id).or_default();
                     stack.allocations += 1;
                     stack.bytes += sample.size;
+                    stack.kind = stack.kind.with(match sample.followed {
+                        Followed::Object(object) => SampleKind::Object { ob_type: object.ob_type, size: sample.size },
+                        Followed::Block(_) => SampleKind::Mixed,
+                    });
                     pass.live_by.add(signal);
                     seen.insert(address, sample);
                 }

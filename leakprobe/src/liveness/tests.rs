@@ -89,8 +89,10 @@ fn live_objects_count_and_dead_ones_are_forgotten() {
     let table = [entry(0x10_000, 1, STR3_SIZE, 5), entry(0x20_000, 2, 16 + 24 + 16, 6), entry(0x30_000, 1, 64, 7)];
     let mut liveness = fresh(11);
     let pass = liveness.check(&m, &table, LOOK);
-    assert_eq!(pass.live[&1], StackLive { allocations: 1, bytes: STR3_SIZE });
-    assert_eq!(pass.live[&2], StackLive { allocations: 1, bytes: 56 });
+    let str3 = SampleKind::Object { ob_type: STR_TYPE, size: STR3_SIZE };
+    assert_eq!(pass.live[&1], StackLive { allocations: 1, bytes: STR3_SIZE, kind: str3 });
+    let tuple = SampleKind::Object { ob_type: TUPLE_TYPE, size: 56 };
+    assert_eq!(pass.live[&2], StackLive { allocations: 1, bytes: 56, kind: tuple });
     assert_eq!(pass.forget, vec![0x30_000]);
     assert_eq!(liveness.unverifiable, 1);
 
@@ -159,7 +161,7 @@ fn a_native_block_is_followed_by_its_chunk_and_counted_by_signal() {
     let mut table = [entry(0x70_010, 3, 4096, 5)];
     table[0].2 = Some(Allocator::Glibc);
     let pass = liveness.check(&m, &table, LOOK);
-    assert_eq!(pass.live[&3], StackLive { allocations: 1, bytes: 4096 });
+    assert_eq!(pass.live[&3], StackLive { allocations: 1, bytes: 4096, kind: SampleKind::Mixed });
     assert_eq!(pass.live_by, SignalCounts { glibc_chunk: 1, ..Default::default() });
     // Freed into a bin: the next chunk's PREV_INUSE bit is cleared.
     m.set(0x70_000 + 4112 + 8, 48);
@@ -299,4 +301,14 @@ fn objects_of_types_the_interpreter_recycles_are_not_followed() {
     m.set(float + type_info::TP_FLAGS, 1 << 9);
     let mut liveness = fresh(11);
     assert_eq!(liveness.check(&m, &table[..1], LOOK).live[&1].allocations, 1);
+}
+
+#[test]
+fn a_stacks_kind_is_one_type_and_size_or_mixed() {
+    let session = SampleKind::Object { ob_type: 0x1000, size: 48 };
+    assert_eq!(SampleKind::Empty.with(session), session);
+    assert_eq!(session.with(session), session);
+    assert_eq!(session.with(SampleKind::Object { ob_type: 0x1000, size: 64 }), SampleKind::Mixed);
+    assert_eq!(session.with(SampleKind::Object { ob_type: 0x2000, size: 48 }), SampleKind::Mixed);
+    assert_eq!(SampleKind::Mixed.with(SampleKind::Empty), SampleKind::Mixed);
 }

@@ -13,6 +13,7 @@ use crate::{
     block_liveness::SampleLiveness,
     budget::BudgetSummary,
     cgroup::MemoryLimit,
+    liveness::SampleKind,
     report::{
         judge::{judge_stacks, set_apart_shadows, Judged, StackJudge, MAX_FLAGGED},
         CounterValue, HookInfo, LimitProjection, ProbeSiteInfo, Report, RssPoint, SeriesPoint, StackReport, TargetInfo,
@@ -42,6 +43,8 @@ pub struct Context {
     pub accounting: Accounting,
     /// `Accounting::Sampled`: the stacks whose series are sampled live objects (empty otherwise).
     pub object_stacks: HashSet<u64>,
+    /// `Accounting::Sampled`: what each stack's live samples were at the end (empty otherwise).
+    pub sample_kinds: HashMap<u64, SampleKind>,
     /// `Accounting::Sampled`: how the samples were judged.
     pub sample_liveness: Option<SampleLiveness>,
     /// The heap censuses and what they found (judged, and the holders' lines found, by the caller).
@@ -92,7 +95,11 @@ pub fn build(rec: &Recording, mut ctx: Context, judged: Judged, named: &HashMap<
     let sampled = ctx.accounting == Accounting::Sampled;
     let mut judged = judged;
     if sampled {
-        set_apart_shadows(&mut judged, |id| named.get(&id).map(|n| n.stack.frames.as_slice()));
+        set_apart_shadows(
+            &mut judged,
+            |id| named.get(&id).map(|n| n.stack.frames.as_slice()),
+            |id| ctx.sample_kinds.get(&id).copied().unwrap_or_default(),
+        );
     }
     let judge = StackJudge { accounting: ctx.accounting, object_stacks: &ctx.object_stacks, verdict: &ctx.verdict };
     // Sampled slopes are in sampled bytes: each flagged stack gets its share of the process's
@@ -211,6 +218,7 @@ mod tests {
             probe_sites: vec![],
             accounting: Accounting::Exact,
             object_stacks: HashSet::new(),
+            sample_kinds: HashMap::new(),
             sample_liveness: None,
             census: None,
             holders: vec![],
