@@ -277,11 +277,13 @@ fn measure(mode: Mode, python: &Path, leakprobe: &Path, out_dir: &Path, seconds:
                     sample.named_leak_line = Some(sample.flagged_after_secs.is_some());
                 }
                 Mode::LeakprobeRecord | Mode::LeakprobeRecordPerSite | Mode::LeakprobeFull => {
-                    sample.detach_tail_ms = detach_tail_ms(&report).unwrap_or(None);
-                    sample.samples_per_min = samples_per_min(&report).unwrap_or(None);
-                    sample.estimated_overhead_percent = estimated_overhead(&report).unwrap_or(None);
-                    sample.flagged_after_secs = flagged_leak_after(&report).unwrap_or(None);
-                    let by_holder = holder_names_leak_line(&report).unwrap_or(false);
+                    // An unreadable report names nothing, as before.
+                    let recorded = read_report(&report).unwrap_or_default();
+                    sample.detach_tail_ms = detach_tail_ms(&recorded);
+                    sample.samples_per_min = samples_per_min(&recorded);
+                    sample.estimated_overhead_percent = recorded["budget"]["estimated_overhead_percent"].as_f64();
+                    sample.flagged_after_secs = flagged_leak_after(&recorded).unwrap_or(None);
+                    let by_holder = holder_names_leak_line(&recorded).unwrap_or(false);
                     sample.named_leak_line = Some(sample.flagged_after_secs.is_some() || by_holder);
                 }
                 _ => {}
@@ -292,16 +294,13 @@ fn measure(mode: Mode, python: &Path, leakprobe: &Path, out_dir: &Path, seconds:
     Ok(sample)
 }
 
-/// A recording's mean window detach tail, in ms (`budget.detach_tail_mean_seconds`).
-fn detach_tail_ms(report: &Path) -> Result<Option<f64>> {
-    let report: serde_json::Value = serde_json::from_str(&fs::read_to_string(report)?)?;
-    Ok(report["budget"]["detach_tail_mean_seconds"].as_f64().map(|s| s * 1000.0))
+fn read_report(report: &Path) -> Result<serde_json::Value> {
+    Ok(serde_json::from_str(&fs::read_to_string(report)?)?)
 }
 
-/// The overhead a recording's budget estimated it cost the target, in percent.
-fn estimated_overhead(report: &Path) -> Result<Option<f64>> {
-    let report: serde_json::Value = serde_json::from_str(&fs::read_to_string(report)?)?;
-    Ok(report["budget"]["estimated_overhead_percent"].as_f64())
+/// A recording's mean window detach tail, in ms (`budget.detach_tail_mean_seconds`).
+fn detach_tail_ms(report: &serde_json::Value) -> Option<f64> {
+    report["budget"]["detach_tail_mean_seconds"].as_f64().map(|s| s * 1000.0)
 }
 
 /// The measured overhead of a run at `rps` against the baseline's `base_rps`: the share of the
@@ -320,12 +319,11 @@ fn estimate_against_measured(estimated: f64, measured: f64) -> String {
 }
 
 /// A recording's allocations recorded (its `allocations` counter) per minute.
-fn samples_per_min(report: &Path) -> Result<Option<f64>> {
-    let report: serde_json::Value = serde_json::from_str(&fs::read_to_string(report)?)?;
+fn samples_per_min(report: &serde_json::Value) -> Option<f64> {
     let counters = report["counters"].as_array().cloned().unwrap_or_default();
     let allocations = counters.iter().find(|c| c["name"] == "allocations").and_then(|c| c["value"].as_f64());
     let minutes = report["duration_seconds"].as_f64().map(|s| s / 60.0).filter(|m| *m > 0.0);
-    Ok(allocations.zip(minutes).map(|(n, m)| n / m))
+    allocations.zip(minutes).map(|(n, m)| n / m)
 }
 
 /// `leakprobe watch --json` output: when its verdict first said leak (and kept saying it).
@@ -344,9 +342,8 @@ fn watch_detected_after(snapshots: &Path) -> Result<Option<f64>> {
 
 /// Whether a flagged stack's innermost frame in demo/app.py is the leaking line, and when the
 /// first such stack would have been flagged.
-fn flagged_leak_after(report: &Path) -> Result<Option<f64>> {
+fn flagged_leak_after(report: &serde_json::Value) -> Result<Option<f64>> {
     let leak_line = demo_leak_line()?;
-    let report: serde_json::Value = serde_json::from_str(&fs::read_to_string(report)?)?;
     let stacks = report["stacks"].as_array().cloned().unwrap_or_default();
     let at_leak = |s: &&serde_json::Value| {
         s["frames"]
@@ -366,9 +363,8 @@ fn flagged_leak_after(report: &Path) -> Result<Option<f64>> {
 
 /// Whether the report's first flagged holder (the heap census's answer) is added to at the
 /// leaking line of demo/app.py.
-fn holder_names_leak_line(report: &Path) -> Result<bool> {
+fn holder_names_leak_line(report: &serde_json::Value) -> Result<bool> {
     let leak_line = demo_leak_line()?;
-    let report: serde_json::Value = serde_json::from_str(&fs::read_to_string(report)?)?;
     let holders = report["holders"].as_array().cloned().unwrap_or_default();
     Ok(holders.iter().find(|h| h["flagged"] == true).is_some_and(|h| {
         h["file"].as_str().is_some_and(|f| f.ends_with("demo/app.py")) && h["line"].as_u64() == Some(leak_line)

@@ -95,7 +95,7 @@ pub struct StackLive {
 }
 
 /// What a stack's live samples are: Python objects of one type and one block size, or else.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub enum SampleKind {
     /// No live sample.
     #[default]

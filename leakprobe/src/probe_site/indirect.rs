@@ -38,7 +38,7 @@ impl Loaded {
         &mut self,
         instruction: &Instruction,
         copy: Option<(Gpr, Gpr)>,
-        written: impl Iterator<Item = Gpr>,
+        written: &[Gpr],
         live: Option<&dyn LiveImage>,
     ) {
         if let Some((to, from)) = copy {
@@ -46,7 +46,7 @@ impl Loaded {
             return;
         }
         for register in written {
-            self.0[register as usize] = None;
+            self.0[*register as usize] = None;
         }
         let is_load = instruction.code() == Code::Mov_r64_rm64 && instruction.op1_kind() == OpKind::Memory;
         if let (true, Some(live), Some(to)) = (is_load, live, Gpr::of(instruction.op0_register())) {

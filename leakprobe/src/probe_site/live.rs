@@ -3,7 +3,11 @@
 //! file's function entries (its symbol tables), so an indirect tail call is followed only to the
 //! first byte of a function.
 
-use std::{collections::HashMap, path::Path};
+use std::{
+    cell::OnceCell,
+    collections::HashMap,
+    path::{Path, PathBuf},
+};
 
 use super::LiveImage;
 use crate::{
@@ -18,14 +22,17 @@ pub struct MappedFile {
     /// biases is not followed into).
     code: Mapping,
     memory: RemoteMemory,
-    /// File offset of each function's entry → its name.
-    functions: HashMap<u64, String>,
+    /// The file as we open it, for its symbol tables.
+    host_path: PathBuf,
+    /// File offset of each function's entry → its name, read on first use: only a hooked
+    /// function ending in an indirect jump needs them, and a full parse of libc or libpython at
+    /// every attach (`watch` too, which attaches no uprobe) would be start-up work for nothing.
+    functions: OnceCell<HashMap<u64, String>>,
 }
 
 impl MappedFile {
     /// The file `path` (as the process sees it; `host_path` as we open it) in process `pid`, whose
-    /// mappings are `maps`; `None` when its code is not mapped exactly once or its symbols cannot
-    /// be read.
+    /// mappings are `maps`; `None` when its code is not mapped exactly once.
     pub fn new(pid: u32, maps: &[Mapping], path: &Path, host_path: &Path) -> Option<MappedFile> {
         let path = path.to_str()?;
         let mut code = maps.iter().filter(|m| m.is_executable() && m.file() == Some(path));
@@ -33,8 +40,17 @@ impl MappedFile {
         if second.is_some() {
             return None;
         }
-        let functions = elf_symbols::function_entries(host_path).ok()?;
-        Some(MappedFile { code: first, memory: RemoteMemory { pid }, functions })
+        Some(MappedFile {
+            code: first,
+            memory: RemoteMemory { pid },
+            host_path: host_path.to_path_buf(),
+            functions: OnceCell::new(),
+        })
+    }
+
+    /// The file's function entries (none when its symbols cannot be read: nothing is followed).
+    fn functions(&self) -> &HashMap<u64, String> {
+        self.functions.get_or_init(|| elf_symbols::function_entries(&self.host_path).unwrap_or_default())
     }
 }
 
@@ -52,10 +68,10 @@ impl LiveImage for MappedFile {
 
     fn function_entry(&self, pointer: u64) -> Option<u64> {
         let offset = self.code.contains(pointer).then(|| pointer - self.code.start + self.code.offset)?;
-        self.functions.contains_key(&offset).then_some(offset)
+        self.functions().contains_key(&offset).then_some(offset)
     }
 
     fn function_name(&self, entry: u64) -> Option<String> {
-        self.functions.get(&entry).cloned()
+        self.functions().get(&entry).cloned()
     }
 }

@@ -391,22 +391,19 @@ impl Scan {
     /// Applies the instruction's register writes; returns the argument left in no register.
     fn execute(&mut self, instruction: &Instruction, live: Option<&dyn LiveImage>) -> Option<usize> {
         let copy = register_copy(instruction);
-        let written: Vec<Gpr> = match copy {
-            Some(_) => Vec::new(),
-            None => {
-                let info = self.info.info(instruction);
-                info.used_registers()
-                    .iter()
-                    .filter(|used| writes(used.access()))
-                    .filter_map(|used| Gpr::of(used.register()))
-                    .collect()
+        let mut written = Vec::new();
+        if let Some((to, from)) = copy {
+            self.holds[to as usize] = self.holds[from as usize];
+        } else {
+            let info = self.info.info(instruction);
+            for used in info.used_registers().iter().filter(|used| writes(used.access())) {
+                if let Some(register) = Gpr::of(used.register()) {
+                    self.holds[register as usize] = None;
+                    written.push(register);
+                }
             }
-        };
-        match copy {
-            Some((to, from)) => self.holds[to as usize] = self.holds[from as usize],
-            None => written.iter().for_each(|register| self.holds[*register as usize] = None),
         }
-        self.loaded.update(instruction, copy, written.into_iter(), live);
+        self.loaded.update(instruction, copy, &written, live);
         (0..self.args).find(|arg| !self.holds.contains(&Some(*arg)))
     }
 }
