@@ -279,6 +279,12 @@ pub async fn record(opts: RecordOptions) -> Result<Report> {
                 .map(|(_, g)| g)
                 .sum::<f64>()
         };
+        // Flagged stacks come fastest first.
+        let task_line = judged
+            .flagged
+            .iter()
+            .filter_map(|(id, _)| census_history::lines::task_creation_line(&named.get(id)?.stack.frames))
+            .next();
         let (summary, holders, types) = census_history::report_parts(
             &history,
             error,
@@ -286,6 +292,7 @@ pub async fn record(opts: RecordOptions) -> Result<Report> {
             &files,
             main_script.as_deref(),
             &growth_at,
+            task_line,
             &mut advisor,
         );
         ctx.census = Some(summary);

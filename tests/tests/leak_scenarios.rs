@@ -1,13 +1,16 @@
-//! Fifteen leaking FastAPI services, written the way real leaks are (`tests/fixtures/scenarios/`),
+//! Nineteen leaking FastAPI services, written the way real leaks are (`tests/fixtures/scenarios/`),
 //! each recorded as a person records it in production (`record --duration 60s`, nothing else).
 //! Every app leaks ordinary small objects (a few fields: ints, short strings, floats; none over
-//! 512 bytes) from one endpoint, `/leak/{n}`, and does similar work without keeping it from a
-//! look-alike, `/ok/{n}`: bounded, evicted, cleared, weak or finished. The leaks cover the
-//! containers people actually leak into: module-level lists, dicts and sets, a class attribute,
-//! an instance's attribute (an event bus's listeners), a closure cell, a mutable default
-//! argument, an unbounded `lru_cache` on a method, a dict of lists whose length stops growing,
-//! pending asyncio tasks, thread-pool futures, a third-party library's registry, sync endpoints
-//! in the thread pool, and a strong cache beside a weak one.
+//! 512 bytes; or one buffer grown in place by small appends) from one endpoint, `/leak/{n}`, and
+//! does similar work without keeping it from a look-alike, `/ok/{n}`: bounded, evicted, cleared,
+//! weak or finished. The leaks cover the containers people actually leak into: module-level
+//! lists, dicts and sets, a class attribute, an instance's attribute (an event bus's listeners),
+//! a closure cell, a mutable default argument, an unbounded `lru_cache` on a method, a dict of
+//! lists whose length stops growing, pending asyncio tasks (kept in a set, and kept by nothing
+//! but the event loop's timers), thread-pool futures, a third-party library's registry, sync
+//! endpoints in the thread pool, a strong cache beside a weak one, a `bytearray` grown in place,
+//! a list of `__slots__` span trees that reference each other, and a background task's own
+//! local list (no module reaches it: only the task's suspended frame).
 //!
 //! For each scenario, "named" means the report's first flagged container is the one that keeps
 //! the leak (matched by its distinctive name: notations for closures, defaults and caches are the
@@ -151,6 +154,38 @@ const SCENARIOS: &[Scenario] = &[
         holder_name: "_PROFILE_CACHE",
         leak_file: "scenarios/15_profile_cache.py",
         look_alike: Some("_ACTIVE_PROFILES"),
+    },
+    Scenario {
+        app: "scenarios/16_retry_webhooks.py",
+        // No container of the program keeps them: the event loop does, through their timers.
+        holder: "<pending asyncio tasks>",
+        holder_name: "<pending asyncio tasks>",
+        leak_file: "scenarios/16_retry_webhooks.py",
+        // The look-alike's tasks finish; the program keeps none of either.
+        look_alike: None,
+    },
+    Scenario {
+        app: "scenarios/17_log_outbox.py",
+        holder: "__main__._OUTBOX",
+        holder_name: "_OUTBOX",
+        leak_file: "scenarios/17_log_outbox.py",
+        // The look-alike's buffer is a local.
+        look_alike: None,
+    },
+    Scenario {
+        app: "scenarios/18_span_traces.py",
+        holder: "__main__._TRACES",
+        holder_name: "_TRACES",
+        leak_file: "scenarios/18_span_traces.py",
+        look_alike: Some("_RECENT"),
+    },
+    Scenario {
+        app: "scenarios/19_usage_collector.py",
+        // A local of a background task's suspended frame.
+        holder: "<coroutine collect_usage>.history",
+        holder_name: "collect_usage>.history",
+        leak_file: "scenarios/19_usage_collector.py",
+        look_alike: Some("sample_latency"),
     },
 ];
 

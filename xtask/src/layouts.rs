@@ -165,6 +165,7 @@ fn heap_fields(minor: u32) -> Vec<(&'static str, &'static str)> {
         ("containers.set_used", "offsetof(PySetObject, used)"),
         ("containers.set_mask", "offsetof(PySetObject, mask)"),
         ("containers.set_table", "offsetof(PySetObject, table)"),
+        ("containers.bytearray_alloc", "offsetof(PyByteArrayObject, ob_alloc)"),
         ("heap.module_dict", "offsetof(PyModuleObject, md_dict)"),
         ("type.dict", "offsetof(PyTypeObject, tp_dict)"),
         ("type.dictoffset", "offsetof(PyTypeObject, tp_dictoffset)"),
@@ -210,6 +211,31 @@ fn heap_fields(minor: u32) -> Vec<(&'static str, &'static str)> {
         11 => [("gc.preheader_flags", "Py_TPFLAGS_MANAGED_DICT"), ("gc.preheader_size", "2 * sizeof(PyObject *)")],
         _ => [("gc.preheader_flags", "Py_TPFLAGS_PREHEADER"), ("gc.preheader_size", "2 * sizeof(PyObject *)")],
     });
+    // Suspended coroutines' frames are inline from 3.11; 3.10's are frame objects.
+    if minor == 10 {
+        f.extend([
+            ("coroutine.frame", "offsetof(PyCoroObject, cr_frame)"),
+            ("coroutine.qualname", "offsetof(PyCoroObject, cr_qualname)"),
+            ("coroutine.frame_state", "offsetof(PyFrameObject, f_state)"),
+            ("coroutine.localsplus", "offsetof(PyFrameObject, f_localsplus)"),
+            ("coroutine.frame_code", "offsetof(PyFrameObject, f_code)"),
+        ]);
+    } else {
+        f.extend([
+            ("coroutine.frame", "offsetof(PyCoroObject, cr_iframe)"),
+            ("coroutine.qualname", "offsetof(PyCoroObject, cr_qualname)"),
+            ("coroutine.frame_state", "offsetof(PyCoroObject, cr_frame_state)"),
+            ("coroutine.localsplus", "offsetof(_PyInterpreterFrame, localsplus)"),
+        ]);
+        f.push((
+            "coroutine.frame_code",
+            if minor <= 12 {
+                "offsetof(_PyInterpreterFrame, f_code)"
+            } else {
+                "offsetof(_PyInterpreterFrame, f_executable)"
+            },
+        ));
+    }
     // 3.10 keeps PyDictKeysObject in Objects/dict-common.h, which is not installed (`render`).
     if minor >= 11 {
         f.extend([
@@ -229,6 +255,15 @@ fn heap_fields(minor: u32) -> Vec<(&'static str, &'static str)> {
 /// The `HeapLayout` expression of 3.`minor` from its numbers.
 fn render_heap(minor: u32, v: &BTreeMap<String, u64>) -> Result<String> {
     let get = |name: &str| v.get(name).copied().with_context(|| format!("3.{minor}: no {name}"));
+    let coroutines = format!(
+        "Some(CoroutineLayout {{ frame: {}, frame_object: {}, qualname: {}, frame_state: {}, frame_code: {}, localsplus: {}, stack_refs: false }})",
+        get("coroutine.frame")?,
+        minor == 10,
+        get("coroutine.qualname")?,
+        get("coroutine.frame_state")?,
+        get("coroutine.frame_code")?,
+        get("coroutine.localsplus")?,
+    );
     let keys = if minor >= 11 {
         format!(
             "DictKeysLayout::Log2 {{
@@ -299,6 +334,7 @@ fn render_heap(minor: u32, v: &BTreeMap<String, u64>) -> Result<String> {
             set_used: {},
             set_mask: {},
             set_table: {},
+            bytearray_alloc: {},
             // Not in the installed headers: python-heap.md §11.2 (the same in 3.10–3.14, verified live).
             deque: DequeLayout {{ left_block: 24, left_index: 40, block_data: 8, block_items: 64, block_right: 520 }},
         }},
@@ -323,6 +359,8 @@ fn render_heap(minor: u32, v: &BTreeMap<String, u64>) -> Result<String> {
             member_offset: {},
             member_object: {},
         }},
+        coroutines: {coroutines},
+        asyncio_tasks: None,
     }}",
         get("heap.interp_gc")?,
         get("heap.interp_modules")?,
@@ -360,6 +398,7 @@ fn render_heap(minor: u32, v: &BTreeMap<String, u64>) -> Result<String> {
         get("containers.set_used")?,
         get("containers.set_mask")?,
         get("containers.set_table")?,
+        get("containers.bytearray_alloc")?,
         get("refs.func_code")?,
         get("refs.func_qualname")?,
         get("refs.func_defaults")?,

@@ -281,7 +281,7 @@ fn container_write(cx: &Context<'_>, node: Node<'_>) -> Option<Candidate> {
             if !matches!(op, "+=" | "|=") {
                 return None;
             }
-            let kinds = vec![ValueKind::List, ValueKind::Set, ValueKind::Deque];
+            let kinds = vec![ValueKind::List, ValueKind::Set, ValueKind::Deque, ValueKind::Buffer];
             (PatternId::GlobalAccumulation, kinds, format!("grows by `{op}`"), 1.0)
         }
         _ => return None,
@@ -321,7 +321,9 @@ fn container_call(cx: &Context<'_>, call: Node<'_>) -> Option<Candidate> {
         "append" | "extend" | "insert" | "appendleft" | "extendleft" | "add" => match object.kind() {
             // Lists in the values of a dict: `X[k].append(v)`.
             "subscript" | "call" => (PatternId::GlobalAccumulation, &[ValueKind::Dict]),
-            _ => (PatternId::GlobalAccumulation, &[ValueKind::List, ValueKind::Set, ValueKind::Deque]),
+            _ => {
+                (PatternId::GlobalAccumulation, &[ValueKind::List, ValueKind::Set, ValueKind::Deque, ValueKind::Buffer])
+            }
         },
         "setdefault" | "update" => {
             // `X.setdefault(k, []).append(v)` is judged at the append.

@@ -93,6 +93,14 @@ impl StackAdvisor {
         super::covering(self.module(file)?.all.iter().cloned(), line)
     }
 
+    /// The constructs of `file` that leak by `pattern`, most confident first.
+    pub fn leaks_of(&mut self, file: &str, pattern: super::PatternId) -> Vec<Advice> {
+        let Some(module) = self.module(file) else { return Vec::new() };
+        let mut found: Vec<Advice> = module.all.iter().filter(|a| a.leaks && a.pattern == pattern).cloned().collect();
+        found.sort_by(|a, b| b.confidence.total_cmp(&a.confidence).then(a.line.cmp(&b.line)));
+        found
+    }
+
     /// The source of `file`, from the same cache; `None` when it cannot be read or parsed.
     pub fn source(&mut self, file: &str) -> Option<Arc<str>> {
         self.module(file).map(|m| m.source.clone())

@@ -165,6 +165,8 @@ pub enum ValueKind {
     Set,
     /// A deque without maxlen.
     Deque,
+    /// A `bytearray`: a buffer that grows in place.
+    Buffer,
     /// Bounded or self-evicting: cachetools caches, `deque(maxlen=...)`, lru-dict.
     Bounded(String),
     /// Weak containers: entries go away with their referents.
@@ -181,6 +183,7 @@ impl ValueKind {
             ValueKind::List => "list".into(),
             ValueKind::Set => "set".into(),
             ValueKind::Deque => "deque without maxlen".into(),
+            ValueKind::Buffer => "bytearray".into(),
             ValueKind::Bounded(n) | ValueKind::Weak(n) | ValueKind::Call(n) => n.clone(),
             ValueKind::Other => "value".into(),
         }
@@ -214,6 +217,7 @@ pub fn value_kind(value: Node<'_>, source: &str) -> ValueKind {
                 "dict" | "defaultdict" | "OrderedDict" | "Counter" => ValueKind::Dict,
                 "list" => ValueKind::List,
                 "set" => ValueKind::Set,
+                "bytearray" => ValueKind::Buffer,
                 "deque" => {
                     if keyword_arg(value, "maxlen", source).is_some_and(|v| v.kind() != "none")
                         || positional_args(value).len() >= 2

@@ -178,6 +178,18 @@ fn only(source: &str) -> Vec<(u32, PatternId)> {
 const ROUTE: &str = "@app.get(\"/x\")\nasync def handler(k):\n";
 
 #[test]
+fn a_module_level_bytearray_extended_per_request_accumulates() {
+    // (`OUTBOX += line` in a function without `global` is an UnboundLocalError, not a leak.)
+    for grow in ["    OUTBOX.extend(line)\n", "    OUTBOX.append(0x0a)\n"] {
+        let leak = format!("OUTBOX = bytearray()\n{ROUTE}{grow}");
+        assert_eq!(only(&leak), vec![(4, PatternId::GlobalAccumulation)], "{leak}");
+        // Drained somewhere: managed.
+        let drained = format!("{leak}def flush():\n    OUTBOX.clear()\n");
+        assert_eq!(only(&drained), vec![], "{drained}");
+    }
+}
+
+#[test]
 fn containers_need_a_global_scope_and_no_eviction() {
     let leak = format!("CACHE = {{}}\n{ROUTE}    CACHE[k] = 1\n");
     assert_eq!(only(&leak), vec![(4, PatternId::UnboundedCache)]);

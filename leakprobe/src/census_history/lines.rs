@@ -5,6 +5,8 @@
 
 use regex::Regex;
 
+use crate::symbolize::{Frame, FrameKind};
+
 /// The holder's module file, among `files` (every Python file seen in the recording's stacks).
 /// `main_script` is the file `__main__` runs. Module names have dots too (`uvicorn.main.params`),
 /// so the longest dotted prefix that names a file wins.
@@ -28,6 +30,21 @@ pub fn module_file<'a>(holder: &str, files: &'a [String], main_script: Option<&'
         }
     }
     None
+}
+
+/// Where a stack (frames innermost first) creates an asyncio task: the first Python frame outside
+/// asyncio that calls its `create_task` or `ensure_future` (`loop.create_task`,
+/// `asyncio.create_task`, `TaskGroup.create_task`), as (file, line).
+pub fn task_creation_line(frames: &[Frame]) -> Option<(String, u32)> {
+    let python: Vec<&Frame> = frames.iter().filter(|f| f.kind == FrameKind::Python).collect();
+    let in_asyncio = |f: &Frame| f.file.as_deref().is_some_and(|file| file.contains("/asyncio/"));
+    let creates = |f: &Frame| {
+        let name = f.function.rsplit('.').next().unwrap_or(&f.function);
+        in_asyncio(f) && matches!(name, "create_task" | "ensure_future")
+    };
+    let first = python.iter().position(|f| creates(f))?;
+    let caller = python[first..].iter().find(|f| !in_asyncio(f))?;
+    Some((caller.file.clone()?, caller.line?))
 }
 
 /// Whether a module's `__file__` and a frame's `co_filename` name the same file: equal, or one a
@@ -140,6 +157,39 @@ impl Chosen {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn python(function: &str, file: &str, line: u32) -> Frame {
+        Frame {
+            function: function.into(),
+            file: Some(file.into()),
+            line: Some(line),
+            object: None,
+            kind: FrameKind::Python,
+            address: 0,
+        }
+    }
+
+    #[test]
+    fn a_task_is_created_at_the_first_frame_outside_asyncio_that_calls_create_task() {
+        let native = Frame { kind: FrameKind::Native, ..python("PyType_GenericAlloc", "typeobject.c", 1148) };
+        let frames = [
+            native,
+            python("BaseEventLoop.create_task", "/usr/lib/python3.11/asyncio/base_events.py", 436),
+            python("create_task", "/usr/lib/python3.11/asyncio/tasks.py", 384),
+            python("order", "/srv/app/main.py", 36),
+            python("run_endpoint_function", "/venv/site-packages/fastapi/routing.py", 212),
+        ];
+        assert_eq!(task_creation_line(&frames), Some(("/srv/app/main.py".into(), 36)));
+        // Allocations in a task's own steps (the event loop running it) create no task.
+        let stepping = [
+            python("Handle._run", "/usr/lib/python3.11/asyncio/events.py", 80),
+            python("BaseEventLoop._run_once", "/usr/lib/python3.11/asyncio/base_events.py", 1922),
+            python("<module>", "/srv/app/main.py", 47),
+        ];
+        assert_eq!(task_creation_line(&stepping), None);
+        // A user function named create_task is not asyncio's.
+        assert_eq!(task_creation_line(&[python("create_task", "/srv/app/jobs.py", 3)]), None);
+    }
 
     #[test]
     fn the_module_is_the_longest_prefix_that_names_a_file() {

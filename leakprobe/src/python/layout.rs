@@ -154,6 +154,40 @@ pub struct HeapLayout {
     pub types: TypeLayout,
     pub containers: ContainerLayout,
     pub refs: RefLayout,
+    /// Suspended coroutines' frames.
+    pub coroutines: Option<CoroutineLayout>,
+    /// 3.14's list of every thread's C tasks (`None` before: asyncio's registry is a `WeakSet`).
+    pub asyncio_tasks: Option<AsyncioTaskList>,
+}
+
+/// 3.14: each thread state heads a circular list of its asyncio C tasks (`llist_node`s whose
+/// first word is `next`), python-heap.md §11.6.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AsyncioTaskList {
+    /// `_PyThreadStateImpl.asyncio_tasks_head`.
+    pub thread_head: u64,
+    /// `sizeof` an `_asyncio.Task` (what a pending task's object holds, its coroutine aside).
+    pub task_size: u64,
+}
+
+/// A coroutine (`PyCoroObject`) and the `_PyInterpreterFrame` inline in it, whose fast locals
+/// are roots while it is suspended (a background task's own state).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CoroutineLayout {
+    /// `cr_iframe`: where the frame starts in the coroutine (3.11+); 3.10: `cr_frame`, a pointer
+    /// to a frame object (NULL once it finished).
+    pub frame: u64,
+    pub frame_object: bool,
+    /// `cr_qualname` (a str).
+    pub qualname: u64,
+    /// `cr_frame_state` in the coroutine (3.11+), `f_state` in the frame object (3.10): an int8,
+    /// negative while created or suspended, in every version.
+    pub frame_state: u64,
+    /// In the frame: its code object (`f_code`, `f_executable`) and `localsplus[]`.
+    pub frame_code: u64,
+    pub localsplus: u64,
+    /// 3.14: the code and locals are `_PyStackRef`s (tag bits in the low two bits).
+    pub stack_refs: bool,
 }
 
 /// The references a holder search follows out of functions (defaults, closures), cells, bound
@@ -275,6 +309,8 @@ pub struct ContainerLayout {
     pub set_used: u64,
     pub set_mask: u64,
     pub set_table: u64,
+    /// `PyByteArrayObject.ob_alloc`: the bytes of its out-of-line buffer (`ob_size` is its length).
+    pub bytearray_alloc: u64,
     pub deque: DequeLayout,
 }
 

@@ -40,6 +40,14 @@ pub struct HolderReport {
     /// The leak pattern of that line, and its fix.
     #[serde(default)]
     pub advice: Option<Advice>,
+    /// Its entries are weak references (a `WeakSet`'s or `WeakValueDictionary`'s `data`): never
+    /// flagged, since what they refer to is kept alive elsewhere.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub weak: bool,
+    /// Not a container read from the heap: asyncio tasks counted by type (`<pending asyncio
+    /// tasks>`), kept alive by what each waits on; listed after the containers that keep memory.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub inferred: bool,
 }
 
 impl HolderReport {
@@ -72,6 +80,10 @@ pub struct CensusSummary {
     pub censuses: usize,
     /// Censuses that stopped at a bound (objects, bytes read, time) before seeing everything.
     pub truncated: usize,
+    /// Censuses whose counts by type are left out of `types`: a walk of a GC list broke (the
+    /// list was spliced by a collection under it) and saw much less of it than the last whole one.
+    #[serde(default)]
+    pub short_walks: usize,
     /// leakprobe's time reading the heap, all censuses together.
     #[serde(deserialize_with = "serde_helpers::f64_or_nan")]
     pub elapsed_secs: f64,

@@ -51,8 +51,12 @@ fn holder_card(rank: usize, h: &HolderReport) -> String {
     let _ = write!(out, r#"<p>Now {:.0} items retaining {}.</p>"#, now(&h.length_series), escape(&h.retained_now()));
     match (&h.file, h.line) {
         (Some(file), Some(line)) => {
-            let _ =
-                write!(out, r#"<p class="lp-site">Added at <code>{}</code></p>"#, escape(&format!("{file}:{line}")));
+            let verb = if h.inferred { "Created" } else { "Added" };
+            let at = escape(&format!("{file}:{line}"));
+            let _ = write!(out, r#"<p class="lp-site">{verb} at <code>{at}</code></p>"#);
+        }
+        _ if h.inferred => {
+            out.push_str(r#"<p class="lp-site">No line creating them found in the stacks or the program's files.</p>"#)
         }
         _ => out.push_str(r#"<p class="lp-site">No line adding to it found in its module's source.</p>"#),
     }

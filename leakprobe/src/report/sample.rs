@@ -288,7 +288,8 @@ pub fn holding() -> Report {
     use super::{CensusSummary, CountPoint, HolderReport};
     let mut report = leaking();
     let points = |per: f64| (0..10).map(|i| CountPoint { t_secs: i as f64, value: per * i as f64 }).collect();
-    report.census = Some(CensusSummary { censuses: 10, truncated: 0, elapsed_secs: 0.5, error: None, gc: None });
+    report.census =
+        Some(CensusSummary { censuses: 10, truncated: 0, short_walks: 0, elapsed_secs: 0.5, error: None, gc: None });
     report.holders = vec![HolderReport {
         path: "__main__._SESSIONS\u{1b}[2J".into(),
         type_name: "dict".into(),
@@ -302,6 +303,8 @@ pub fn holding() -> Report {
         line: Some(18),
         code: Some("_SESSIONS[session_id] = payload".into()),
         advice: None,
+        weak: false,
+        inferred: false,
     }];
     report
 }

@@ -242,7 +242,8 @@ fn write_holders(out: &mut String, report: &Report) {
         let _ = writeln!(out, "    why: {}", h.reason);
         match (&h.file, h.line) {
             (Some(file), Some(line)) => {
-                let _ = writeln!(out, "    added at {file}:{line}");
+                let verb = if h.inferred { "created at" } else { "added at" };
+                let _ = writeln!(out, "    {verb} {file}:{line}");
                 match &h.advice {
                     Some(advice) => crate::advice::scan::write_advice(out, "    ", advice),
                     None => {
@@ -251,7 +252,10 @@ fn write_holders(out: &mut String, report: &Report) {
                 }
             }
             _ => {
-                let _ = writeln!(out, "    (no line adding to it found in its module's source)");
+                let _ = match h.inferred {
+                    true => writeln!(out, "    (no line creating them found in the stacks or the program's files)"),
+                    false => writeln!(out, "    (no line adding to it found in its module's source)"),
+                };
             }
         }
     }

@@ -133,6 +133,10 @@ pub struct Census {
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub holders_truncated: bool,
     pub invalid: Invalid,
+    /// 3.14: the asyncio C tasks alive, counted from every thread's list of them, and their
+    /// objects' bytes (`None` on other versions, or when a walk of a list broke).
+    #[serde(default)]
+    pub asyncio_tasks: Option<(u64, u64)>,
     pub bytes_read: u64,
     pub reads: u64,
     pub elapsed_secs: f64,
@@ -152,10 +156,14 @@ const RETRY_PAUSE: Duration = Duration::from_millis(5);
 struct Walk {
     tally: Tally,
     found: Vec<Pending>,
+    /// Coroutines met (their locals are roots for the holder search).
+    coroutines: Vec<u64>,
     bad: Invalid,
     seen: u64,
     end: End,
 }
+/// Coroutines a census keeps for the holder search, at most.
+const MAX_COROUTINES: usize = 100_000;
 /// Plausible refcounts are below this (python-heap.md §4).
 const MAX_REFCNT: u64 = 1 << 40;
 
@@ -178,6 +186,7 @@ pub fn take_census(mem: &impl ReadMemory, interp: &Interpreter, bounds: &Bounds)
     let mut invalid = Invalid::default();
     let mut total: Tally = HashMap::new();
     let mut pending: Vec<Pending> = Vec::new();
+    let mut coroutines: Vec<u64> = Vec::new();
     let mut lists = Vec::new();
     let mut bound = None;
     let mut objects = 0u64;
@@ -188,6 +197,7 @@ pub fn take_census(mem: &impl ReadMemory, interp: &Interpreter, bounds: &Bounds)
         let (mut retries, mut best): (u32, Option<Walk>) = (0, None);
         loop {
             let (mut tally, mut found, mut bad, mut seen) = (Tally::new(), Vec::new(), Invalid::default(), 0u64);
+            let mut met_coroutines = Vec::new();
             let end = walk::walk_list(&mem, head, layout.heap.gc.head_size, bounds.max_objects + 1, |node| {
                 if objects + seen >= bounds.max_objects {
                     bound = Some(Bound::Objects);
@@ -214,11 +224,13 @@ pub fn take_census(mem: &impl ReadMemory, interp: &Interpreter, bounds: &Bounds)
                 entry.1 += sizes::own_size(layout, info, &node);
                 if matches!(info.kind, Kind::List | Kind::Dict) {
                     found.push(Pending { object: node.object, kind: info.kind, type_index: index });
+                } else if info.kind == Kind::Coroutine && coroutines.len() + met_coroutines.len() < MAX_COROUTINES {
+                    met_coroutines.push(node.object);
                 }
                 true
             });
             // Of the walks of a list that keeps breaking, the longest is the best view of it.
-            let walk = Walk { tally, found, bad, seen, end };
+            let walk = Walk { tally, found, coroutines: met_coroutines, bad, seen, end };
             if best.as_ref().is_none_or(|b| walk.end == End::Complete || walk.seen > b.seen) {
                 best = Some(walk);
             }
@@ -234,7 +246,8 @@ pub fn take_census(mem: &impl ReadMemory, interp: &Interpreter, bounds: &Bounds)
                 mem.clear();
                 continue;
             }
-            let Some(Walk { tally, found, bad, seen, end }) = best.take() else { break };
+            let Some(Walk { tally, found, coroutines: met, bad, seen, end }) = best.take() else { break };
+            coroutines.extend(met);
             invalid.types += bad.types;
             invalid.refcounts += bad.refcounts;
             if end == End::Broken {
@@ -277,9 +290,12 @@ pub fn take_census(mem: &impl ReadMemory, interp: &Interpreter, bounds: &Bounds)
             lengths_only: bounds.lengths_only,
         };
         let mut search = HolderSearch::new(&mem, layout, &mut types, holder_bounds);
-        holders = search.from_modules(modules);
+        holders = search.from_roots(modules, &coroutines);
         holders_truncated = search.truncated;
     }
+    let asyncio_tasks = count_asyncio_tasks(&mem, layout, heads.interpreter)
+        .zip(layout.heap.asyncio_tasks)
+        .map(|(n, list)| (n, n * list.task_size));
     let counted: u64 = counts.iter().map(|t| t.count).sum();
     let bytes = counts.iter().map(|t| t.bytes).sum();
     Ok(Census {
@@ -292,9 +308,43 @@ pub fn take_census(mem: &impl ReadMemory, interp: &Interpreter, bounds: &Bounds)
         holders,
         holders_truncated,
         invalid,
+        asyncio_tasks,
         bytes_read: metered.bytes(),
         reads: metered.calls(),
         elapsed_secs: started.elapsed().as_secs_f64(),
         lengths_only: bounds.lengths_only,
     })
+}
+
+/// Thread states, and asyncio tasks in one thread's list, a count follows at most.
+const MAX_THREADS: usize = 1024;
+const MAX_TASKS: u64 = 1_000_000;
+
+/// 3.14's asyncio C tasks: the nodes of every thread state's circular list of them, until each
+/// list comes back to its head; `None` where the layout has no such list or a walk broke (a task
+/// unlinked under it: a node that is null, misaligned or unreadable).
+fn count_asyncio_tasks(mem: &impl ReadMemory, layout: &Layout, interpreter: u64) -> Option<u64> {
+    let list = layout.heap.asyncio_tasks?;
+    let threads = &layout.threads;
+    let mut tstate = mem.read_u64(interpreter.wrapping_add(threads.interpreter_threads_head)).ok()?;
+    let mut total = 0u64;
+    for _ in 0..MAX_THREADS {
+        if tstate == 0 {
+            return Some(total);
+        }
+        let head = tstate.wrapping_add(list.thread_head);
+        let mut node = mem.read_u64(head).ok()?;
+        let mut tasks = 0u64;
+        // A thread state whose list was never set up (next still 0) has none.
+        while node != head && node != 0 {
+            if node % 8 != 0 || tasks >= MAX_TASKS {
+                return None;
+            }
+            tasks += 1;
+            node = mem.read_u64(node).ok().filter(|next| *next != 0)?;
+        }
+        total += tasks;
+        tstate = mem.read_u64(tstate.wrapping_add(threads.thread_next)).unwrap_or(0);
+    }
+    Some(total)
 }

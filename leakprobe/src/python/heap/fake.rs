@@ -212,6 +212,7 @@ pub fn census_of(types: &[(&str, u64)]) -> Census {
         holders: vec![],
         holders_truncated: false,
         invalid: Invalid::default(),
+        asyncio_tasks: None,
         bytes_read: 0,
         reads: 0,
         elapsed_secs: 0.0,

@@ -1,8 +1,8 @@
 //! Which containers hold the heap: from `sys.modules`, every module's names are followed into the
 //! classes defined there, module-level instances (and the instances they hold, a few levels
 //! down: `app.state._state`), functions' default arguments and closure variables, and
-//! `functools.lru_cache` wrappers. Each list, dict, set or deque reached gets a path a person
-//! reads as Python (`module.name`, `module.Class.attr`, `module.obj.attr['key']`,
+//! `functools.lru_cache` wrappers. Each list, dict, set, deque or bytearray (a buffer grown in
+//! place, its length in bytes) reached gets a path a person reads as Python (`module.name`, `module.Class.attr`, `module.obj.attr['key']`,
 //! `module.lookup(_cache=)`, `module.make.<locals>.seen`, `module.Class.method.<lru_cache>`),
 //! its length, and the objects first reached through it (what it retains: `referents`).
 //! Bounded by the objects visited and by a deadline; shared objects count for the first holder
@@ -55,6 +55,16 @@ pub struct Holder {
     /// `lru_cache`'s decorated function (file, first line).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub defined_at: Option<(String, u32)>,
+    /// Its entries are weak references (a `WeakSet`'s or `WeakValueDictionary`'s `data`): it
+    /// keeps nothing alive but the references themselves.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub weak: bool,
+}
+
+/// The classes whose `data` holds only weak references to their elements (`weakref.WeakSet`,
+/// `weakref.WeakValueDictionary`; a `WeakKeyDictionary`'s values are strong).
+fn holds_weakly(class: &str) -> bool {
+    matches!(class, "WeakSet" | "WeakValueDictionary")
 }
 
 /// What stops a holder search.
@@ -79,7 +89,7 @@ pub struct HolderSearch<'t, 'l, M: ReadMemory> {
     /// Classes, instances and functions whose names were already followed.
     namespaces: HashSet<u64>,
     /// The `__file__` of the module being walked.
-    module_file: Option<String>,
+    pub(super) module_file: Option<String>,
     /// Each class's `__slots__`: (name, offset in the instance).
     pub(super) slots_by_type: HashMap<u64, Vec<(String, u64)>>,
     /// Whether a bound cut the search short.
@@ -132,8 +142,9 @@ impl<'t, 'l, M: ReadMemory> HolderSearch<'t, 'l, M> {
         items.into_iter().filter_map(|(k, v)| Some((self.str_at(k)?, v))).collect()
     }
 
-    /// Every holder reached from the modules of `sys.modules` (the dict at `modules`).
-    pub fn from_modules(&mut self, modules: u64) -> Vec<Holder> {
+    /// Every holder reached from the modules of `sys.modules` (the dict at `modules`), then from
+    /// the locals of the lone suspended `coroutines` (`coroutines.rs`).
+    pub fn from_roots(&mut self, modules: u64, coroutines: &[u64]) -> Vec<Holder> {
         let mut modules = self.names(modules);
         // `__main__` first: what the program itself keeps is named after it.
         modules.sort_by(|a, b| (a.0 != "__main__", &a.0).cmp(&(b.0 != "__main__", &b.0)));
@@ -154,6 +165,7 @@ impl<'t, 'l, M: ReadMemory> HolderSearch<'t, 'l, M> {
                 }
             }
         }
+        self.add_coroutine_locals(coroutines, &mut holders);
         if !self.bounds.lengths_only {
             holders.sort_by(|a, b| b.retained_bytes.cmp(&a.retained_bytes).then(a.path.cmp(&b.path)));
             holders.truncate(self.bounds.max_holders);
@@ -162,7 +174,7 @@ impl<'t, 'l, M: ReadMemory> HolderSearch<'t, 'l, M> {
     }
 
     /// The holders at and below the object `value` named `path`, `depth` levels below a module.
-    fn named(&mut self, path: String, value: u64, depth: u32, holders: &mut Vec<Holder>) {
+    pub(super) fn named(&mut self, path: String, value: u64, depth: u32, holders: &mut Vec<Holder>) {
         let Some((t, kind)) = self.kind(value) else { return };
         let flags = match kind {
             // A class's own flags say whether it is one (its type's are type's).
@@ -197,12 +209,21 @@ impl<'t, 'l, M: ReadMemory> HolderSearch<'t, 'l, M> {
                 }
             }
             // An instance of a class: its attributes (`module.obj.attr`), and theirs below.
+            // An asyncio event loop (`_UnixSelectorEventLoop`, reached from a coroutine's
+            // `self._loop`): its timers and ready queue keep tasks, which are judged as pending
+            // tasks, named at the line that creates them; the loop's own lists name no line.
+            Kind::Other if heap_type && self.types.types[t].name.ends_with("EventLoop") => {}
             Kind::Other if heap_type => {
                 let attrs = self.attributes(t, value);
+                let start = holders.len();
                 for (attr, v) in attrs {
                     if !is_dunder(&attr) {
                         self.named(format!("{path}.{attr}"), v, depth + 1, holders);
                     }
+                }
+                if holds_weakly(&self.types.types[t].name) {
+                    let data = format!("{path}.data");
+                    holders[start..].iter_mut().filter(|h| h.path == data).for_each(|h| h.weak = true);
                 }
             }
             _ => self.container(path, value, t, kind, depth, holders),
@@ -301,7 +322,7 @@ impl<'t, 'l, M: ReadMemory> HolderSearch<'t, 'l, M> {
         self.pointers(tuple + self.layout.heap.containers.tuple_items, n.min(MAX_NAMES))
     }
 
-    fn tuple_strs(&mut self, tuple: u64) -> Vec<String> {
+    pub(super) fn tuple_strs(&mut self, tuple: u64) -> Vec<String> {
         self.tuple_items(tuple).into_iter().map(|s| self.str_at(s).unwrap_or_default()).collect()
     }
 
@@ -311,7 +332,9 @@ impl<'t, 'l, M: ReadMemory> HolderSearch<'t, 'l, M> {
     /// closure of `app.router.routes[3].endpoint` is named there rather than only as more retained
     /// by the outer container.
     fn container(&mut self, path: String, object: u64, t: usize, kind: Kind, depth: u32, holders: &mut Vec<Holder>) {
-        if !matches!(kind, Kind::List | Kind::Dict | Kind::Set | Kind::Deque) || self.visited.contains(object) {
+        if !matches!(kind, Kind::List | Kind::Dict | Kind::Set | Kind::Deque | Kind::ByteArray)
+            || self.visited.contains(object)
+        {
             return;
         }
         if depth < MAX_DEPTH {
@@ -358,6 +381,7 @@ impl<'t, 'l, M: ReadMemory> HolderSearch<'t, 'l, M> {
             retained_unknown,
             module_file: self.module_file.clone(),
             defined_at: None,
+            weak: false,
         });
     }
 

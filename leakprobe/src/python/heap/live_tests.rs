@@ -79,6 +79,21 @@ class App:
 APP = App()
 for i in range(30):
     APP.routes[1].endpoint([i])
+OUTBOX = bytearray()
+for i in range(2000):
+    OUTBOX.extend(b"%05d log line\n" % i)
+import weakref
+WATCHED = weakref.WeakSet(LEAKS[:40])
+import types
+@types.coroutine
+def _pause():
+    yield
+async def collector(n):
+    history = [[i] for i in range(n)]
+    await _pause()
+    return history
+COLLECTOR = collector(55)
+COLLECTOR.send(None)
 gc.disable()
 def key(t):
     if t.__flags__ & (1 << 9) or t.__module__ == "builtins":
@@ -90,7 +105,7 @@ def report():
     for o in objs:
         counts[key(type(o))] += 1
         sizes[key(type(o))] += sys.getsizeof(o)
-    out = ["total %d %d" % (len(objs), gc.get_freeze_count())]
+    out = ["total %d %d" % (len(objs), gc.get_freeze_count()), "outbox %d" % sys.getsizeof(OUTBOX)]
     out += ["type %d %d %s" % (n, sizes[k], k.encode().hex()) for k, n in counts.items()]
     del objs, counts, sizes
     print("\n".join(out) + "\nready", flush=True)
@@ -108,12 +123,14 @@ struct Inside {
     total: u64,
     frozen: u64,
     types: HashMap<String, (u64, u64)>,
+    /// `sys.getsizeof(OUTBOX)`: its object and its buffer (`ob_alloc`).
+    outbox: u64,
 }
 
 fn ask(stdin: &mut ChildStdin, stdout: &mut BufReader<ChildStdout>, command: &[u8]) -> Inside {
     stdin.write_all(command).unwrap();
     stdin.flush().unwrap();
-    let mut inside = Inside { total: 0, frozen: 0, types: HashMap::new() };
+    let mut inside = Inside { total: 0, frozen: 0, types: HashMap::new(), outbox: 0 };
     let mut line = String::new();
     loop {
         line.clear();
@@ -121,6 +138,7 @@ fn ask(stdin: &mut ChildStdin, stdout: &mut BufReader<ChildStdout>, command: &[u
         let f: Vec<&str> = line.split_whitespace().collect();
         match f.as_slice() {
             ["ready"] => return inside,
+            ["outbox", n] => inside.outbox = n.parse().unwrap(),
             ["total", n, frozen] => (inside.total, inside.frozen) = (n.parse().unwrap(), frozen.parse().unwrap()),
             ["type", n, bytes, hex] => {
                 let name = (0..hex.len()).step_by(2).map(|i| u8::from_str_radix(&hex[i..i + 2], 16).unwrap()).collect();
@@ -231,6 +249,17 @@ fn census_matches_gc_get_objects_live() {
         assert_eq!(holder("__main__.SAMPLE.values").retained_objects, 41, "{who}: through __slots__");
         assert_eq!(holder("__main__.APP.state._state['sessions']").length, 80, "{who}");
         assert_eq!(holder("__main__.APP.routes[1].endpoint.<closure>.seen").length, 30, "{who}");
+        // A buffer grown in place: its length in bytes, its buffer (`ob_alloc`) what it retains.
+        let outbox = holder("__main__.OUTBOX");
+        assert_eq!((outbox.type_name.as_str(), outbox.length), ("bytearray", 30_000), "{who}");
+        assert_eq!(outbox.retained_bytes, inside.outbox, "{who}: {outbox:?} against sys.getsizeof");
+        let watched = holder("__main__.WATCHED.data");
+        assert!(watched.weak && watched.length == 40, "{who}: {watched:?}");
+        assert!(census.holders.iter().filter(|h| h.weak).all(|h| h.path.ends_with(".data")), "{who}");
+        // A suspended coroutine's locals: a root no module reaches.
+        let history = holder("<coroutine collector>.history");
+        assert_eq!((history.length, history.retained_objects), (55, 56), "{who}: {history:?}");
+        assert_eq!(history.module_file.as_deref(), Some("<string>"), "{who}");
         let touched = holder("__main__.TOUCHED.subs['updates']");
         assert_eq!(touched.retained_objects, 121, "{who}: through a materialised __dict__");
         // Lengths only: every container found, where it is and how long, nothing walked below.

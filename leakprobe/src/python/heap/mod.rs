@@ -9,6 +9,7 @@
 
 mod address_set;
 pub mod census;
+mod coroutines;
 pub mod dicts;
 pub mod gc_state;
 pub mod growth;
@@ -28,7 +29,7 @@ pub(crate) mod fake;
 #[cfg(test)]
 mod live_tests;
 
-pub use census::{take_census, Bound, Bounds, Census, Interpreter, Invalid, TypeCount};
+pub use census::{take_census, Bound, Bounds, Census, Interpreter, Invalid, ListWalk, TypeCount};
 pub use gc_state::{GcState, GenerationState};
 pub use growth::{CensusGrowth, Grown, Growth};
 pub use holders::Holder;

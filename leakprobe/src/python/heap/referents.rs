@@ -1,11 +1,12 @@
 //! What a holder retains: the objects first reached from it (depth first), with their bytes.
 //! An object's size comes from its type (`tp_basicsize`, `tp_itemsize`, the GC head and
 //! pre-header) plus its out-of-line buffers (list item arrays, dict key tables, set tables, deque
-//! blocks); the references followed are the ones that keep memory alive: container items,
-//! instance attributes (dict, split values, `__slots__`), functions' defaults and closures, cells,
-//! bound methods' `self` and function, and `lru_cache` dicts. Weak references are not followed
-//! (a weak reference keeps nothing alive); neither are functions' globals (the module's, named
-//! on their own) or code.
+//! blocks, bytearray buffers); the references followed are the ones that keep memory alive:
+//! container items, instance attributes (dict, split values, `__slots__`), functions' defaults
+//! and closures, cells, bound methods' `self` and function, and `lru_cache` dicts. Weak
+//! references are not followed (a weak reference keeps nothing alive); neither are functions'
+//! globals (the module's, named on their own), code, or an asyncio event loop's attributes (its
+//! timers keep the pending tasks, judged on their own).
 
 use std::collections::VecDeque;
 
@@ -119,12 +120,22 @@ impl<M: ReadMemory> HolderSearch<'_, '_, M> {
                 }
             }
             Kind::Deque => size += self.queue_deque(object, ob_size, queue),
+            Kind::ByteArray => {
+                // Its buffer: `ob_alloc` bytes, at least its length (0 for an empty one).
+                let allocated = self.read(object + c.bytearray_alloc);
+                if ob_size <= allocated && allocated < 1 << 40 {
+                    size += allocated;
+                }
+            }
             Kind::Function => {
                 queue.extend([r.func_defaults, r.func_kwdefaults, r.func_closure].map(|at| self.read(object + at)));
             }
             Kind::Cell => queue.push_back(self.read(object + r.cell_ref)),
             Kind::Method => queue.extend([r.method_self, r.method_func].map(|at| self.read(object + at))),
             Kind::LruCache => queue.push_back(self.read(object + r.lru_cache_dict)),
+            // An asyncio event loop, reached from a connection's or a queue's `_loop`: what its
+            // timers and ready queue keep is the pending tasks', not this holder's.
+            Kind::Other if info.flags & HEAPTYPE != 0 && info.name.ends_with("EventLoop") => {}
             Kind::Other if info.flags & HEAPTYPE != 0 => {
                 // An instance: what its attributes hold (its own dict, when it has one, too).
                 match instances::locate(self.mem, self.layout, &info, object) {

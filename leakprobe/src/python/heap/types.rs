@@ -46,6 +46,10 @@ pub enum Kind {
     Method,
     /// `functools.lru_cache`'s wrapper (`functools._lru_cache_wrapper`, a heap type).
     LruCache,
+    /// `bytearray` (by name): its buffer is out of line, and grows in place.
+    ByteArray,
+    /// `coroutine` (by name): a suspended one's frame locals are roots.
+    Coroutine,
     Other,
 }
 
@@ -119,6 +123,8 @@ fn kind_of(flags: u64, tp_name: &str) -> Kind {
             "function" => Kind::Function,
             "cell" => Kind::Cell,
             "method" => Kind::Method,
+            "bytearray" => Kind::ByteArray,
+            "coroutine" => Kind::Coroutine,
             _ => Kind::Other,
         }
     }

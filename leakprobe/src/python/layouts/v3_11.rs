@@ -90,6 +90,7 @@ pub const TABLES: VersionTables = VersionTables::Complete(Layout {
             set_used: 24,
             set_mask: 32,
             set_table: 40,
+            bytearray_alloc: 24,
             // Not in the installed headers: python-heap.md §11.2 (the same in 3.10–3.14, verified live).
             deque: DequeLayout { left_block: 24, left_index: 40, block_data: 8, block_items: 64, block_right: 520 },
         },
@@ -114,5 +115,15 @@ pub const TABLES: VersionTables = VersionTables::Complete(Layout {
             member_offset: 16,
             member_object: 16,
         },
+        coroutines: Some(CoroutineLayout {
+            frame: 80,
+            frame_object: false,
+            qualname: 40,
+            frame_state: 75,
+            frame_code: 32,
+            localsplus: 72,
+            stack_refs: false,
+        }),
+        asyncio_tasks: None,
     },
 });

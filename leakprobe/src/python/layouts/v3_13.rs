@@ -87,6 +87,7 @@ pub const TABLES: VersionTables = VersionTables::SelfDescribed(SelfDescribed {
             set_used: 24,
             set_mask: 32,
             set_table: 40,
+            bytearray_alloc: 24,
             // Not in the installed headers: python-heap.md §11.2 (the same in 3.10–3.14, verified live).
             deque: DequeLayout { left_block: 24, left_index: 40, block_data: 8, block_items: 64, block_right: 520 },
         },
@@ -111,5 +112,15 @@ pub const TABLES: VersionTables = VersionTables::SelfDescribed(SelfDescribed {
             member_offset: 16,
             member_object: 16,
         },
+        coroutines: Some(CoroutineLayout {
+            frame: 72,
+            frame_object: false,
+            qualname: 32,
+            frame_state: 67,
+            frame_code: 0,
+            localsplus: 72,
+            stack_refs: false,
+        }),
+        asyncio_tasks: None,
     },
 });

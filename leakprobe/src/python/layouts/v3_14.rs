@@ -3,7 +3,8 @@
 //! numbers are the ones leakprobe typed by hand before generation (objects as on 3.12/3.13).
 //! `heap` is from `/work/shared/notes/python-heap.md` (verified live on Debian's 3.14.10): §2's
 //! interpreter table, §3.2's 3.14.5+ GC column (3.14.0–3.14.4's incremental GC keeps its heads
-//! at the same offsets, `[S]` there), §5's `ht_qualname`, `ht_cached_keys`, `tp_dict` and `tp_dictoffset`, §7's instance dicts, §6's dict, §8's tuple and set, §10's module, §11.2's deque, §9's functions and §11.1's lru_cache.
+//! at the same offsets, `[S]` there), §5's `ht_qualname`, `ht_cached_keys`, `tp_dict` and `tp_dictoffset`, §7's instance dicts, §6's dict, §8's tuple and set, §10's module, §11.2's deque, §9's functions and §11.1's lru_cache; `bytearray_alloc` checked live on Debian's 3.14.10
+//! (the word at `id(b) + 24` is `b.__alloc__()`, as the headers give it for 3.10–3.13).
 
 use crate::python::layout::*;
 
@@ -92,6 +93,7 @@ pub const TABLES: VersionTables = VersionTables::SelfDescribed(SelfDescribed {
             set_used: 24,
             set_mask: 32,
             set_table: 40,
+            bytearray_alloc: 24,
             deque: DequeLayout { left_block: 24, left_index: 40, block_data: 8, block_items: 64, block_right: 520 },
         },
         // §9: function, cell and bound-method fields [V all], code fields as on 3.12/3.13; §11.1's lru_cache.
@@ -115,5 +117,19 @@ pub const TABLES: VersionTables = VersionTables::SelfDescribed(SelfDescribed {
             member_offset: 16,
             member_object: 16,
         },
+        // §11.5: the frame inline at `cr_iframe` 72, `cr_qualname` 32, `cr_frame_state` 67 [V];
+        // §12's 3.14 frame: `f_executable` @0 and `localsplus` @80, both `_PyStackRef`s [V].
+        coroutines: Some(CoroutineLayout {
+            frame: 72,
+            frame_object: false,
+            qualname: 32,
+            frame_state: 67,
+            frame_code: 0,
+            localsplus: 80,
+            stack_refs: true,
+        }),
+        // §11.6, from 3.14.10's `_asyncio` debug section [V]: `asyncio_tasks_head` at 880 of
+        // `_PyThreadStateImpl`, an `_asyncio.Task` 168 bytes.
+        asyncio_tasks: Some(AsyncioTaskList { thread_head: 880, task_size: 168 }),
     },
 });
