@@ -160,6 +160,9 @@ impl CensusHistory {
                 self.last_complete.insert(walk.generation.clone(), walk.objects);
                 continue;
             }
+            if !walk.broken {
+                continue; // stopped by a bound: the census says so on its own (`truncated`)
+            }
             let before = self.last_complete.get(&walk.generation).copied().unwrap_or(0);
             short |= before.saturating_sub(walk.objects) as f64 > SHORT_WALK_SHARE * census.objects.max(1) as f64;
         }
@@ -257,10 +260,10 @@ impl CensusHistory {
                 }
             })
             .collect();
-        let registry = TASK_REGISTRIES
-            .iter()
-            .find_map(|path| self.holders.get(*path))
-            .or(Some(&self.task_list).filter(|s| s.counts.iter().any(|c| c.is_finite())));
+        // 3.14's thread lists first: there an empty pure-Python `asyncio.tasks._scheduled_tasks`
+        // may be listed too, and counts nothing.
+        let task_list = Some(&self.task_list).filter(|s| s.counts.iter().any(|c| c.is_finite()));
+        let registry = task_list.or_else(|| TASK_REGISTRIES.iter().find_map(|path| self.holders.get(*path)));
         let counted = || TASK_TYPES.iter().find_map(|name| Some((*name, self.types.get(*name)?)));
         let tasks = match registry {
             Some(series) => Some((TASK_TYPES[0], series)),

@@ -59,8 +59,14 @@ impl HeapView {
                 flagged: h.flagged,
             })
             .collect();
-        holders
-            .sort_by(|a, b| b.flagged.cmp(&a.flagged).then(b.growth_bytes_per_sec.total_cmp(&a.growth_bytes_per_sec)));
+        // Flagged ones in the history's order (containers before pending tasks, each tier fastest
+        // first: the sort is stable), then the others fastest first.
+        holders.sort_by(|a, b| {
+            b.flagged.cmp(&a.flagged).then_with(|| match a.flagged {
+                true => std::cmp::Ordering::Equal,
+                false => b.growth_bytes_per_sec.total_cmp(&a.growth_bytes_per_sec),
+            })
+        });
         holders.truncate(top);
         let gc = history.latest_gc().map(|(gc, tracked_objects)| GcView {
             enabled: gc.enabled,

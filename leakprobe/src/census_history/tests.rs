@@ -250,8 +250,13 @@ fn a_weak_holder_is_not_flagged_and_piling_tasks_come_after_the_container_that_k
 #[test]
 fn a_walk_that_broke_short_of_a_list_leaves_that_census_out_of_the_types() {
     use crate::python::heap::ListWalk;
-    let walk =
-        |generation: &str, objects, complete| ListWalk { generation: generation.into(), objects, complete, retries: 3 };
+    let walk = |generation: &str, objects, complete: bool| ListWalk {
+        generation: generation.into(),
+        objects,
+        complete,
+        broken: !complete,
+        retries: 3,
+    };
     let mut h = CensusHistory::default();
     for i in 0..20u64 {
         let tasks = 1000 + i * 100;
@@ -265,6 +270,11 @@ fn a_walk_that_broke_short_of_a_list_leaves_that_census_out_of_the_types() {
         }
         h.push(i as f64 * 2.0, &c);
     }
+    assert_eq!(h.short_walks, 5);
+    // A walk a bound stopped is not a broken one.
+    let mut stopped = census_of(&[("dict", 5_000)]);
+    stopped.lists = vec![ListWalk { broken: false, ..walk("2", 5_000, false) }];
+    h.push(40.0, &stopped);
     assert_eq!(h.short_walks, 5);
     let types = h.types(&VerdictConfig::default());
     let tasks = types.iter().find(|t| t.name == "_asyncio.Task").unwrap();

@@ -113,6 +113,10 @@ pub struct ListWalk {
     pub generation: String,
     pub objects: u64,
     pub complete: bool,
+    /// A link did not hold (the list was spliced under the walk, retries included); a walk that
+    /// a bound stopped is neither complete nor broken.
+    #[serde(default)]
+    pub broken: bool,
     /// Walks started again because the list changed under the walk.
     pub retries: u32,
 }
@@ -261,7 +265,8 @@ pub fn take_census(mem: &impl ReadMemory, interp: &Interpreter, bounds: &Bounds)
             pending.extend(found);
             objects += seen;
             let complete = end == End::Complete;
-            lists.push(ListWalk { generation: name.to_string(), objects: seen, complete, retries });
+            let broken = end == End::Broken;
+            lists.push(ListWalk { generation: name.to_string(), objects: seen, complete, broken, retries });
             break;
         }
     }
@@ -316,34 +321,35 @@ pub fn take_census(mem: &impl ReadMemory, interp: &Interpreter, bounds: &Bounds)
     })
 }
 
-/// Thread states, and asyncio tasks in one thread's list, a count follows at most.
+/// Thread states, and asyncio tasks over all their lists, a count follows at most.
 const MAX_THREADS: usize = 1024;
 const MAX_TASKS: u64 = 1_000_000;
 
 /// 3.14's asyncio C tasks: the nodes of every thread state's circular list of them, until each
-/// list comes back to its head; `None` where the layout has no such list or a walk broke (a task
-/// unlinked under it: a node that is null, misaligned or unreadable).
+/// list comes back to its head; `None` where the layout has no such list, a walk broke (a task
+/// unlinked under it: a node that is null, misaligned or unreadable), or a bound ran out (a
+/// thread-state list that comes back on itself, more tasks than `MAX_TASKS`). Tasks of threads
+/// that ended move to the interpreter's own list, which is not read.
 fn count_asyncio_tasks(mem: &impl ReadMemory, layout: &Layout, interpreter: u64) -> Option<u64> {
     let list = layout.heap.asyncio_tasks?;
     let threads = &layout.threads;
     let mut tstate = mem.read_u64(interpreter.wrapping_add(threads.interpreter_threads_head)).ok()?;
+    let mut seen = std::collections::HashSet::new();
     let mut total = 0u64;
-    for _ in 0..MAX_THREADS {
-        if tstate == 0 {
-            return Some(total);
+    while tstate != 0 {
+        if seen.len() >= MAX_THREADS || !seen.insert(tstate) {
+            return None;
         }
         let head = tstate.wrapping_add(list.thread_head);
         let mut node = mem.read_u64(head).ok()?;
-        let mut tasks = 0u64;
         // A thread state whose list was never set up (next still 0) has none.
         while node != head && node != 0 {
-            if node % 8 != 0 || tasks >= MAX_TASKS {
+            if node % 8 != 0 || total >= MAX_TASKS {
                 return None;
             }
-            tasks += 1;
+            total += 1;
             node = mem.read_u64(node).ok().filter(|next| *next != 0)?;
         }
-        total += tasks;
         tstate = mem.read_u64(tstate.wrapping_add(threads.thread_next)).unwrap_or(0);
     }
     Some(total)

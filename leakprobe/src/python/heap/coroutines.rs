@@ -44,25 +44,41 @@ impl<M: ReadMemory> HolderSearch<'_, '_, M> {
         let mut lone: Vec<(u64, u64)> =
             by_code.into_iter().filter(|(_, c)| c.len() == 1).map(|(code, c)| (code, c[0])).collect();
         lone.sort_unstable();
+        lone.truncate(MAX_LONE);
+        // Paths are by qualname: two lone coroutines of one qualname (`main_loop` in two
+        // modules) would be one series, so neither is read.
+        let str_layout = self.layout.objects.str;
+        let named: Vec<(String, u64, u64)> = lone
+            .into_iter()
+            .filter_map(|(code, coroutine)| {
+                let qualname = read_str(self.mem, &str_layout, self.read(coroutine.wrapping_add(cl.qualname)))?;
+                Some((qualname, code, coroutine))
+            })
+            .collect();
+        let mut per_name: HashMap<&str, usize> = HashMap::new();
+        for (qualname, _, _) in &named {
+            *per_name.entry(qualname.as_str()).or_default() += 1;
+        }
+        let unique: Vec<(String, u64, u64)> =
+            named.iter().filter(|(q, _, _)| per_name[q.as_str()] == 1).cloned().collect();
         let saved_file = self.module_file.take();
-        for (code, coroutine) in lone.into_iter().take(MAX_LONE) {
+        for (qualname, code, coroutine) in unique {
             if self.out_of_bounds() {
                 break;
             }
-            let Some(qualname) = read_str(self.mem, &self.layout.objects.str, self.read(coroutine + cl.qualname))
-            else {
-                continue;
-            };
-            self.module_file =
-                read_str(self.mem, &self.layout.objects.str, self.read(code + self.layout.objects.code.filename));
-            let names = self.tuple_strs(self.read(code + self.layout.heap.refs.code_names));
+            self.module_file = read_str(
+                self.mem,
+                &self.layout.objects.str,
+                self.read(code.wrapping_add(self.layout.objects.code.filename)),
+            );
+            let names = self.tuple_strs(self.read(code.wrapping_add(self.layout.heap.refs.code_names)));
             let Some(frame) = self.frame_of(&cl, coroutine) else { continue };
             for (i, name) in names.iter().enumerate().take(MAX_LOCALS as usize) {
-                let bits = self.read(frame + cl.localsplus + 8 * i as u64);
+                let bits = self.read(frame.wrapping_add(cl.localsplus).wrapping_add(8 * i as u64));
                 let Some(mut value) = slot_object(bits, cl.stack_refs) else { continue };
                 // A cell variable's slot holds its cell.
                 if self.kind(value).map(|k| k.1) == Some(Kind::Cell) {
-                    value = self.read(value + self.layout.heap.refs.cell_ref);
+                    value = self.read(value.wrapping_add(self.layout.heap.refs.cell_ref));
                 }
                 if value != 0 {
                     self.named(format!("<coroutine {qualname}>.{name}"), value, 1, holders);
@@ -75,16 +91,16 @@ impl<M: ReadMemory> HolderSearch<'_, '_, M> {
     /// Where `coroutine`'s frame is: in it, or (3.10) the frame object it points to.
     fn frame_of(&self, cl: &CoroutineLayout, coroutine: u64) -> Option<u64> {
         match cl.frame_object {
-            true => Some(self.read(coroutine + cl.frame)).filter(|f| *f != 0),
-            false => Some(coroutine + cl.frame),
+            true => Some(self.read(coroutine.wrapping_add(cl.frame))).filter(|f| *f != 0),
+            false => Some(coroutine.wrapping_add(cl.frame)),
         }
     }
 
     /// Whether `coroutine` is created or suspended (its frame's locals are then valid).
     fn suspended(&mut self, cl: &CoroutineLayout, coroutine: u64) -> bool {
         let Some(at) = (match cl.frame_object {
-            true => self.frame_of(cl, coroutine).map(|f| f + cl.frame_state),
-            false => Some(coroutine + cl.frame_state),
+            true => self.frame_of(cl, coroutine).map(|f| f.wrapping_add(cl.frame_state)),
+            false => Some(coroutine.wrapping_add(cl.frame_state)),
         }) else {
             return false;
         };
@@ -95,8 +111,8 @@ impl<M: ReadMemory> HolderSearch<'_, '_, M> {
     /// The code object of `coroutine`'s frame, when it is one.
     fn code_of(&mut self, cl: &CoroutineLayout, coroutine: u64) -> Option<u64> {
         let frame = self.frame_of(cl, coroutine)?;
-        let code = slot_object(self.read(frame + cl.frame_code), cl.stack_refs)?;
-        let t = self.types.resolve(self.mem, self.read(code + 8))?;
+        let code = slot_object(self.read(frame.wrapping_add(cl.frame_code)), cl.stack_refs)?;
+        let t = self.types.resolve(self.mem, self.read(code.wrapping_add(8)))?;
         (self.types.types[t].name == "code").then_some(code)
     }
 }

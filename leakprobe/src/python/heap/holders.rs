@@ -354,7 +354,11 @@ impl<'t, 'l, M: ReadMemory> HolderSearch<'t, 'l, M> {
                     // Items that are namespaces (instances, functions), not containers: a list of
                     // lists is one holder, however short.
                     for (i, item) in items.into_iter().enumerate() {
-                        if !matches!(self.kind(item), Some((_, Kind::List | Kind::Dict | Kind::Set | Kind::Deque))) {
+                        let item_kind = self.kind(item).map(|k| k.1);
+                        if !matches!(
+                            item_kind,
+                            Some(Kind::List | Kind::Dict | Kind::Set | Kind::Deque | Kind::ByteArray)
+                        ) {
                             self.named(format!("{path}[{i}]"), item, depth + 1, holders);
                         }
                     }
