@@ -355,9 +355,7 @@ pub fn report_parts(
         let series = history.holders.get(&h.path);
         if h.inferred {
             let found = task_line.clone().or_else(|| dropped_task(files, advisor));
-            let code = found.as_ref().and_then(|(file, line)| {
-                Some(advisor.source(file)?.lines().nth(line.checked_sub(1)? as usize)?.trim().to_string())
-            });
+            let code = found.as_ref().and_then(|(file, line)| source_line(advisor, file, *line));
             if let (Some((file, line)), Some(code)) = (found, code) {
                 h.advice = advisor.advise_line(&file, line);
                 (h.file, h.line, h.code) = (Some(file), Some(line), Some(code));
@@ -366,10 +364,8 @@ pub fn report_parts(
         }
         let found = match series.and_then(|s| s.defined_at.clone()) {
             // An lru_cache: the decorated function's first line (its decorator) is what fills it.
-            Some((file, line)) => advisor.source(&file).and_then(|source| {
-                let code = source.lines().nth(line.checked_sub(1)? as usize)?.trim().to_string();
-                Some((file, lines::Chosen { line, code, others: 0, stacks_bytes_per_sec: None }))
-            }),
+            Some((file, line)) => source_line(advisor, &file, line)
+                .map(|code| (file, lines::Chosen { line, code, others: 0, stacks_bytes_per_sec: None })),
             None => {
                 // The module's own `__file__` (the script's for `__main__`), when it can be read;
                 // else a stack's file of that module, or the script an outermost frame runs.
@@ -400,10 +396,15 @@ pub fn report_parts(
     (summary, holders, history.types(cfg))
 }
 
+/// Line `line` (1-based) of `file`, trimmed, when its source can be read.
+fn source_line(advisor: &mut crate::advice::StackAdvisor, file: &str, line: u32) -> Option<String> {
+    Some(advisor.source(file)?.lines().nth(line.checked_sub(1)? as usize)?.trim().to_string())
+}
+
 /// The most confident task created and dropped (`leakprobe scan`'s dropped_task) in the program's
 /// own files among `files` (not the standard library's or an installed package's).
 fn dropped_task(files: &[String], advisor: &mut crate::advice::StackAdvisor) -> Option<(String, u32)> {
-    let own = files.iter().filter(|f| !f.contains("/site-packages/") && !f.contains("/lib/python3"));
+    let own = files.iter().filter(|f| !crate::advice::stack::is_library(f));
     own.filter_map(|f| {
         let best = advisor.leaks_of(f, crate::advice::PatternId::DroppedTask).into_iter().next()?;
         Some((best.confidence, f.clone(), best.line))
